@@ -1,0 +1,405 @@
+//! pgdual's proxy settings: the TOML file format, environment overrides and validation.
+//!
+//! Defaults live in one place (the `Default` impls below). `validate()` collects every
+//! problem at once, each naming its field, so an operator fixes a file in one pass.
+//! This crate does no I/O beyond reading the file it is asked to load.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Everything `pgdual serve` needs.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the proxy accepts PostgreSQL clients on. Default `127.0.0.1:6432`.
+    pub listen: String,
+    /// Number of relay worker threads, each with its own single-threaded runtime.
+    /// Default 0, meaning one per available CPU.
+    pub workers: usize,
+    pub legacy: LegacyConfig,
+    pub tls: ClientTlsConfig,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
+    pub limits: Limits,
+}
+
+/// The legacy database: the one on the critical path.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LegacyConfig {
+    /// Host name or IP address; a value starting with `/` is a directory holding the Unix
+    /// socket `.s.PGSQL.<port>`, as in libpq. Default `127.0.0.1`.
+    pub host: String,
+    /// Default 5432.
+    pub port: u16,
+    /// TLS to legacy: `disable` (default), `prefer`, `require` (encrypt, no certificate
+    /// check, as libpq's `require`) or `verify-full` (needs `tls_ca_file`).
+    pub tls: LegacyTlsMode,
+    /// PEM file with the CA certificate(s) that sign legacy's certificate.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Name checked against legacy's certificate; default `host`.
+    pub tls_server_name: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum LegacyTlsMode {
+    #[default]
+    Disable,
+    Prefer,
+    Require,
+    VerifyFull,
+}
+
+/// TLS offered to clients. With no certificate configured, SSLRequest is answered `N`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientTlsConfig {
+    /// PEM certificate chain. Default: none (TLS not offered).
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key for `cert_file`.
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address of the admin HTTP API (`/healthz`, `/readyz`, `/metrics`).
+    /// Default `127.0.0.1:9187`; an empty string disables it.
+    pub listen: String,
+    /// Bearer token; required when `listen` is not a loopback address.
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter such as `info` or `pgdual=debug`. Default `info`.
+    pub level: String,
+    /// `text` (default) or `json`.
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest protocol message accepted from a client, in bytes. Larger ones get
+    /// SQLSTATE 54000 and the connection is closed. Default 1073741823, PostgreSQL's own limit.
+    pub max_message_bytes: u64,
+    /// Client connections served at once; more get SQLSTATE 53300. Default 1000.
+    pub max_client_connections: usize,
+    /// Time allowed to connect to legacy, and for a client to send its startup message.
+    /// Default 5000 ms.
+    pub connect_timeout_ms: u64,
+    /// On SIGTERM/SIGINT, how long open sessions may run before they are closed.
+    /// Default 30000 ms.
+    pub drain_timeout_ms: u64,
+}
+
+/// PostgreSQL refuses allocations of 1 GiB and more; so do we by default.
+pub const POSTGRES_MAX_MESSAGE_BYTES: u64 = (1 << 30) - 1;
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:6432".into(),
+            workers: 0,
+            legacy: LegacyConfig::default(),
+            tls: ClientTlsConfig::default(),
+            admin: AdminConfig::default(),
+            log: LogConfig::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Default for LegacyConfig {
+    fn default() -> Self {
+        LegacyConfig {
+            host: "127.0.0.1".into(),
+            port: 5432,
+            tls: LegacyTlsMode::Disable,
+            tls_ca_file: None,
+            tls_server_name: None,
+        }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: "127.0.0.1:9187".into(),
+            token: None,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_bytes: POSTGRES_MAX_MESSAGE_BYTES,
+            max_client_connections: 1000,
+            connect_timeout_ms: 5000,
+            drain_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// One thing wrong with a configuration, naming the field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{} problem(s) in {origin}:\n{}", problems.len(), list(problems))]
+    Invalid {
+        origin: String,
+        problems: Vec<Problem>,
+    },
+}
+
+fn list(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  - {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Environment variables that override file settings, and the field each one sets.
+pub const ENV_OVERRIDES: &[(&str, &str)] = &[
+    ("PGDUAL_LISTEN", "listen"),
+    ("PGDUAL_WORKERS", "workers"),
+    ("PGDUAL_LEGACY_HOST", "legacy.host"),
+    ("PGDUAL_LEGACY_PORT", "legacy.port"),
+    ("PGDUAL_LEGACY_TLS", "legacy.tls"),
+    ("PGDUAL_ADMIN_LISTEN", "admin.listen"),
+    ("PGDUAL_ADMIN_TOKEN", "admin.token"),
+    ("PGDUAL_LOG_LEVEL", "log.level"),
+    ("PGDUAL_LOG_FORMAT", "log.format"),
+    ("PGDUAL_MAX_MESSAGE_BYTES", "limits.max_message_bytes"),
+    (
+        "PGDUAL_MAX_CLIENT_CONNECTIONS",
+        "limits.max_client_connections",
+    ),
+    ("PGDUAL_CONNECT_TIMEOUT_MS", "limits.connect_timeout_ms"),
+    ("PGDUAL_DRAIN_TIMEOUT_MS", "limits.drain_timeout_ms"),
+];
+
+impl Config {
+    /// Parses TOML text; `origin` names the file in errors.
+    pub fn from_toml(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_path_buf(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })
+    }
+
+    /// Reads and parses a file without validating it.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml(&text, path)
+    }
+
+    /// Sets a field by its dotted name from a string, as env vars and CLI flags do.
+    pub fn set(&mut self, field: &str, value: &str) -> Result<(), Problem> {
+        let bad = |what: &str| Problem {
+            field: field.to_string(),
+            message: format!("{value:?} is not {what}"),
+        };
+        let num = |what| value.trim().parse::<u64>().map_err(|_| bad(what));
+        match field {
+            "listen" => self.listen = value.to_string(),
+            "workers" => self.workers = num("a number")? as usize,
+            "legacy.host" => self.legacy.host = value.to_string(),
+            "legacy.port" => self.legacy.port = value.trim().parse().map_err(|_| bad("a port"))?,
+            "legacy.tls" => {
+                self.legacy.tls = match value {
+                    "disable" => LegacyTlsMode::Disable,
+                    "prefer" => LegacyTlsMode::Prefer,
+                    "require" => LegacyTlsMode::Require,
+                    "verify-full" => LegacyTlsMode::VerifyFull,
+                    _ => return Err(bad("one of disable, prefer, require, verify-full")),
+                }
+            }
+            "admin.listen" => self.admin.listen = value.to_string(),
+            "admin.token" => self.admin.token = Some(value.to_string()),
+            "log.level" => self.log.level = value.to_string(),
+            "log.format" => {
+                self.log.format = match value {
+                    "text" => LogFormat::Text,
+                    "json" => LogFormat::Json,
+                    _ => return Err(bad("one of text, json")),
+                }
+            }
+            "limits.max_message_bytes" => self.limits.max_message_bytes = num("a byte count")?,
+            "limits.max_client_connections" => {
+                self.limits.max_client_connections = num("a number")? as usize
+            }
+            "limits.connect_timeout_ms" => self.limits.connect_timeout_ms = num("milliseconds")?,
+            "limits.drain_timeout_ms" => self.limits.drain_timeout_ms = num("milliseconds")?,
+            _ => {
+                return Err(Problem {
+                    field: field.to_string(),
+                    message: "no such setting".into(),
+                })
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies `PGDUAL_*` overrides from the given environment; returns the bad ones.
+    pub fn apply_env<I, K, V>(&mut self, vars: I) -> Vec<Problem>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
+        let mut problems = Vec::new();
+        for (k, v) in vars {
+            if let Some((_, field)) = ENV_OVERRIDES.iter().find(|(name, _)| *name == k.as_ref()) {
+                if let Err(mut p) = self.set(field, v.as_ref()) {
+                    p.field = format!("{} (from {})", p.field, k.as_ref());
+                    problems.push(p);
+                }
+            }
+        }
+        problems
+    }
+
+    /// Every problem with this configuration; empty when it is usable.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let mut bad = |field: &str, message: String| {
+            out.push(Problem {
+                field: field.into(),
+                message,
+            })
+        };
+        if self.listen.parse::<SocketAddr>().is_err() {
+            bad(
+                "listen",
+                format!("{:?} is not an address like 127.0.0.1:6432", self.listen),
+            );
+        }
+        if self.legacy.host.trim().is_empty() {
+            bad("legacy.host", "must not be empty".into());
+        }
+        if self.legacy.port == 0 {
+            bad("legacy.port", "must be between 1 and 65535".into());
+        }
+        if self.legacy.tls == LegacyTlsMode::VerifyFull && self.legacy.tls_ca_file.is_none() {
+            bad(
+                "legacy.tls_ca_file",
+                "is required when legacy.tls = \"verify-full\"".into(),
+            );
+        }
+        if self.legacy.host.starts_with('/') && self.legacy.tls != LegacyTlsMode::Disable {
+            bad(
+                "legacy.tls",
+                "TLS is not used over a Unix socket; set it to \"disable\"".into(),
+            );
+        }
+        match (&self.tls.cert_file, &self.tls.key_file) {
+            (Some(_), None) => bad("tls.key_file", "is required with tls.cert_file".into()),
+            (None, Some(_)) => bad("tls.cert_file", "is required with tls.key_file".into()),
+            _ => {}
+        }
+        if !self.admin.listen.is_empty() {
+            match self.admin.listen.parse::<SocketAddr>() {
+                Err(_) => bad(
+                    "admin.listen",
+                    format!(
+                        "{:?} is not an address like 127.0.0.1:9187 (or \"\" to disable)",
+                        self.admin.listen
+                    ),
+                ),
+                Ok(addr) if !addr.ip().is_loopback() && self.admin.token.is_none() => bad(
+                    "admin.token",
+                    format!("is required because admin.listen {addr} is not a loopback address"),
+                ),
+                Ok(_) => {}
+            }
+        }
+        if self.admin.token.as_deref() == Some("") {
+            bad("admin.token", "must not be empty".into());
+        }
+        if self.log.level.trim().is_empty() {
+            bad("log.level", "must not be empty".into());
+        }
+        if self.limits.max_message_bytes < 1024 {
+            bad(
+                "limits.max_message_bytes",
+                "must be at least 1024".to_string(),
+            );
+        }
+        if self.limits.max_message_bytes > POSTGRES_MAX_MESSAGE_BYTES {
+            bad(
+                "limits.max_message_bytes",
+                format!("must be at most {POSTGRES_MAX_MESSAGE_BYTES} (PostgreSQL's limit)"),
+            );
+        }
+        if self.limits.max_client_connections == 0 {
+            bad("limits.max_client_connections", "must be at least 1".into());
+        }
+        if self.limits.connect_timeout_ms == 0 {
+            bad("limits.connect_timeout_ms", "must be at least 1".into());
+        }
+        out
+    }
+
+    /// `Ok` when usable, else every problem; `origin` names where the settings came from.
+    pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let problems = self.problems();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid {
+                origin: origin.to_string(),
+                problems,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

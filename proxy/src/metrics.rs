@@ -1,0 +1,216 @@
+//! Process metrics, rendered in the Prometheus text format for `/metrics`.
+//!
+//! Counters are plain atomics updated once per relayed chunk, not per message, so the relay
+//! hot path pays a handful of uncontended `fetch_add`s. No global statics: one `Metrics` is
+//! created per proxy and passed in, so tests can run several proxies in one process.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use pgdual_rules::{AnalysisCache, StatementKind};
+
+/// Where a failure came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorSource {
+    /// The client sent something that is not the protocol, or over a limit.
+    Client,
+    /// Legacy was unreachable or its connection broke.
+    Legacy,
+    /// Inside pgdual (TLS setup, I/O to the client).
+    Internal,
+}
+
+impl ErrorSource {
+    const ALL: [ErrorSource; 3] = [ErrorSource::Client, ErrorSource::Legacy, ErrorSource::Internal];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            ErrorSource::Client => "client",
+            ErrorSource::Legacy => "legacy",
+            ErrorSource::Internal => "internal",
+        }
+    }
+}
+
+/// Upper bounds of the added-latency histogram buckets, in seconds.
+const LATENCY_BOUNDS: [f64; 14] = [
+    1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 1e-2, 1e-1, 1.0,
+];
+
+/// A fixed-bucket histogram of durations.
+#[derive(Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; LATENCY_BOUNDS.len()],
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = LATENCY_BOUNDS.iter().position(|&b| secs <= b) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_nanos.fetch_add(d.as_nanos() as u64, Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Relaxed)
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (bound, bucket) in LATENCY_BOUNDS.iter().zip(&self.buckets) {
+            cumulative += bucket.load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        let count = self.count.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let sum = self.sum_nanos.load(Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+    }
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    pub client_connections: AtomicI64,
+    pub client_connections_total: AtomicU64,
+    pub rejected_connections_total: AtomicU64,
+    pub cancel_requests_total: AtomicU64,
+    statements: [AtomicU64; StatementKind::ALL.len()],
+    pub bytes_from_clients: AtomicU64,
+    pub bytes_from_legacy: AtomicU64,
+    errors: [AtomicU64; ErrorSource::ALL.len()],
+    pub legacy_error_responses_total: AtomicU64,
+    pub parse_failures_total: AtomicU64,
+    /// Time a chunk of bytes spends inside pgdual, from the read that completed it to the
+    /// end of the write that forwarded it, in either direction.
+    pub added_latency: Histogram,
+}
+
+impl Metrics {
+    pub fn statement(&self, kind: StatementKind) {
+        self.statements[kind.index()].fetch_add(1, Relaxed);
+    }
+
+    pub fn statements(&self, kind: StatementKind) -> u64 {
+        self.statements[kind.index()].load(Relaxed)
+    }
+
+    pub fn error(&self, source: ErrorSource) {
+        self.errors[source as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn errors(&self, source: ErrorSource) -> u64 {
+        self.errors[source as usize].load(Relaxed)
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self, cache: &AnalysisCache) -> String {
+        let mut out = String::with_capacity(4096);
+        let mut scalar = |name: &str, kind: &str, help: &str, value: i64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        };
+        let load = |a: &AtomicU64| a.load(Relaxed) as i64;
+        scalar(
+            "pgdual_client_connections",
+            "gauge",
+            "Client connections open now.",
+            self.client_connections.load(Relaxed),
+        );
+        scalar(
+            "pgdual_client_connections_total",
+            "counter",
+            "Client connections accepted.",
+            load(&self.client_connections_total),
+        );
+        scalar(
+            "pgdual_rejected_connections_total",
+            "counter",
+            "Client connections refused over limits.max_client_connections.",
+            load(&self.rejected_connections_total),
+        );
+        scalar(
+            "pgdual_cancel_requests_total",
+            "counter",
+            "CancelRequests received from clients.",
+            load(&self.cancel_requests_total),
+        );
+        scalar(
+            "pgdual_legacy_error_responses_total",
+            "counter",
+            "ErrorResponses legacy sent to clients (relayed unchanged).",
+            load(&self.legacy_error_responses_total),
+        );
+        scalar(
+            "pgdual_parse_failures_total",
+            "counter",
+            "Statements sqlparser could not parse (relayed unchanged, kind=unknown).",
+            load(&self.parse_failures_total),
+        );
+        scalar(
+            "pgdual_analysis_cache_hits_total",
+            "counter",
+            "Statement analyses served from the cache.",
+            cache.hits() as i64,
+        );
+        scalar(
+            "pgdual_analysis_cache_misses_total",
+            "counter",
+            "Statement analyses that had to parse.",
+            cache.misses() as i64,
+        );
+        scalar(
+            "pgdual_analysis_cache_entries",
+            "gauge",
+            "SQL texts in the analysis cache.",
+            cache.len() as i64,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP pgdual_relayed_bytes_total Bytes relayed, by direction.\n\
+             # TYPE pgdual_relayed_bytes_total counter\n\
+             pgdual_relayed_bytes_total{{direction=\"client_to_legacy\"}} {}\n\
+             pgdual_relayed_bytes_total{{direction=\"legacy_to_client\"}} {}",
+            load(&self.bytes_from_clients),
+            load(&self.bytes_from_legacy)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP pgdual_statements_total Statements seen, by kind.\n\
+             # TYPE pgdual_statements_total counter"
+        );
+        for kind in StatementKind::ALL {
+            let _ = writeln!(
+                out,
+                "pgdual_statements_total{{kind=\"{kind}\"}} {}",
+                self.statements(kind)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP pgdual_errors_total Failures by where they came from.\n\
+             # TYPE pgdual_errors_total counter"
+        );
+        for source in ErrorSource::ALL {
+            let _ = writeln!(
+                out,
+                "pgdual_errors_total{{source=\"{}\"}} {}",
+                source.as_str(),
+                self.errors(source)
+            );
+        }
+        self.added_latency.render(
+            &mut out,
+            "pgdual_added_latency_seconds",
+            "Time bytes spend inside pgdual between the read that completes them and the end of the write that forwards them.",
+        );
+        out
+    }
+}

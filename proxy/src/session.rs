@@ -1,0 +1,337 @@
+//! Per-client session state: transaction status, prepared statements, portals, and the queue
+//! of responses legacy still owes.
+//!
+//! This is a state machine driven by the frames the relay sees; it never does I/O and never
+//! fails. Transaction status comes from legacy's ReadyForQuery, never from guessing at SQL.
+//! A response that does not match the queue is logged and skipped, never a panic: the
+//! client's bytes are relayed whatever this bookkeeping believes.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use pgdual_rules::Analysis;
+
+use crate::codec::frontend;
+
+/// Transaction status from the last ReadyForQuery (protocol 55.7, `ReadyForQuery`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxStatus {
+    /// `I`: not in a transaction block.
+    Idle,
+    /// `T`: in a transaction block.
+    InBlock,
+    /// `E`: in a failed transaction block; statements are rejected until it ends.
+    Failed,
+}
+
+/// A statement created by Parse.
+#[derive(Debug)]
+pub struct Prepared {
+    pub sql: Box<str>,
+    /// Filled on first Execute, after the bytes went to legacy.
+    pub analysis: OnceLock<Arc<Analysis>>,
+}
+
+/// A portal created by Bind: its statement and the raw Bind body (parameter format codes,
+/// values and result format codes, exactly as the client sent them).
+#[derive(Debug)]
+pub struct Portal {
+    pub statement: Arc<Prepared>,
+    pub bind: Bytes,
+}
+
+/// A response legacy still owes, in the order the requests were sent.
+#[derive(Debug)]
+pub enum Expected {
+    /// Startup and authentication, until the first ReadyForQuery.
+    Startup,
+    /// A simple Query: any number of results, then ReadyForQuery.
+    SimpleQuery,
+    /// A FunctionCall: FunctionCallResponse, then ReadyForQuery.
+    FunctionCall,
+    Parse,
+    Bind,
+    Describe,
+    Close,
+    Execute(Option<Arc<Prepared>>),
+    Sync,
+}
+
+/// Work to finish after a chunk was forwarded to legacy (statement analysis).
+#[derive(Debug)]
+pub enum AfterWrite {
+    /// A simple Query's text at this byte range of the chunk.
+    Query { start: usize, end: usize },
+    /// An Execute of this statement.
+    Execute(Arc<Prepared>),
+}
+
+#[derive(Debug)]
+pub struct Session {
+    pub id: u64,
+    pub tx: TxStatus,
+    prepared: HashMap<Box<[u8]>, Arc<Prepared>>,
+    portals: HashMap<Box<[u8]>, Portal>,
+    expected: VecDeque<Expected>,
+    /// Responses that did not match the queue (a protocol sequence we do not model).
+    pub desyncs: u64,
+}
+
+impl Session {
+    pub fn new(id: u64) -> Self {
+        Session {
+            id,
+            tx: TxStatus::Idle,
+            prepared: HashMap::new(),
+            portals: HashMap::new(),
+            expected: VecDeque::from([Expected::Startup]),
+            desyncs: 0,
+        }
+    }
+
+    /// True while legacy owes responses: a request is in flight.
+    pub fn busy(&self) -> bool {
+        !self.expected.is_empty()
+    }
+
+    pub fn prepared(&self, name: &[u8]) -> Option<&Arc<Prepared>> {
+        self.prepared.get(name)
+    }
+
+    pub fn portal(&self, name: &[u8]) -> Option<&Portal> {
+        self.portals.get(name)
+    }
+
+    /// A frame from the client, before it is forwarded: `chunk[at..at + len]` holds it,
+    /// tag and length included.
+    pub fn on_frontend(
+        &mut self,
+        tag: u8,
+        chunk: &Bytes,
+        at: usize,
+        len: usize,
+        after: &mut Vec<AfterWrite>,
+    ) {
+        let body = &chunk[at + 5..at + len];
+        match tag {
+            b'Q' => {
+                self.expected.push_back(Expected::SimpleQuery);
+                if let Some(sql) = frontend::query(body) {
+                    let start = at + 5;
+                    after.push(AfterWrite::Query {
+                        start,
+                        end: start + sql.len(),
+                    });
+                }
+            }
+            b'P' => {
+                self.expected.push_back(Expected::Parse);
+                if let Some((name, sql)) = frontend::parse(body) {
+                    let stmt = Arc::new(Prepared {
+                        sql: String::from_utf8_lossy(sql).into(),
+                        analysis: OnceLock::new(),
+                    });
+                    self.prepared.insert(name.into(), stmt);
+                }
+            }
+            b'B' => {
+                self.expected.push_back(Expected::Bind);
+                if let Some((portal, stmt)) = frontend::bind(body) {
+                    if let Some(statement) = self.prepared.get(stmt).cloned() {
+                        let bind = chunk.slice(at + 5..at + len);
+                        self.portals.insert(portal.into(), Portal { statement, bind });
+                    }
+                }
+            }
+            b'E' => {
+                let stmt = frontend::execute(body)
+                    .and_then(|p| self.portals.get(p))
+                    .map(|p| p.statement.clone());
+                if let Some(s) = &stmt {
+                    after.push(AfterWrite::Execute(s.clone()));
+                }
+                self.expected.push_back(Expected::Execute(stmt));
+            }
+            b'D' => self.expected.push_back(Expected::Describe),
+            b'C' => {
+                self.expected.push_back(Expected::Close);
+                match frontend::target(body) {
+                    Some((b'S', name)) => {
+                        self.prepared.remove(name);
+                    }
+                    Some((b'P', name)) => {
+                        self.portals.remove(name);
+                    }
+                    _ => {}
+                }
+            }
+            b'S' => self.expected.push_back(Expected::Sync),
+            b'F' => self.expected.push_back(Expected::FunctionCall),
+            _ => {}
+        }
+    }
+
+    /// A frame from legacy, before it is forwarded to the client.
+    pub fn on_backend(&mut self, tag: u8, body: &[u8]) {
+        match tag {
+            b'Z' => {
+                self.tx = match body.first() {
+                    Some(b'T') => TxStatus::InBlock,
+                    Some(b'E') => TxStatus::Failed,
+                    _ => TxStatus::Idle,
+                };
+                if self.tx == TxStatus::Idle {
+                    // Portals live until the end of the transaction (protocol 55.2.3).
+                    self.portals.clear();
+                }
+                self.pop(|e| {
+                    matches!(
+                        e,
+                        Expected::Sync
+                            | Expected::SimpleQuery
+                            | Expected::FunctionCall
+                            | Expected::Startup
+                    )
+                });
+            }
+            b'1' => self.pop(|e| matches!(e, Expected::Parse)),
+            b'2' => self.pop(|e| matches!(e, Expected::Bind)),
+            b'3' => self.pop(|e| matches!(e, Expected::Close)),
+            b'T' | b'n' if matches!(self.expected.front(), Some(Expected::Describe)) => {
+                self.expected.pop_front();
+            }
+            b'C' | b's' | b'I' if matches!(self.expected.front(), Some(Expected::Execute(_))) => {
+                self.expected.pop_front();
+            }
+            b'E' => self.on_error(),
+            _ => {}
+        }
+    }
+
+    /// After an error in the extended protocol, legacy skips everything up to the next Sync
+    /// (protocol 55.2.3); a simple query or startup ends at its ReadyForQuery anyway.
+    fn on_error(&mut self) {
+        if let Some(Expected::SimpleQuery | Expected::FunctionCall | Expected::Startup) =
+            self.expected.front()
+        {
+            return;
+        }
+        while let Some(front) = self.expected.front() {
+            if matches!(front, Expected::Sync) {
+                break;
+            }
+            self.expected.pop_front();
+        }
+    }
+
+    fn pop(&mut self, fits: impl Fn(&Expected) -> bool) {
+        match self.expected.front() {
+            Some(e) if fits(e) => {
+                self.expected.pop_front();
+            }
+            other => {
+                self.desyncs += 1;
+                tracing::debug!(session_id = self.id, expected = ?other, "response does not match the request queue");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::{BufMut, BytesMut};
+
+    fn feed_front(s: &mut Session, msgs: &[(u8, &[u8])]) -> Vec<AfterWrite> {
+        let mut after = Vec::new();
+        for (tag, body) in msgs {
+            let mut b = BytesMut::new();
+            crate::codec::put_message(&mut b, *tag, |o| o.put_slice(body));
+            let frame = b.freeze();
+            s.on_frontend(*tag, &frame, 0, frame.len(), &mut after);
+        }
+        after
+    }
+
+    fn started() -> Session {
+        let mut s = Session::new(1);
+        s.on_backend(b'Z', b"I");
+        assert!(!s.busy());
+        s
+    }
+
+    #[test]
+    fn extended_pipeline_is_matched_response_by_response() {
+        let mut s = started();
+        let after = feed_front(
+            &mut s,
+            &[
+                (b'P', b"s1\0SELECT $1\0\0\0"),
+                (b'B', b"p1\0s1\0\0\0\0\0\0\0"),
+                (b'D', b"Pp1\0"),
+                (b'E', b"p1\0\0\0\0\0"),
+                (b'S', b""),
+            ],
+        );
+        assert!(matches!(&after[..], [AfterWrite::Execute(p)] if &*p.sql == "SELECT $1"));
+        assert_eq!(s.portal(b"p1").unwrap().statement.sql.as_ref(), "SELECT $1");
+        for tag in [b'1', b'2', b'T', b'D', b'C'] {
+            s.on_backend(tag, b"");
+        }
+        assert!(s.busy());
+        s.on_backend(b'Z', b"I");
+        assert!(!s.busy());
+        assert_eq!(s.desyncs, 0);
+        assert!(s.portal(b"p1").is_none(), "portals end with the transaction");
+        assert!(s.prepared(b"s1").is_some(), "statements outlive it");
+    }
+
+    #[test]
+    fn error_mid_pipeline_skips_to_sync() {
+        let mut s = started();
+        feed_front(
+            &mut s,
+            &[
+                (b'P', b"\0SELECT 1/0\0\0\0"),
+                (b'B', b"\0\0\0\0\0\0\0\0"),
+                (b'E', b"\0\0\0\0\0"),
+                (b'P', b"\0SELECT 2\0\0\0"),
+                (b'S', b""),
+            ],
+        );
+        s.on_backend(b'1', b"");
+        s.on_backend(b'2', b"");
+        s.on_backend(b'E', b"");
+        s.on_backend(b'Z', b"I");
+        assert!(!s.busy());
+        assert_eq!(s.desyncs, 0);
+    }
+
+    #[test]
+    fn transaction_status_follows_ready_for_query() {
+        let mut s = started();
+        let after = feed_front(&mut s, &[(b'Q', b"BEGIN\0")]);
+        assert!(matches!(after[..], [AfterWrite::Query { start: 5, end: 10 }]));
+        s.on_backend(b'C', b"BEGIN\0");
+        s.on_backend(b'Z', b"T");
+        assert_eq!(s.tx, TxStatus::InBlock);
+        feed_front(&mut s, &[(b'Q', b"SELECT 1/0\0")]);
+        s.on_backend(b'E', b"");
+        assert!(s.busy(), "a simple query ends at ReadyForQuery, not at its error");
+        s.on_backend(b'Z', b"E");
+        assert_eq!(s.tx, TxStatus::Failed);
+        assert!(!s.busy());
+    }
+
+    #[test]
+    fn close_forgets_statements_and_unmatched_responses_do_not_panic() {
+        let mut s = started();
+        feed_front(&mut s, &[(b'P', b"s\0SELECT 1\0\0\0"), (b'C', b"Ss\0")]);
+        assert!(s.prepared(b"s").is_none());
+        for tag in [b'1', b'3', b'2', b'Z', b'Z'] {
+            s.on_backend(tag, b"");
+        }
+        assert!(s.desyncs >= 2);
+    }
+}

@@ -1,0 +1,371 @@
+//! Statement analysis: what kind of statement a SQL text holds and which tables it touches.
+//!
+//! Pure functions of the SQL text, using sqlparser's PostgreSQL dialect. A text that does not
+//! parse is `Unknown`, never an error: the proxy relays it unchanged whatever we make of it.
+
+use std::fmt;
+use std::ops::ControlFlow;
+
+use sqlparser::ast::{
+    CopySource, Expr, ObjectName, ObjectNamePart, Query, SetExpr, Statement as Ast,
+};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+
+/// The kind of one statement, as the metrics and (later) the router see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StatementKind {
+    /// SELECT, VALUES, TABLE, SHOW-like reads, COPY ... TO.
+    Read,
+    /// INSERT, UPDATE, DELETE, MERGE, TRUNCATE, COPY ... FROM, data-modifying CTEs.
+    Write,
+    /// CREATE, ALTER, DROP, GRANT and friends.
+    Ddl,
+    /// BEGIN, COMMIT, ROLLBACK, SAVEPOINT, RELEASE.
+    Transaction,
+    /// SET, RESET, SHOW, DISCARD, PREPARE, EXECUTE, DEALLOCATE, LISTEN, NOTIFY.
+    Session,
+    /// Parsed, but none of the above (EXPLAIN, VACUUM, CALL, ...).
+    Other,
+    /// Did not parse with sqlparser's PostgreSQL dialect.
+    Unknown,
+}
+
+impl StatementKind {
+    pub const ALL: [StatementKind; 7] = [
+        StatementKind::Read,
+        StatementKind::Write,
+        StatementKind::Ddl,
+        StatementKind::Transaction,
+        StatementKind::Session,
+        StatementKind::Other,
+        StatementKind::Unknown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatementKind::Read => "read",
+            StatementKind::Write => "write",
+            StatementKind::Ddl => "ddl",
+            StatementKind::Transaction => "transaction",
+            StatementKind::Session => "session",
+            StatementKind::Other => "other",
+            StatementKind::Unknown => "unknown",
+        }
+    }
+
+    /// Dense index for per-kind counters.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for StatementKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One statement of a SQL text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatementInfo {
+    pub kind: StatementKind,
+    /// Relations named by the statement, normalized as PostgreSQL folds identifiers
+    /// (unquoted parts lowercased), deduplicated, in order of first appearance.
+    pub tables: Vec<String>,
+}
+
+/// All statements of one SQL text (a simple Query may hold several).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Analysis {
+    pub statements: Vec<StatementInfo>,
+    /// sqlparser's message when the text did not parse.
+    pub parse_error: Option<String>,
+}
+
+impl Analysis {
+    /// True when the text did not parse.
+    pub fn is_unknown(&self) -> bool {
+        self.parse_error.is_some()
+    }
+}
+
+/// Analyzes a SQL text. Never fails: unparsable text is one `Unknown` statement.
+pub fn analyze(sql: &str) -> Analysis {
+    match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
+        Ok(stmts) => Analysis {
+            statements: stmts.iter().map(statement_info).collect(),
+            parse_error: None,
+        },
+        Err(e) => Analysis {
+            statements: vec![StatementInfo {
+                kind: StatementKind::Unknown,
+                tables: Vec::new(),
+            }],
+            parse_error: Some(e.to_string()),
+        },
+    }
+}
+
+fn statement_info(stmt: &Ast) -> StatementInfo {
+    let mut tables: Vec<String> = Vec::new();
+    // sqlparser's relation visitor does not descend into COPY's table.
+    if let Ast::Copy {
+        source: CopySource::Table { table_name, .. },
+        ..
+    } = stmt
+    {
+        tables.push(normalize(table_name));
+    }
+    // Nor into SELECT ... INTO's new table.
+    if let Ast::Query(q) = stmt {
+        if let SetExpr::Select(select) = q.body.as_ref() {
+            for target in select.into.iter().flat_map(|i| &i.targets) {
+                let parts = match target {
+                    Expr::Identifier(id) => vec![id.clone()],
+                    Expr::CompoundIdentifier(ids) => ids.clone(),
+                    _ => continue,
+                };
+                tables.push(normalize(&ObjectName::from(parts)));
+            }
+        }
+    }
+    let _ = sqlparser::ast::visit_relations(stmt, |name| {
+        let n = normalize(name);
+        if !tables.contains(&n) {
+            tables.push(n);
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    StatementInfo {
+        kind: kind_of(stmt),
+        tables,
+    }
+}
+
+/// The name as PostgreSQL resolves it: unquoted identifiers fold to lower case.
+fn normalize(name: &ObjectName) -> String {
+    let mut out = String::new();
+    for (i, part) in name.0.iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        match part {
+            ObjectNamePart::Identifier(id) if id.quote_style.is_none() => {
+                out.push_str(&id.value.to_lowercase())
+            }
+            ObjectNamePart::Identifier(id) => out.push_str(&id.value),
+            other => out.push_str(&other.to_string()),
+        }
+    }
+    out
+}
+
+fn kind_of(stmt: &Ast) -> StatementKind {
+    use StatementKind::*;
+    match stmt {
+        Ast::Query(q) => query_kind(q),
+        Ast::Insert(_) | Ast::Update(_) | Ast::Delete(_) | Ast::Merge(_) | Ast::Truncate(_) => {
+            Write
+        }
+        Ast::Copy { to, .. } => {
+            if *to {
+                Read
+            } else {
+                Write
+            }
+        }
+        Ast::StartTransaction { .. }
+        | Ast::Commit { .. }
+        | Ast::Rollback { .. }
+        | Ast::Savepoint { .. }
+        | Ast::ReleaseSavepoint { .. } => Transaction,
+        Ast::Set(_)
+        | Ast::Reset(_)
+        | Ast::ShowVariable { .. }
+        | Ast::ShowVariables { .. }
+        | Ast::Discard { .. }
+        | Ast::Prepare { .. }
+        | Ast::Execute { .. }
+        | Ast::Deallocate { .. }
+        | Ast::LISTEN { .. }
+        | Ast::UNLISTEN { .. }
+        | Ast::NOTIFY { .. }
+        | Ast::Declare { .. }
+        | Ast::Fetch { .. }
+        | Ast::Close { .. } => Session,
+        Ast::CreateView(_)
+        | Ast::CreateTable(_)
+        | Ast::CreateIndex(_)
+        | Ast::CreateRole(_)
+        | Ast::CreatePolicy(_)
+        | Ast::CreateExtension(_)
+        | Ast::CreateSchema { .. }
+        | Ast::CreateDatabase { .. }
+        | Ast::CreateFunction(_)
+        | Ast::CreateTrigger(_)
+        | Ast::CreateProcedure { .. }
+        | Ast::CreateSequence { .. }
+        | Ast::CreateDomain(_)
+        | Ast::CreateType { .. }
+        | Ast::CreateUser(_)
+        | Ast::AlterTable(_)
+        | Ast::AlterSchema(_)
+        | Ast::AlterIndex { .. }
+        | Ast::AlterView { .. }
+        | Ast::AlterFunction(_)
+        | Ast::AlterType(_)
+        | Ast::AlterRole { .. }
+        | Ast::AlterPolicy(_)
+        | Ast::AlterUser(_)
+        | Ast::Drop { .. }
+        | Ast::DropFunction(_)
+        | Ast::DropDomain(_)
+        | Ast::DropProcedure { .. }
+        | Ast::DropPolicy(_)
+        | Ast::DropExtension(_)
+        | Ast::DropTrigger(_)
+        | Ast::Grant(_)
+        | Ast::Revoke(_)
+        | Ast::Comment { .. }
+        | Ast::RenameTable(_) => Ddl,
+        _ => Other,
+    }
+}
+
+/// A query is a read unless it writes through a CTE (`WITH x AS (DELETE ...)`) or
+/// creates a table (`SELECT ... INTO t`).
+fn query_kind(q: &Query) -> StatementKind {
+    let cte_writes = q.with.as_ref().is_some_and(|w| {
+        w.cte_tables
+            .iter()
+            .any(|c| query_kind(&c.query) == StatementKind::Write)
+    });
+    if cte_writes {
+        return StatementKind::Write;
+    }
+    set_expr_kind(&q.body)
+}
+
+fn set_expr_kind(body: &SetExpr) -> StatementKind {
+    match body {
+        SetExpr::Insert(_) | SetExpr::Update(_) | SetExpr::Delete(_) | SetExpr::Merge(_) => {
+            StatementKind::Write
+        }
+        SetExpr::Select(s) if s.into.is_some() => StatementKind::Ddl,
+        SetExpr::Query(q) => query_kind(q),
+        SetExpr::SetOperation { left, right, .. } => {
+            let (l, r) = (set_expr_kind(left), set_expr_kind(right));
+            if l == StatementKind::Read {
+                r
+            } else {
+                l
+            }
+        }
+        _ => StatementKind::Read,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use StatementKind::*;
+
+    fn one(sql: &str) -> (StatementKind, Vec<String>) {
+        let a = analyze(sql);
+        assert_eq!(a.statements.len(), 1, "{sql}: {a:?}");
+        let s = &a.statements[0];
+        (s.kind, s.tables.clone())
+    }
+
+    #[test]
+    fn kinds_and_tables() {
+        let cases: &[(&str, StatementKind, &[&str])] = &[
+            ("SELECT 1", Read, &[]),
+            (
+                "select * from Users u join public.orders o on o.uid = u.id",
+                Read,
+                &["users", "public.orders"],
+            ),
+            (
+                "SELECT * FROM \"Mixed\" WHERE id = $1 FOR UPDATE",
+                Read,
+                &["Mixed"],
+            ),
+            ("VALUES (1), (2)", Read, &[]),
+            (
+                "INSERT INTO users (id, email) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
+                Write,
+                &["users"],
+            ),
+            (
+                "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = 3",
+                Write,
+                &["pgbench_accounts"],
+            ),
+            (
+                "DELETE FROM a USING b WHERE a.id = b.id",
+                Write,
+                &["a", "b"],
+            ),
+            ("TRUNCATE t1, t2", Write, &["t1", "t2"]),
+            ("COPY users FROM STDIN", Write, &["users"]),
+            ("COPY users TO STDOUT WITH (FORMAT csv)", Read, &["users"]),
+            (
+                "WITH gone AS (DELETE FROM t RETURNING *) SELECT count(*) FROM gone",
+                Write,
+                &["t", "gone"],
+            ),
+            ("SELECT * INTO newt FROM t", Ddl, &["newt", "t"]),
+            ("CREATE TABLE t (id int primary key)", Ddl, &["t"]),
+            ("ALTER TABLE t ADD COLUMN c text", Ddl, &["t"]),
+            ("DROP TABLE IF EXISTS t", Ddl, &[]),
+            ("CREATE INDEX ON t (c)", Ddl, &["t"]),
+            ("BEGIN", Transaction, &[]),
+            (
+                "START TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+                Transaction,
+                &[],
+            ),
+            ("COMMIT", Transaction, &[]),
+            ("ROLLBACK TO SAVEPOINT s1", Transaction, &[]),
+            ("SAVEPOINT s1", Transaction, &[]),
+            ("SET search_path = app, public", Session, &[]),
+            ("SHOW server_version", Session, &[]),
+            ("LISTEN chan", Session, &[]),
+            ("NOTIFY chan, 'hi'", Session, &[]),
+            ("DISCARD ALL", Session, &[]),
+            ("EXPLAIN SELECT 1", Other, &[]),
+        ];
+        for (sql, kind, tables) in cases {
+            let (k, t) = one(sql);
+            assert_eq!(k, *kind, "{sql}");
+            assert_eq!(
+                t,
+                tables.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                "{sql}"
+            );
+        }
+    }
+
+    #[test]
+    fn multi_statement_text_gives_each_statement() {
+        let a = analyze("BEGIN; INSERT INTO t VALUES (1); COMMIT");
+        let kinds: Vec<_> = a.statements.iter().map(|s| s.kind).collect();
+        assert_eq!(kinds, [Transaction, Write, Transaction]);
+    }
+
+    #[test]
+    fn unparsable_text_is_unknown_with_the_reason() {
+        let a = analyze("SELEC 1");
+        assert!(a.is_unknown());
+        assert_eq!(a.statements[0].kind, Unknown);
+        assert!(a.parse_error.as_deref().unwrap().contains("SELEC"));
+    }
+
+    #[test]
+    fn empty_text_has_no_statements() {
+        assert_eq!(analyze("").statements, vec![]);
+        assert_eq!(analyze(" ; ").statements.len(), 0);
+    }
+}
