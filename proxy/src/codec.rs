@@ -151,7 +151,10 @@ pub fn frames(buf: &[u8], from: usize, to: usize) -> impl Iterator<Item = (usize
 pub enum Initial {
     SslRequest,
     GssEncRequest,
-    Cancel { pid: i32, secret: Vec<u8> },
+    Cancel {
+        pid: i32,
+        secret: Vec<u8>,
+    },
     /// A StartupMessage; `params` are its name/value pairs.
     Startup {
         version: i32,

@@ -1,1 +1,22 @@
+//! pgdual: a PostgreSQL wire-protocol proxy for expand-and-contract schema migrations.
+//!
+//! Clients connect to pgdual as they would to the legacy database; every byte they send is
+//! relayed to legacy on the critical path and every answer comes back unchanged.
 
+pub mod admin;
+pub mod cancel;
+pub mod cluster;
+pub mod codec;
+pub mod connection;
+pub mod demo;
+pub mod legacy;
+pub mod metrics;
+pub mod proxy;
+pub mod relay;
+pub mod session;
+pub mod signals;
+pub mod sqlstate;
+pub mod stream;
+pub mod tls;
+
+pub use proxy::{Proxy, Shared, StartError};

@@ -1,1 +1,153 @@
-fn main() {}
+//! The `pgdual` command line: `serve`, `config check`, `demo`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use pgdual::Proxy;
+use pgdual_config::{Config, LogFormat};
+
+#[derive(Parser)]
+#[command(
+    name = "pgdual",
+    version,
+    about = "PostgreSQL proxy for expand-and-contract schema migrations"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the proxy.
+    Serve(ServeArgs),
+    /// Work with configuration files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCmd,
+    },
+    /// Start a throwaway legacy PostgreSQL and pgdual in front of it.
+    Demo {
+        /// Address for the proxy (default 127.0.0.1:6432, or a free port if taken).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Run the sample workload and exit instead of serving until Ctrl-C.
+        #[arg(long)]
+        once: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Validate a config file (with PGDUAL_* overrides) and list every problem.
+    Check { file: PathBuf },
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// TOML config file; settings not in it keep their defaults.
+    #[arg(long, short, env = "PGDUAL_CONFIG")]
+    config: Option<PathBuf>,
+    /// Client listen address (overrides `listen`).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Legacy host or Unix socket directory (overrides `legacy.host`).
+    #[arg(long)]
+    legacy_host: Option<String>,
+    /// Legacy port (overrides `legacy.port`).
+    #[arg(long)]
+    legacy_port: Option<String>,
+    /// Admin API address, "" to disable (overrides `admin.listen`).
+    #[arg(long)]
+    admin_listen: Option<String>,
+    /// Log filter such as info or pgdual=debug (overrides `log.level`).
+    #[arg(long)]
+    log_level: Option<String>,
+    /// text or json (overrides `log.format`).
+    #[arg(long)]
+    log_format: Option<String>,
+}
+
+/// File, then `PGDUAL_*` environment, then flags; every problem listed at once.
+fn load(path: Option<&PathBuf>, flags: &[(&str, Option<&String>)]) -> anyhow::Result<Config> {
+    let mut config = match path {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    let mut problems = config.apply_env(std::env::vars());
+    for (field, value) in flags {
+        if let Some(v) = value {
+            if let Err(mut p) = config.set(field, v) {
+                p.field = format!("{} (from --{})", p.field, field.replace(['.', '_'], "-"));
+                problems.push(p);
+            }
+        }
+    }
+    problems.extend(config.problems());
+    let origin = path.map_or("configuration".to_string(), |p| p.display().to_string());
+    if !problems.is_empty() {
+        return Err(pgdual_config::ConfigError::Invalid { origin, problems }.into());
+    }
+    Ok(config)
+}
+
+fn init_logging(level: &str, format: LogFormat) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .with_context(|| format!("log.level: invalid filter {level:?}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+    Ok(())
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = load(
+        args.config.as_ref(),
+        &[
+            ("listen", args.listen.as_ref()),
+            ("legacy.host", args.legacy_host.as_ref()),
+            ("legacy.port", args.legacy_port.as_ref()),
+            ("admin.listen", args.admin_listen.as_ref()),
+            ("log.level", args.log_level.as_ref()),
+            ("log.format", args.log_format.as_ref()),
+        ],
+    )?;
+    init_logging(&config.log.level, config.log.format)?;
+    let drain = Duration::from_millis(config.limits.drain_timeout_ms);
+    let proxy = Proxy::start(config)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(pgdual::signals::terminated());
+    tracing::info!("shutdown requested");
+    proxy.shutdown(drain);
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Serve(args) => serve(args),
+        Cmd::Config {
+            command: ConfigCmd::Check { file },
+        } => load(Some(&file), &[]).map(|_| println!("{}: ok", file.display())),
+        Cmd::Demo { listen, once } => {
+            let _ = init_logging("warn", LogFormat::Text);
+            pgdual::demo::run(pgdual::demo::DemoOptions { listen, once })
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pgdual: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -22,7 +22,11 @@ pub enum ErrorSource {
 }
 
 impl ErrorSource {
-    const ALL: [ErrorSource; 3] = [ErrorSource::Client, ErrorSource::Legacy, ErrorSource::Internal];
+    const ALL: [ErrorSource; 3] = [
+        ErrorSource::Client,
+        ErrorSource::Legacy,
+        ErrorSource::Internal,
+    ];
 
     fn as_str(self) -> &'static str {
         match self {

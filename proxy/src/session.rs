@@ -140,7 +140,8 @@ impl Session {
                 if let Some((portal, stmt)) = frontend::bind(body) {
                     if let Some(statement) = self.prepared.get(stmt).cloned() {
                         let bind = chunk.slice(at + 5..at + len);
-                        self.portals.insert(portal.into(), Portal { statement, bind });
+                        self.portals
+                            .insert(portal.into(), Portal { statement, bind });
                     }
                 }
             }
@@ -283,7 +284,10 @@ mod tests {
         s.on_backend(b'Z', b"I");
         assert!(!s.busy());
         assert_eq!(s.desyncs, 0);
-        assert!(s.portal(b"p1").is_none(), "portals end with the transaction");
+        assert!(
+            s.portal(b"p1").is_none(),
+            "portals end with the transaction"
+        );
         assert!(s.prepared(b"s1").is_some(), "statements outlive it");
     }
 
@@ -312,13 +316,19 @@ mod tests {
     fn transaction_status_follows_ready_for_query() {
         let mut s = started();
         let after = feed_front(&mut s, &[(b'Q', b"BEGIN\0")]);
-        assert!(matches!(after[..], [AfterWrite::Query { start: 5, end: 10 }]));
+        assert!(matches!(
+            after[..],
+            [AfterWrite::Query { start: 5, end: 10 }]
+        ));
         s.on_backend(b'C', b"BEGIN\0");
         s.on_backend(b'Z', b"T");
         assert_eq!(s.tx, TxStatus::InBlock);
         feed_front(&mut s, &[(b'Q', b"SELECT 1/0\0")]);
         s.on_backend(b'E', b"");
-        assert!(s.busy(), "a simple query ends at ReadyForQuery, not at its error");
+        assert!(
+            s.busy(),
+            "a simple query ends at ReadyForQuery, not at its error"
+        );
         s.on_backend(b'Z', b"E");
         assert_eq!(s.tx, TxStatus::Failed);
         assert!(!s.busy());

@@ -45,7 +45,10 @@ fn initial_packets_decode() {
         m,
         Initial::Startup {
             version: PROTOCOL_3_0,
-            params: vec![("user".into(), "bob".into()), ("database".into(), "app".into())]
+            params: vec![
+                ("user".into(), "bob".into()),
+                ("database".into(), "app".into())
+            ]
         }
     );
 
@@ -143,7 +146,10 @@ fn scan_buffers_small_partial_frames_and_streams_large_ones() {
     buf.extend_from_slice(&q[..7]);
     let mut pass = 0;
     let s = scan(&buf, &mut pass, 1 << 30, |_| true).unwrap();
-    assert_eq!((s.first, s.complete, s.forward, s.want), (0, q.len(), q.len(), q.len()));
+    assert_eq!(
+        (s.first, s.complete, s.forward, s.want),
+        (0, q.len(), q.len(), q.len())
+    );
 
     let big = msg(b'd', &vec![7u8; STREAM_THRESHOLD * 2]);
     let head = &big[..1000];

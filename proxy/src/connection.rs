@@ -1,0 +1,347 @@
+//! One client connection from accept to close: the startup phase (SSLRequest, GSSENCRequest,
+//! CancelRequest, StartupMessage), the connection to legacy, then the relay.
+//!
+//! Authentication is not handled here at all: the StartupMessage goes to legacy unchanged and
+//! every authentication message is relayed, so trust, password, md5 and SCRAM work as they
+//! would directly. Failures pgdual itself detects reach the client as one FATAL
+//! ErrorResponse with a SQLSTATE, then the connection closes.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::codec::{initial, put_error, CodecError, Initial};
+use crate::metrics::ErrorSource;
+use crate::proxy::Shared;
+use crate::relay::{read_more, relay, RelayEnd, RelayError};
+use crate::session::Session;
+use crate::sqlstate::SqlState;
+use crate::stream::ClientStream;
+
+/// Serves one accepted client connection to completion. Never panics on client input.
+pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let id = shared.next_session_id.fetch_add(1, Relaxed);
+    let span = tracing::info_span!("session", session_id = id, peer = %peer);
+    run(tcp, id, &shared).instrument(span).await
+}
+
+/// Counts a client toward `limits.max_client_connections` while alive.
+struct Slot<'a>(&'a Shared);
+
+impl<'a> Slot<'a> {
+    fn acquire(shared: &'a Shared) -> Option<Self> {
+        let max = shared.config.limits.max_client_connections;
+        let mut now = shared.active.load(Relaxed);
+        loop {
+            if now >= max {
+                return None;
+            }
+            match shared
+                .active
+                .compare_exchange_weak(now, now + 1, Relaxed, Relaxed)
+            {
+                Ok(_) => break,
+                Err(actual) => now = actual,
+            }
+        }
+        shared.metrics.client_connections.fetch_add(1, Relaxed);
+        Some(Slot(shared))
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Relaxed);
+        self.0.metrics.client_connections.fetch_sub(1, Relaxed);
+        self.0.drained.notify_waiters();
+    }
+}
+
+async fn fatal<W: AsyncWrite + Unpin>(w: &mut W, code: SqlState, message: &str) {
+    let mut out = BytesMut::new();
+    put_error(&mut out, "FATAL", code, message);
+    let _ = w.write_all(&out).await;
+    let _ = w.shutdown().await;
+}
+
+/// What the startup phase ended with.
+enum Startup {
+    /// A StartupMessage of `len` bytes at the front of the buffer.
+    Message {
+        len: usize,
+        user: String,
+        database: String,
+    },
+    /// The connection was a CancelRequest, or closed before a StartupMessage.
+    Done,
+}
+
+async fn run(mut tcp: TcpStream, id: u64, shared: &Shared) {
+    shared
+        .metrics
+        .client_connections_total
+        .fetch_add(1, Relaxed);
+    let _ = tcp.set_nodelay(true);
+    let mut buf = BytesMut::with_capacity(1024);
+    let timeout = Duration::from_millis(shared.config.limits.connect_timeout_ms);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let tls =
+        tokio::time::timeout_at(deadline, encryption_request(&mut tcp, &mut buf, shared)).await;
+    let mut client = match tls {
+        Ok(Ok(false)) => ClientStream::Plain(tcp),
+        Ok(Ok(true)) => match &shared.tls {
+            Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => ClientStream::Tls(Box::new(tls)),
+                Ok(Err(e)) => {
+                    shared.metrics.error(ErrorSource::Client);
+                    debug!(error = %e, "TLS handshake with client failed");
+                    return;
+                }
+                Err(_) => return,
+            },
+            None => return,
+        },
+        Ok(Err(e)) => return startup_failed(&mut tcp, e, shared).await,
+        Err(_) => return startup_timed_out(&mut tcp, shared).await,
+    };
+    let startup =
+        match tokio::time::timeout_at(deadline, startup(&mut client, &mut buf, shared)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return startup_failed(&mut client, e, shared).await,
+            Err(_) => return startup_timed_out(&mut client, shared).await,
+        };
+    let Startup::Message {
+        len,
+        user,
+        database,
+    } = startup
+    else {
+        return;
+    };
+    let Some(_slot) = Slot::acquire(shared) else {
+        shared
+            .metrics
+            .rejected_connections_total
+            .fetch_add(1, Relaxed);
+        warn!(
+            max = shared.config.limits.max_client_connections,
+            "refusing client: too many connections"
+        );
+        fatal(
+            &mut client,
+            SqlState::TOO_MANY_CONNECTIONS,
+            "sorry, too many clients already (pgdual limits.max_client_connections)",
+        )
+        .await;
+        return;
+    };
+    let mut legacy = match shared.legacy.connect(timeout).await {
+        Ok(s) => s,
+        Err(e) => {
+            shared.metrics.error(ErrorSource::Legacy);
+            warn!(error = %e, "legacy unreachable");
+            let msg = format!("pgdual: {e}");
+            fatal(
+                &mut client,
+                SqlState::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
+                &msg,
+            )
+            .await;
+            return;
+        }
+    };
+    debug!(%user, %database, "session started");
+    if let Err(e) = legacy.write_all(&buf[..len]).await {
+        shared.metrics.error(ErrorSource::Legacy);
+        let msg = format!(
+            "pgdual: connection to the legacy database at {} failed: {e}",
+            shared.legacy
+        );
+        fatal(&mut client, SqlState::CONNECTION_FAILURE, &msg).await;
+        return;
+    }
+    buf.advance(len);
+
+    let key = shared.cancel.register();
+    let session = RefCell::new(Session::new(id));
+    let (mut cr, mut cw) = tokio::io::split(client);
+    let (mut lr, mut lw) = tokio::io::split(legacy);
+    let mut closing = shared.force_close.subscribe();
+    let outcome = tokio::select! {
+        r = relay(&mut cr, &mut cw, &mut lr, &mut lw, &session, shared, key, buf) => Some(r),
+        _ = closing.wait_for(|closing| *closing) => None,
+    };
+    let busy = session.borrow().busy();
+    match outcome {
+        Some(Ok(RelayEnd::LegacyClosed)) => debug!("legacy closed the session"),
+        Some(Ok(RelayEnd::ClientClosed)) | Some(Err(RelayError::ClientIo(_))) => {
+            debug!(busy, "client closed the session");
+        }
+        Some(Err(RelayError::Client(e))) => {
+            shared.metrics.error(ErrorSource::Client);
+            warn!(error = %e, "closing session: invalid message from client");
+            fatal(&mut cw, e.sqlstate(), &format!("pgdual: {e}")).await;
+        }
+        Some(Err(RelayError::LegacyIo(e))) => {
+            shared.metrics.error(ErrorSource::Legacy);
+            warn!(error = %e, "legacy connection failed");
+            let msg = format!(
+                "pgdual: connection to the legacy database at {} failed: {e}",
+                shared.legacy
+            );
+            fatal(&mut cw, SqlState::CONNECTION_FAILURE, &msg).await;
+        }
+        None => {
+            info!("closing session: shutdown drain timeout reached");
+            fatal(
+                &mut cw,
+                SqlState::ADMIN_SHUTDOWN,
+                "terminating connection because pgdual is shutting down",
+            )
+            .await;
+        }
+    }
+    // A query still running on legacy for a client that is gone would hold its backend
+    // (and locks) until it finished: cancel it.
+    if busy {
+        if let Some((pid, secret)) = shared.cancel.lookup(key.pid, &key.secret) {
+            if let Err(e) = shared.legacy.cancel(pid, &secret, timeout).await {
+                debug!(error = %e, "could not cancel the abandoned query");
+            }
+        }
+    }
+    shared.cancel.remove(key);
+    let _ = lw.shutdown().await;
+}
+
+#[derive(Debug, thiserror::Error)]
+enum StartupError {
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+async fn startup_failed<W: AsyncWrite + Unpin>(w: &mut W, e: StartupError, shared: &Shared) {
+    match e {
+        StartupError::Codec(e) => {
+            shared.metrics.error(ErrorSource::Client);
+            warn!(error = %e, "invalid startup packet");
+            fatal(w, e.sqlstate(), &format!("pgdual: {e}")).await;
+        }
+        StartupError::Io(e) => debug!(error = %e, "client left during startup"),
+    }
+}
+
+async fn startup_timed_out<W: AsyncWrite + Unpin>(w: &mut W, shared: &Shared) {
+    shared.metrics.error(ErrorSource::Client);
+    debug!("no startup packet within limits.connect_timeout_ms");
+    let msg = "pgdual: no startup packet received within limits.connect_timeout_ms";
+    fatal(w, SqlState::PROTOCOL_VIOLATION, msg).await;
+}
+
+/// The next startup-phase packet and its length, or `None` if the client closed.
+async fn next_initial<S: AsyncRead + Unpin>(
+    s: &mut S,
+    buf: &mut BytesMut,
+) -> Result<Option<(Initial, usize)>, StartupError> {
+    loop {
+        if let Some(found) = initial(buf)? {
+            return Ok(Some(found));
+        }
+        if !read_more(s, buf).await? {
+            return Ok(None);
+        }
+    }
+}
+
+/// Answers GSSENCRequest (`N`: not offered) and SSLRequest at the front of the connection
+/// (protocol 55.2.9, 55.2.10). Returns whether to start a TLS handshake; `S` is already sent.
+/// Any other packet is left in `buf`.
+async fn encryption_request(
+    tcp: &mut TcpStream,
+    buf: &mut BytesMut,
+    shared: &Shared,
+) -> Result<bool, StartupError> {
+    loop {
+        let Some((msg, len)) = next_initial(tcp, buf).await? else {
+            return Ok(false);
+        };
+        if !matches!(msg, Initial::SslRequest | Initial::GssEncRequest) {
+            return Ok(false);
+        }
+        if buf.len() > len {
+            // Bytes sent ahead of the answer would bypass the handshake (CVE-2021-23214);
+            // PostgreSQL refuses them too.
+            return Err(CodecError::Malformed {
+                what: "SSLRequest (data sent before the answer)",
+            }
+            .into());
+        }
+        buf.advance(len);
+        if msg == Initial::SslRequest && shared.tls.is_some() {
+            tcp.write_all(b"S").await?;
+            return Ok(true);
+        }
+        tcp.write_all(b"N").await?;
+    }
+}
+
+/// Reads the StartupMessage, or serves a CancelRequest (protocol 55.2.1, 55.2.8).
+async fn startup(
+    client: &mut ClientStream,
+    buf: &mut BytesMut,
+    shared: &Shared,
+) -> Result<Startup, StartupError> {
+    let Some((msg, len)) = next_initial(client, buf).await? else {
+        return Ok(Startup::Done);
+    };
+    match msg {
+        Initial::SslRequest | Initial::GssEncRequest => Err(CodecError::Malformed {
+            what: "second encryption request",
+        }
+        .into()),
+        Initial::Cancel { pid, secret } => {
+            shared.metrics.cancel_requests_total.fetch_add(1, Relaxed);
+            forward_cancel(pid, &secret, shared).await;
+            Ok(Startup::Done)
+        }
+        Initial::Startup { params, .. } => {
+            let get = |name: &str| {
+                params
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default()
+            };
+            Ok(Startup::Message {
+                len,
+                user: get("user"),
+                database: get("database"),
+            })
+        }
+    }
+}
+
+async fn forward_cancel(pid: i32, secret: &[u8], shared: &Shared) {
+    let Some((legacy_pid, legacy_secret)) = shared.cancel.lookup(pid, secret) else {
+        debug!(pid, "CancelRequest with an unknown key ignored");
+        return;
+    };
+    let timeout = Duration::from_millis(shared.config.limits.connect_timeout_ms);
+    if let Err(e) = shared
+        .legacy
+        .cancel(legacy_pid, &legacy_secret, timeout)
+        .await
+    {
+        shared.metrics.error(ErrorSource::Legacy);
+        warn!(error = %e, "could not forward CancelRequest");
+    }
+}

@@ -1,0 +1,180 @@
+//! Connections to the legacy database: TCP or Unix socket, optionally TLS, and the
+//! CancelRequest that pgdual forwards on a client's behalf.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use pgdual_config::{LegacyConfig, LegacyTlsMode};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+
+use crate::codec::{put_initial, CANCEL_REQUEST_CODE, SSL_REQUEST_CODE};
+use crate::stream::LegacyStream;
+use crate::tls::{self, TlsError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LegacyError {
+    #[error("could not connect to the legacy database at {addr}: {reason}")]
+    Connect { addr: String, reason: String },
+    #[error("the legacy database at {addr} refused TLS (legacy.tls = \"{mode}\")")]
+    TlsRefused { addr: String, mode: &'static str },
+}
+
+/// Where legacy is and how to talk to it; built once from the config.
+#[derive(Clone)]
+pub struct LegacyTarget {
+    host: String,
+    port: u16,
+    tls: LegacyTlsMode,
+    tls_config: Option<Arc<rustls::ClientConfig>>,
+    server_name: String,
+}
+
+impl fmt::Display for LegacyTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.socket_path() {
+            Some(p) => write!(f, "{}", p.display()),
+            None => write!(f, "{}:{}", self.host, self.port),
+        }
+    }
+}
+
+impl LegacyTarget {
+    pub fn new(cfg: &LegacyConfig) -> Result<Self, TlsError> {
+        let tls_config = match cfg.tls {
+            LegacyTlsMode::Disable => None,
+            LegacyTlsMode::VerifyFull => Some(tls::legacy_config(cfg.tls_ca_file.as_deref())?),
+            LegacyTlsMode::Prefer | LegacyTlsMode::Require => Some(tls::legacy_config(None)?),
+        };
+        Ok(LegacyTarget {
+            host: cfg.host.clone(),
+            port: cfg.port,
+            tls: cfg.tls,
+            tls_config,
+            server_name: cfg.tls_server_name.clone().unwrap_or(cfg.host.clone()),
+        })
+    }
+
+    fn socket_path(&self) -> Option<PathBuf> {
+        self.host
+            .starts_with('/')
+            .then(|| PathBuf::from(&self.host).join(format!(".s.PGSQL.{}", self.port)))
+    }
+
+    fn error(&self, reason: impl fmt::Display) -> LegacyError {
+        LegacyError::Connect {
+            addr: self.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Opens a connection to legacy, negotiating TLS as configured, within `timeout`.
+    pub async fn connect(&self, timeout: Duration) -> Result<LegacyStream, LegacyError> {
+        match tokio::time::timeout(timeout, self.connect_inner()).await {
+            Ok(r) => r,
+            Err(_) => Err(self.error(format!("timed out after {} ms", timeout.as_millis()))),
+        }
+    }
+
+    async fn connect_inner(&self) -> Result<LegacyStream, LegacyError> {
+        if let Some(path) = self.socket_path() {
+            let s = UnixStream::connect(&path)
+                .await
+                .map_err(|e| self.error(e))?;
+            return Ok(LegacyStream::Unix(s));
+        }
+        let mut tcp = TcpStream::connect((self.host.as_str(), self.port))
+            .await
+            .map_err(|e| self.error(e))?;
+        let _ = tcp.set_nodelay(true);
+        let Some(config) = &self.tls_config else {
+            return Ok(LegacyStream::Tcp(tcp));
+        };
+        let mut req = BytesMut::new();
+        put_initial(&mut req, SSL_REQUEST_CODE, &[]);
+        tcp.write_all(&req).await.map_err(|e| self.error(e))?;
+        let answer = tcp.read_u8().await.map_err(|e| self.error(e))?;
+        match (answer, self.tls) {
+            (b'S', _) => {}
+            (b'N', LegacyTlsMode::Prefer) => return Ok(LegacyStream::Tcp(tcp)),
+            (b'N', mode) => {
+                return Err(LegacyError::TlsRefused {
+                    addr: self.to_string(),
+                    mode: match mode {
+                        LegacyTlsMode::VerifyFull => "verify-full",
+                        _ => "require",
+                    },
+                })
+            }
+            (other, _) => {
+                return Err(self.error(format!(
+                    "unexpected answer {:?} to SSLRequest",
+                    other as char
+                )))
+            }
+        }
+        let name = ServerName::try_from(self.server_name.clone())
+            .map_err(|e| self.error(format!("invalid TLS server name: {e}")))?;
+        let tls = tokio_rustls::TlsConnector::from(config.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(|e| self.error(format!("TLS handshake failed: {e}")))?;
+        Ok(LegacyStream::Tls(Box::new(tls)))
+    }
+
+    /// Whether legacy accepts connections now (for `/readyz`).
+    pub async fn reachable(&self, timeout: Duration) -> Result<(), LegacyError> {
+        let probe = async {
+            match self.socket_path() {
+                Some(path) => UnixStream::connect(&path).await.map(drop),
+                None => TcpStream::connect((self.host.as_str(), self.port))
+                    .await
+                    .map(drop),
+            }
+        };
+        match tokio::time::timeout(timeout, probe).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(self.error(e)),
+            Err(_) => Err(self.error("timed out")),
+        }
+    }
+
+    /// Sends a CancelRequest for legacy's backend `pid` with its `secret` key
+    /// (protocol 55.2.8). Legacy answers nothing; it closes the connection.
+    pub async fn cancel(
+        &self,
+        pid: i32,
+        secret: &[u8],
+        timeout: Duration,
+    ) -> Result<(), LegacyError> {
+        let mut body = BytesMut::new();
+        body.extend_from_slice(&pid.to_be_bytes());
+        body.extend_from_slice(secret);
+        let mut req = BytesMut::new();
+        put_initial(&mut req, CANCEL_REQUEST_CODE, &body);
+        let send = async {
+            match self.socket_path() {
+                Some(path) => {
+                    let mut s = UnixStream::connect(&path).await?;
+                    s.write_all(&req).await?;
+                    let _ = s.read_u8().await;
+                }
+                None => {
+                    let mut s = TcpStream::connect((self.host.as_str(), self.port)).await?;
+                    s.write_all(&req).await?;
+                    let _ = s.read_u8().await;
+                }
+            }
+            Ok::<_, std::io::Error>(())
+        };
+        match tokio::time::timeout(timeout, send).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(self.error(e)),
+            Err(_) => Err(self.error("timed out sending CancelRequest")),
+        }
+    }
+}

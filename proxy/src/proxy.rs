@@ -1,0 +1,232 @@
+//! The running proxy: worker threads accepting clients, the admin server, and shutdown.
+//!
+//! Each worker is a thread with its own single-threaded tokio runtime; all workers accept
+//! from the same listening socket, so a session lives on one thread from accept to close and
+//! its two relay directions never cross threads. Shared state is only what must be: config,
+//! metrics, the analysis cache and the cancel keys.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use pgdual_config::Config;
+use pgdual_rules::AnalysisCache;
+use tokio::sync::{watch, Notify};
+use tracing::{error, info, warn};
+
+use crate::cancel::CancelKeys;
+use crate::legacy::LegacyTarget;
+use crate::metrics::Metrics;
+
+/// Distinct SQL texts whose analysis is kept.
+const ANALYSIS_CACHE_CAPACITY: usize = 10_000;
+
+/// State every session and the admin server share.
+pub struct Shared {
+    pub config: Config,
+    pub metrics: Metrics,
+    pub cache: AnalysisCache,
+    pub cancel: CancelKeys,
+    pub legacy: LegacyTarget,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Client sessions holding a connection slot.
+    pub active: AtomicUsize,
+    pub drained: Notify,
+    pub next_session_id: AtomicU64,
+    /// Set when the drain timeout ran out: sessions still open are closed.
+    pub force_close: watch::Sender<bool>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] pgdual_config::ConfigError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("cannot listen on {addr} ({field}): {source}")]
+    Bind {
+        field: &'static str,
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("cannot start worker threads: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// A started proxy. Dropping it stops accepting and closes every session at once;
+/// [`Proxy::shutdown`] drains first.
+pub struct Proxy {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    stop_accepting: watch::Sender<bool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Proxy {
+    /// Validates `config`, binds the listeners and starts the workers and admin server.
+    pub fn start(config: Config) -> Result<Proxy, StartError> {
+        config.validate("configuration")?;
+        let tls = match (&config.tls.cert_file, &config.tls.key_file) {
+            (Some(cert), Some(key)) => Some(tokio_rustls::TlsAcceptor::from(
+                crate::tls::server_config(cert, key)?,
+            )),
+            _ => None,
+        };
+        let bind = |field: &'static str, addr: &str| {
+            std::net::TcpListener::bind(addr)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .map_err(|source| StartError::Bind {
+                    field,
+                    addr: addr.to_string(),
+                    source,
+                })
+        };
+        let listener = bind("listen", &config.listen)?;
+        let admin = match config.admin.listen.as_str() {
+            "" => None,
+            addr => Some(bind("admin.listen", addr)?),
+        };
+        let shared = Arc::new(Shared {
+            legacy: LegacyTarget::new(&config.legacy)?,
+            metrics: Metrics::default(),
+            cache: AnalysisCache::new(ANALYSIS_CACHE_CAPACITY),
+            cancel: CancelKeys::default(),
+            tls,
+            active: AtomicUsize::new(0),
+            drained: Notify::new(),
+            next_session_id: AtomicU64::new(1),
+            force_close: watch::channel(false).0,
+            config,
+        });
+        let addr = listener.local_addr().map_err(StartError::Runtime)?;
+        let (stop_accepting, stop_rx) = watch::channel(false);
+        let workers = match shared.config.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let mut threads = Vec::new();
+        for i in 0..workers {
+            let listener = listener.try_clone().map_err(StartError::Runtime)?;
+            let (shared, stop) = (shared.clone(), stop_rx.clone());
+            let t = std::thread::Builder::new()
+                .name(format!("pgdual-worker-{i}"))
+                .spawn(move || worker(listener, shared, stop))
+                .map_err(StartError::Runtime)?;
+            threads.push(t);
+        }
+        let admin_addr = match admin {
+            None => None,
+            Some(l) => {
+                let a = l.local_addr().map_err(StartError::Runtime)?;
+                let (shared, stop) = (shared.clone(), stop_rx.clone());
+                let t = std::thread::Builder::new()
+                    .name("pgdual-admin".into())
+                    .spawn(move || crate::admin::run(l, shared, stop))
+                    .map_err(StartError::Runtime)?;
+                threads.push(t);
+                Some(a)
+            }
+        };
+        info!(%addr, legacy = %shared.legacy, workers, admin = ?admin_addr, "pgdual listening");
+        Ok(Proxy {
+            shared,
+            addr,
+            admin_addr,
+            stop_accepting,
+            threads,
+        })
+    }
+
+    /// Where clients connect.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Where the admin API listens, if enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Stops accepting, lets open sessions finish for up to `drain`, then closes the rest
+    /// with SQLSTATE 57P01 and waits for the threads.
+    pub fn shutdown(mut self, drain: Duration) {
+        let _ = self.stop_accepting.send(true);
+        let open = self.shared.active.load(Relaxed);
+        if open > 0 {
+            info!(
+                sessions = open,
+                drain_ms = drain.as_millis() as u64,
+                "draining sessions"
+            );
+        }
+        let until = Instant::now() + drain;
+        while self.shared.active.load(Relaxed) > 0 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let left = self.shared.active.load(Relaxed);
+        if left > 0 {
+            warn!(sessions = left, "drain timeout reached; closing sessions");
+        }
+        let _ = self.shared.force_close.send(true);
+        for t in self.threads.drain(..) {
+            if t.join().is_err() {
+                error!("a worker thread panicked");
+            }
+        }
+        info!("pgdual stopped");
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.stop_accepting.send(true);
+        let _ = self.shared.force_close.send(true);
+    }
+}
+
+fn worker(listener: std::net::TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!(error = %e, "cannot start a worker runtime");
+            return;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async {
+        let listener = match tokio::net::TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                error!(error = %e, "cannot register the listener");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, peer)) => {
+                        tokio::task::spawn_local(crate::connection::serve(tcp, peer, shared.clone()));
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off, keep serving.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                },
+                _ = stop.wait_for(|s| *s) => break,
+            }
+        }
+    });
+    // Sessions still open finish (or are closed by force_close) before the thread ends.
+    rt.block_on(local);
+}

@@ -1,0 +1,234 @@
+//! The relay: bytes from the client to legacy and back, frame by frame, as they arrive.
+//!
+//! Both directions run as two futures of one task (no cross-thread hand-off), sharing the
+//! session state through a `RefCell` that is never held across an `.await`. Each read is
+//! forwarded with one write; only the frames the session tracks are decoded, and DataRow or
+//! CopyData frames above `STREAM_THRESHOLD` stream through without being buffered whole.
+//! Statement analysis runs after the bytes went to legacy, never before.
+
+use std::cell::RefCell;
+use std::io;
+use std::time::Instant;
+
+use bytes::{Buf, BytesMut};
+use pgdual_rules::{Analysis, StatementKind};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::cancel::ProxyKey;
+use crate::codec::{frames, scan, CodecError};
+use crate::proxy::Shared;
+use crate::session::{AfterWrite, Session};
+
+/// Bytes asked of the kernel per read, and the least free room before a read.
+const READ_SIZE: usize = 16 * 1024;
+const MIN_READ_ROOM: usize = 4 * 1024;
+
+/// Why a relay ended without an error.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RelayEnd {
+    ClientClosed,
+    LegacyClosed,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("client sent an invalid message: {0}")]
+    Client(#[from] CodecError),
+    #[error("client connection failed: {0}")]
+    ClientIo(io::Error),
+    #[error("legacy connection failed: {0}")]
+    LegacyIo(io::Error),
+}
+
+/// Client messages the session must see whole (protocol 55.7, frontend messages).
+fn frontend_inspected(tag: u8) -> bool {
+    matches!(
+        tag,
+        b'Q' | b'P' | b'B' | b'E' | b'C' | b'D' | b'S' | b'F' | b'X'
+    )
+}
+
+/// Legacy messages the session must see whole.
+fn backend_inspected(tag: u8) -> bool {
+    matches!(
+        tag,
+        b'Z' | b'E' | b'C' | b'1' | b'2' | b'3' | b'n' | b'T' | b's' | b'I' | b'K'
+    )
+}
+
+/// Relays until either side closes or fails. `pending` holds client bytes already read
+/// after the startup packet.
+#[allow(clippy::too_many_arguments)]
+pub async fn relay<CR, CW, LR, LW>(
+    client_r: &mut CR,
+    client_w: &mut CW,
+    legacy_r: &mut LR,
+    legacy_w: &mut LW,
+    session: &RefCell<Session>,
+    shared: &Shared,
+    key: ProxyKey,
+    pending: BytesMut,
+) -> Result<RelayEnd, RelayError>
+where
+    CR: AsyncRead + Unpin,
+    CW: AsyncWrite + Unpin,
+    LR: AsyncRead + Unpin,
+    LW: AsyncWrite + Unpin,
+{
+    let up = client_to_legacy(client_r, legacy_w, session, shared, pending);
+    let down = legacy_to_client(legacy_r, client_w, session, shared, key);
+    tokio::select! {
+        r = up => r,
+        r = down => r,
+    }
+}
+
+fn make_room(buf: &mut BytesMut, want: usize) {
+    if want > buf.len() {
+        buf.reserve(want - buf.len());
+    }
+    if buf.capacity() - buf.len() < MIN_READ_ROOM {
+        buf.reserve(READ_SIZE);
+    }
+}
+
+async fn client_to_legacy<R, W>(
+    r: &mut R,
+    w: &mut W,
+    session: &RefCell<Session>,
+    shared: &Shared,
+    mut buf: BytesMut,
+) -> Result<RelayEnd, RelayError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let max = shared.config.limits.max_message_bytes;
+    let mut pass = 0;
+    let mut after = Vec::new();
+    let mut started = Instant::now();
+    loop {
+        let found = scan(&buf, &mut pass, max, frontend_inspected)?;
+        if found.forward > 0 {
+            let chunk = buf.split_to(found.forward).freeze();
+            {
+                let mut s = session.borrow_mut();
+                for (at, tag, len) in frames(&chunk, found.first, found.complete) {
+                    s.on_frontend(tag, &chunk, at, len, &mut after);
+                }
+            }
+            w.write_all(&chunk).await.map_err(RelayError::LegacyIo)?;
+            shared.metrics.added_latency.observe(started.elapsed());
+            shared
+                .metrics
+                .bytes_from_clients
+                .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            for done in after.drain(..) {
+                analyze_after_write(done, &chunk, shared);
+            }
+        }
+        make_room(&mut buf, found.want);
+        if r.read_buf(&mut buf).await.map_err(RelayError::ClientIo)? == 0 {
+            return Ok(RelayEnd::ClientClosed);
+        }
+        started = Instant::now();
+    }
+}
+
+/// Classifies what was just sent to legacy and counts it.
+fn analyze_after_write(done: AfterWrite, chunk: &[u8], shared: &Shared) {
+    let count = |a: &Analysis| {
+        for s in &a.statements {
+            shared.metrics.statement(s.kind);
+            if s.kind == StatementKind::Unknown {
+                shared
+                    .metrics
+                    .parse_failures_total
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    };
+    match done {
+        AfterWrite::Query { start, end } => {
+            let sql = String::from_utf8_lossy(&chunk[start..end]);
+            count(&shared.cache.get(&sql));
+        }
+        AfterWrite::Execute(stmt) => {
+            count(stmt.analysis.get_or_init(|| shared.cache.get(&stmt.sql)));
+        }
+    }
+}
+
+async fn legacy_to_client<R, W>(
+    r: &mut R,
+    w: &mut W,
+    session: &RefCell<Session>,
+    shared: &Shared,
+    key: ProxyKey,
+) -> Result<RelayEnd, RelayError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = BytesMut::with_capacity(READ_SIZE);
+    let mut pass = 0;
+    let mut want = 0;
+    loop {
+        make_room(&mut buf, want);
+        if r.read_buf(&mut buf).await.map_err(RelayError::LegacyIo)? == 0 {
+            return Ok(RelayEnd::LegacyClosed);
+        }
+        let started = Instant::now();
+        // Legacy's frames are trusted for size: its results may be as large as it likes.
+        let found = scan(&buf, &mut pass, u64::MAX, backend_inspected)
+            .map_err(|e| RelayError::LegacyIo(io::Error::new(io::ErrorKind::InvalidData, e)))?;
+        want = found.want;
+        if found.forward == 0 {
+            continue;
+        }
+        let mut key_at = None;
+        {
+            let mut s = session.borrow_mut();
+            for (at, tag, len) in frames(&buf, found.first, found.complete) {
+                s.on_backend(tag, &buf[at + 5..at + len]);
+                match tag {
+                    b'E' => {
+                        shared
+                            .metrics
+                            .legacy_error_responses_total
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    b'K' if len == 13 => key_at = Some(at + 5),
+                    _ => {}
+                }
+            }
+        }
+        if let Some(at) = key_at {
+            replace_backend_key(&mut buf[at..at + 8], key, shared);
+        }
+        w.write_all(&buf[..found.forward])
+            .await
+            .map_err(RelayError::ClientIo)?;
+        shared.metrics.added_latency.observe(started.elapsed());
+        shared
+            .metrics
+            .bytes_from_legacy
+            .fetch_add(found.forward as u64, std::sync::atomic::Ordering::Relaxed);
+        buf.advance(found.forward);
+    }
+}
+
+/// Swaps legacy's BackendKeyData (process id, secret) for pgdual's key, remembering legacy's
+/// so that a CancelRequest sent to pgdual reaches the right backend.
+fn replace_backend_key(body: &mut [u8], key: ProxyKey, shared: &Shared) {
+    let legacy_pid = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+    shared.cancel.set_legacy(key, legacy_pid, &body[4..8]);
+    body[..4].copy_from_slice(&key.pid.to_be_bytes());
+    body[4..8].copy_from_slice(&key.secret);
+}
+
+/// Reads until the read buffer holds at least one byte more; used by the startup phase.
+pub async fn read_more<R: AsyncRead + Unpin>(r: &mut R, buf: &mut BytesMut) -> io::Result<bool> {
+    make_room(buf, 0);
+    Ok(r.read_buf(buf).await? > 0)
+}
