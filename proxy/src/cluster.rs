@@ -49,7 +49,7 @@ pub struct PgCluster {
     bin: PathBuf,
     dir: tempfile::TempDir,
     owner: Option<(u32, u32)>,
-    child: Option<Child>,
+    child: std::sync::Mutex<Option<Child>>,
     settings: Vec<(String, String)>,
 }
 
@@ -183,7 +183,7 @@ impl PgCluster {
             bin,
             dir,
             owner,
-            child: None,
+            child: std::sync::Mutex::new(None),
             settings: opts.settings,
         };
         // A free port can be taken between the probe and the bind: retry a few times.
@@ -222,7 +222,7 @@ impl PgCluster {
     }
 
     /// Starts the server process (again, after [`PgCluster::stop`]) on the same port.
-    pub fn start_server(&mut self) -> Result<(), ClusterError> {
+    pub fn start_server(&self) -> Result<(), ClusterError> {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -265,15 +265,17 @@ impl PgCluster {
             cmd.uid(uid).gid(gid);
         }
         let child = cmd.spawn().map_err(io("start postgres"))?;
-        self.child = Some(child);
+        *self.child.lock().unwrap_or_else(|e| e.into_inner()) = Some(child);
         self.wait_ready()
     }
 
-    fn wait_ready(&mut self) -> Result<(), ClusterError> {
+    fn wait_ready(&self) -> Result<(), ClusterError> {
         let until = Instant::now() + Duration::from_secs(30);
         while Instant::now() < until {
             let exited = self
                 .child
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
                 .is_some();
@@ -298,8 +300,9 @@ impl PgCluster {
     }
 
     /// Stops the server (fast shutdown), keeping its data for [`PgCluster::start_server`].
-    pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
+    pub fn stop(&self) {
+        let taken = self.child.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(mut child) = taken else {
             return;
         };
         // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
