@@ -39,7 +39,12 @@ async fn oversized_message_gets_54000_and_the_connection_closes() {
     let sql = format!("SELECT length('{}')", "z".repeat(60 * 1024));
     let n: i32 = under.query_one(sql.as_str(), &[]).await.unwrap().get(0);
     assert_eq!(n, 60 * 1024);
-    assert_eq!(p.shared().metrics.errors(pgdual::metrics::ErrorSource::Client), 1);
+    assert_eq!(
+        p.shared()
+            .metrics
+            .errors(pgdual::metrics::ErrorSource::Client),
+        1
+    );
 }
 
 #[tokio::test]
@@ -80,7 +85,9 @@ async fn unknown_message_types_reach_legacy_which_answers() {
     let (_, body) = msgs.last().unwrap();
     // The answer is legacy's own, exactly as a direct connection would get.
     assert_eq!(error_field(body, b'C').as_deref(), Some("08P01"));
-    assert!(error_field(body, b'M').unwrap().contains("invalid frontend message type"));
+    assert!(error_field(body, b'M')
+        .unwrap()
+        .contains("invalid frontend message type"));
 }
 
 #[tokio::test]
@@ -103,7 +110,10 @@ async fn too_many_clients_get_53300() {
     let port = p.local_addr().port();
     let a = connect(port).await;
     let b = connect(port).await;
-    let err = connect_as(port, "postgres", None).await.err().expect("refused");
+    let err = connect_as(port, "postgres", None)
+        .await
+        .err()
+        .expect("refused");
     assert_eq!(err.code().map(|c| c.code()), Some("53300"), "{err}");
     drop(a);
     // The slot frees once the session has closed.
@@ -131,11 +141,17 @@ async fn legacy_unreachable_gets_08001_naming_it_and_recovery_needs_no_restart()
     let port = p.local_addr().port();
     still_serves(port).await;
     cluster.stop();
-    let err = connect_as(port, "postgres", None).await.err().expect("refused");
-    let db = err.as_db_error().expect("an ErrorResponse, not a dropped connection");
+    let err = connect_as(port, "postgres", None)
+        .await
+        .err()
+        .expect("refused");
+    let db = err
+        .as_db_error()
+        .expect("an ErrorResponse, not a dropped connection");
     assert_eq!(db.code().code(), "08001");
     assert!(
-        db.message().contains(&format!("127.0.0.1:{}", cluster.port)),
+        db.message()
+            .contains(&format!("127.0.0.1:{}", cluster.port)),
         "{}",
         db.message()
     );
@@ -158,13 +174,18 @@ async fn legacy_going_away_mid_session_gets_an_error_not_a_hang() {
     let p = pgdual::Proxy::start(config_for(&cluster)).unwrap();
     let c = connect(p.local_addr().port()).await;
     c.simple_query("SELECT 1").await.unwrap();
-    tokio::task::spawn_blocking(move || drop(cluster)).await.unwrap();
+    tokio::task::spawn_blocking(move || drop(cluster))
+        .await
+        .unwrap();
     let err = tokio::time::timeout(Duration::from_secs(10), c.simple_query("SELECT 1"))
         .await
         .expect("no hang")
         .unwrap_err();
     // Legacy's own FATAL (57P01, fast shutdown) or a closed connection: never a hang.
-    assert!(err.code().is_some_and(|c| c.code() == "57P01") || err.is_closed(), "{err}");
+    assert!(
+        err.code().is_some_and(|c| c.code() == "57P01") || err.is_closed(),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -180,13 +201,20 @@ async fn client_vanishing_mid_query_releases_its_legacy_backend() {
             if legacy().psql(running).unwrap() == want {
                 return;
             }
-            assert!(Instant::now() < deadline, "backend count never became {want}");
+            assert!(
+                Instant::now() < deadline,
+                "backend count never became {want}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     };
-    tokio::task::spawn_blocking(move || wait_for("1")).await.unwrap();
+    tokio::task::spawn_blocking(move || wait_for("1"))
+        .await
+        .unwrap();
     drop(c);
-    tokio::task::spawn_blocking(move || wait_for("0")).await.unwrap();
+    tokio::task::spawn_blocking(move || wait_for("0"))
+        .await
+        .unwrap();
     still_serves(p.local_addr().port()).await;
 }
 

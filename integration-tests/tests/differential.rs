@@ -182,7 +182,11 @@ async fn direct_and_through_pgdual_are_identical() {
         let _ = proxied.batch_execute("ROLLBACK").await;
     }
     for sql in MULTI {
-        assert_eq!(simple(&direct, sql).await, simple(&proxied, sql).await, "{sql:?}");
+        assert_eq!(
+            simple(&direct, sql).await,
+            simple(&proxied, sql).await,
+            "{sql:?}"
+        );
         compared += 1;
     }
     assert_eq!(compared, CASES.len() * 2 - 1 + MULTI.len());
