@@ -55,10 +55,12 @@ pub fn legacy() -> &'static PgCluster {
 
 /// A config for pgdual in front of `cluster`, on free ports, one worker.
 pub fn config_for(cluster: &PgCluster) -> Config {
-    let mut c = Config::default();
-    c.listen = "127.0.0.1:0".into();
+    let mut c = Config {
+        listen: "127.0.0.1:0".into(),
+        workers: 1,
+        ..Config::default()
+    };
     c.admin.listen = "127.0.0.1:0".into();
-    c.workers = 1;
     c.legacy.port = cluster.port;
     c.limits.connect_timeout_ms = 3000;
     c

@@ -112,8 +112,7 @@ async fn too_many_clients_get_53300() {
     let b = connect(port).await;
     let err = connect_as(port, "postgres", None)
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert_eq!(err.code().map(|c| c.code()), Some("53300"), "{err}");
     drop(a);
     // The slot frees once the session has closed.
@@ -143,8 +142,7 @@ async fn legacy_unreachable_gets_08001_naming_it_and_recovery_needs_no_restart()
     cluster.stop();
     let err = connect_as(port, "postgres", None)
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     let db = err
         .as_db_error()
         .expect("an ErrorResponse, not a dropped connection");

@@ -299,8 +299,7 @@ async fn md5_and_scram_authentication_pass_through() {
         assert_eq!(who, user);
         let err = connect_as(port, user, Some("wrong"))
             .await
-            .err()
-            .expect("wrong password refused");
+            .expect_err("wrong password refused");
         assert_eq!(
             err.code(),
             Some(&SqlState::INVALID_PASSWORD),

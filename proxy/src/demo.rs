@@ -54,8 +54,10 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
         legacy.port
     );
 
-    let mut config = Config::default();
-    config.listen = opts.listen.unwrap_or_else(|| pick("127.0.0.1:6432"));
+    let mut config = Config {
+        listen: opts.listen.unwrap_or_else(|| pick("127.0.0.1:6432")),
+        ..Config::default()
+    };
     config.admin.listen = pick("127.0.0.1:9187");
     config.legacy.port = legacy.port;
     let proxy = Proxy::start(config)?;

@@ -184,6 +184,15 @@ impl Proxy {
     }
 }
 
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("addr", &self.addr)
+            .field("admin_addr", &self.admin_addr)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Drop for Proxy {
     fn drop(&mut self) {
         let _ = self.stop_accepting.send(true);

@@ -102,7 +102,7 @@ fn frontend_decoders() {
 }
 
 /// Splits `bytes` into frames the way the relay does; returns tags or the first error.
-fn frames(bytes: &[u8]) -> Result<Vec<u8>, CodecError> {
+fn split_tags(bytes: &[u8]) -> Result<Vec<u8>, CodecError> {
     let mut tags = Vec::new();
     let mut at = 0;
     while let Some(h) = header(&bytes[at..], 1 << 20)? {
@@ -118,7 +118,7 @@ fn frames(bytes: &[u8]) -> Result<Vec<u8>, CodecError> {
 proptest! {
     #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-        let _ = frames(&bytes);
+        let _ = split_tags(&bytes);
         let _ = initial(&bytes);
         let _ = error_field(&bytes, b'M');
         let _ = frontend::parse(&bytes);
@@ -135,7 +135,7 @@ proptest! {
             stream.extend(msg(*tag, body));
         }
         let tags: Vec<u8> = msgs.iter().map(|(t, _)| *t).collect();
-        prop_assert_eq!(frames(&stream).unwrap(), tags);
+        prop_assert_eq!(split_tags(&stream).unwrap(), tags);
     }
 }
 

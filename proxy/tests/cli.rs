@@ -1,0 +1,216 @@
+//! The `pgdual` binary: `config check`, `serve` with file, environment and flags, logs, and
+//! SIGTERM draining.
+
+use std::io::Read;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use pgdual::cluster::{free_port, ClusterOptions, PgCluster};
+
+fn pgdual() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_pgdual"))
+}
+
+fn psql(cluster: &PgCluster, port: u16, sql: &str) -> Command {
+    let mut c = Command::new(cluster.bin_dir().join("psql"));
+    c.args(["-X", "-A", "-t", "-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-U", "postgres", "-d", "postgres", "-c", sql]);
+    c
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Starts `pgdual serve` in front of `cluster` and waits until it answers.
+fn serve(cluster: &PgCluster, extra_toml: &str, args: &[&str]) -> (Child, u16, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port().unwrap();
+    let file = dir.path().join("pgdual.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\n{extra_toml}\n[legacy]\nport = {}\n[admin]\nlisten = \"\"\n",
+            cluster.port
+        ),
+    )
+    .unwrap();
+    let child = pgdual()
+        .arg("serve")
+        .arg("--config")
+        .arg(&file)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "pgdual never listened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (child, port, dir)
+}
+
+fn sigterm(child: &Child) {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("pgdual did not exit within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn config_check_accepts_a_good_file_and_lists_every_problem_of_a_bad_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        "listen = \"127.0.0.1:7000\"\n[legacy]\nhost = \"db\"\n",
+    )
+    .unwrap();
+    let out = pgdual()
+        .args(["config", "check"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("ok"));
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "listen = \"nope\"\n[legacy]\nport = 0\n[limits]\nmax_client_connections = 0\n",
+    )
+    .unwrap();
+    let out = pgdual()
+        .args(["config", "check"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let msg = text(&out);
+    for field in ["listen:", "legacy.port:", "limits.max_client_connections:"] {
+        assert!(msg.contains(field), "{field} missing from:\n{msg}");
+    }
+    assert!(msg.contains("bad.toml"), "{msg}");
+
+    let typo = dir.path().join("typo.toml");
+    std::fs::write(&typo, "[legacy]\nprot = 5432\n").unwrap();
+    let out = pgdual()
+        .args(["config", "check"])
+        .arg(&typo)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("prot"), "{}", text(&out));
+
+    let out = pgdual()
+        .args(["config", "check"])
+        .arg(&good)
+        .env("PGDUAL_LEGACY_PORT", "many")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("PGDUAL_LEGACY_PORT"), "{}", text(&out));
+}
+
+#[test]
+fn serve_relays_logs_json_and_drains_on_sigterm() {
+    let cluster = PgCluster::start(ClusterOptions::default()).unwrap();
+    let (mut child, port, _dir) = serve(&cluster, "", &["--log-format", "json"]);
+    let out = psql(&cluster, port, "SELECT 40 + 2").output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "42",
+        "{}",
+        text(&out)
+    );
+
+    // A query in flight when SIGTERM arrives finishes; new clients are refused.
+    let in_flight = psql(&cluster, port, "SELECT pg_sleep(1.5), 'finished'")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    sigterm(&child);
+    std::thread::sleep(Duration::from_millis(200));
+    let refused = psql(&cluster, port, "SELECT 1").output().unwrap();
+    assert!(
+        !refused.status.success(),
+        "new connections are refused while draining"
+    );
+    let finished = in_flight.wait_with_output().unwrap();
+    assert!(finished.status.success(), "{}", text(&finished));
+    assert!(String::from_utf8_lossy(&finished.stdout).contains("finished"));
+    assert!(wait_exit(&mut child, Duration::from_secs(10)).success());
+    let mut logs = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    let first = logs.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with('{') && first.contains("pgdual listening"),
+        "{logs}"
+    );
+    assert!(
+        !logs.contains("SELECT"),
+        "statements are not logged by default"
+    );
+}
+
+#[test]
+fn drain_timeout_closes_remaining_sessions_with_57p01() {
+    let cluster = PgCluster::start(ClusterOptions::default()).unwrap();
+    let (mut child, port, _dir) = serve(&cluster, "[limits]\ndrain_timeout_ms = 500", &[]);
+    let long = psql(&cluster, port, "SELECT pg_sleep(30)")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    let started = Instant::now();
+    sigterm(&child);
+    let out = long.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("pgdual is shutting down"),
+        "{}",
+        text(&out)
+    );
+    assert!(wait_exit(&mut child, Duration::from_secs(10)).success());
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn bad_flags_are_named() {
+    let out = pgdual()
+        .args(["serve", "--legacy-port", "abc", "--listen", "x"])
+        .env_remove("PGDUAL_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let msg = text(&out);
+    assert!(msg.contains("legacy.port (from --legacy-port)"), "{msg}");
+    assert!(msg.contains("listen:"), "{msg}");
+}
