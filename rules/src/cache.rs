@@ -1,5 +1,6 @@
-//! A bounded concurrent cache of analyses keyed by SQL text, so prepared and repeated
-//! statements are parsed once.
+//! A bounded concurrent cache of analyses keyed by statement fingerprint (the SQL text with
+//! literals replaced, see `fingerprint`), so prepared, repeated and same-shaped statements
+//! are parsed once.
 //!
 //! Eviction is second-chance (CLOCK-like): each entry has a "used since last sweep" bit;
 //! when the map is full, a sweep drops the entries not used since the previous sweep
@@ -12,6 +13,12 @@ use std::sync::Arc;
 use dashmap::DashMap;
 
 use crate::analysis::{analyze, Analysis};
+use crate::fingerprint::fingerprint_into;
+
+thread_local! {
+    /// Reused buffer for fingerprints, so a cache hit never allocates.
+    static KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
 
 struct Entry {
     analysis: Arc<Analysis>,
@@ -38,7 +45,14 @@ impl AnalysisCache {
 
     /// The analysis of `sql`, from the cache or freshly parsed (and then cached).
     pub fn get(&self, sql: &str) -> Arc<Analysis> {
-        if let Some(e) = self.map.get(sql) {
+        KEY.with_borrow_mut(|key| {
+            fingerprint_into(sql, key);
+            self.get_keyed(key, sql)
+        })
+    }
+
+    fn get_keyed(&self, key: &str, sql: &str) -> Arc<Analysis> {
+        if let Some(e) = self.map.get(key) {
             if !e.used.load(Ordering::Relaxed) {
                 e.used.store(true, Ordering::Relaxed);
             }
@@ -51,7 +65,7 @@ impl AnalysisCache {
             self.sweep();
         }
         self.map.insert(
-            sql.into(),
+            key.into(),
             Entry {
                 analysis: analysis.clone(),
                 used: AtomicBool::new(false),
@@ -100,20 +114,29 @@ mod tests {
     }
 
     #[test]
+    fn statements_differing_only_in_literals_share_an_entry() {
+        let c = AnalysisCache::new(10);
+        let a = c.get("SELECT v FROM t WHERE id = 1");
+        let b = c.get("SELECT v FROM t WHERE id = 2");
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!((c.hits(), c.misses(), c.len()), (1, 1, 1));
+    }
+
+    #[test]
     fn stays_bounded_and_keeps_recently_used_entries() {
         let c = AnalysisCache::new(4);
-        c.get("SELECT 0");
+        c.get("SELECT * FROM t0");
         for i in 1..4 {
-            c.get(&format!("SELECT {i}"));
+            c.get(&format!("SELECT * FROM t{i}"));
         }
-        c.get("SELECT 0"); // mark used
-        c.get("SELECT 99"); // full: sweep keeps only SELECT 0
+        c.get("SELECT * FROM t0"); // mark used
+        c.get("SELECT * FROM t99"); // full: sweep keeps only t0
         assert!(c.len() <= 4);
         let misses = c.misses();
-        c.get("SELECT 0");
+        c.get("SELECT * FROM t0");
         assert_eq!(c.misses(), misses, "recently used entry survived the sweep");
         for i in 100..200 {
-            c.get(&format!("SELECT {i}"));
+            c.get(&format!("SELECT * FROM t{i}"));
             assert!(c.len() <= 4);
         }
     }

@@ -4,6 +4,8 @@
 
 pub mod analysis;
 pub mod cache;
+pub mod fingerprint;
 
 pub use analysis::{analyze, Analysis, StatementInfo, StatementKind};
 pub use cache::AnalysisCache;
+pub use fingerprint::fingerprint;
