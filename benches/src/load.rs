@@ -203,12 +203,15 @@ fn main() -> anyhow::Result<()> {
             .batch_execute(&format!(
                 "DROP TABLE IF EXISTS pgdual_load;
                  CREATE TABLE pgdual_load (id int PRIMARY KEY, v int NOT NULL, note text NOT NULL);
-                 INSERT INTO pgdual_load SELECT g, 0, md5(g::text) FROM generate_series(1, {}) g;
-                 VACUUM ANALYZE pgdual_load;",
+                 INSERT INTO pgdual_load SELECT g, 0, md5(g::text) FROM generate_series(1, {}) g;",
                 args.rows
             ))
             .await
             .expect("create the benchmark table");
+        setup
+            .batch_execute("VACUUM ANALYZE pgdual_load")
+            .await
+            .expect("vacuum the benchmark table");
         println!(
             "{} clients, {:?} protocol, {} mix, {} rounds x {} s per target, alternating",
             args.clients,

@@ -196,6 +196,24 @@ async fn copy_in_and_out_in_text_csv_and_binary() {
         "1,alpha\n1,alpha\n2,beta\n2,beta\n3,\"gam,ma\"\n3,\"gam,ma\"\n4,delta\n4,delta\n"
     );
 
+    // One CopyData message far larger than a read buffer streams through whole.
+    let sink = c.copy_in("COPY copy_t FROM STDIN").await.unwrap();
+    futures_util::pin_mut!(sink);
+    let long = "w".repeat(3 << 20);
+    sink.send(Bytes::from(format!("5\t{long}\n")))
+        .await
+        .unwrap();
+    assert_eq!(sink.finish().await.unwrap(), 1);
+    let len: i32 = c
+        .query_one("SELECT length(name) FROM copy_t WHERE id = 5", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(len, 3 << 20);
+    c.batch_execute("DELETE FROM copy_t WHERE id = 5")
+        .await
+        .unwrap();
+
     // A COPY that fails mid-stream leaves the session usable.
     let sink = c.copy_in("COPY copy_t FROM STDIN").await.unwrap();
     futures_util::pin_mut!(sink);

@@ -22,6 +22,9 @@ use crate::session::{AfterWrite, Session};
 /// Bytes asked of the kernel per read, and the least free room before a read.
 const READ_SIZE: usize = 16 * 1024;
 const MIN_READ_ROOM: usize = 4 * 1024;
+/// Most a buffer grows per read toward a large frame, so that a header claiming a huge
+/// length costs memory only as its bytes actually arrive.
+const MAX_GROWTH: usize = 1 << 20;
 
 /// Why a relay ended without an error.
 #[derive(Debug, PartialEq, Eq)]
@@ -85,7 +88,7 @@ where
 
 fn make_room(buf: &mut BytesMut, want: usize) {
     if want > buf.len() {
-        buf.reserve(want - buf.len());
+        buf.reserve((want - buf.len()).min(MAX_GROWTH));
     }
     if buf.capacity() - buf.len() < MIN_READ_ROOM {
         buf.reserve(READ_SIZE);

@@ -128,11 +128,19 @@ impl Session {
             b'P' => {
                 self.expected.push_back(Expected::Parse);
                 if let Some((name, sql)) = frontend::parse(body) {
-                    let stmt = Arc::new(Prepared {
-                        sql: String::from_utf8_lossy(sql).into(),
-                        analysis: OnceLock::new(),
-                    });
-                    self.prepared.insert(name.into(), stmt);
+                    // Drivers re-parse the same text into the unnamed statement again and
+                    // again: keep the statement (and its analysis) when the text is unchanged.
+                    let same = self
+                        .prepared
+                        .get(name)
+                        .is_some_and(|p| p.sql.as_bytes() == sql);
+                    if !same {
+                        let stmt = Arc::new(Prepared {
+                            sql: String::from_utf8_lossy(sql).into(),
+                            analysis: OnceLock::new(),
+                        });
+                        self.prepared.insert(name.into(), stmt);
+                    }
                 }
             }
             b'B' => {
