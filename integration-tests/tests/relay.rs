@@ -339,3 +339,45 @@ async fn unix_socket_to_legacy() {
         .get(0);
     assert_eq!(addr, None);
 }
+
+#[tokio::test]
+async fn named_portals_fetch_in_batches_inside_a_transaction() {
+    let p = proxy();
+    let mut c = connect(p.local_addr().port()).await;
+    let tx = c.transaction().await.unwrap();
+    let stmt = tx
+        .prepare("SELECT g FROM generate_series(1, $1::int4) g")
+        .await
+        .unwrap();
+    // A named portal executed with a row limit: PortalSuspended between batches.
+    let portal = tx.bind(&stmt, &[&25i32]).await.unwrap();
+    let mut seen = Vec::new();
+    loop {
+        let rows = tx.query_portal(&portal, 10).await.unwrap();
+        if rows.is_empty() {
+            break;
+        }
+        seen.extend(rows.iter().map(|r| r.get::<_, i32>(0)));
+    }
+    assert_eq!(seen, (1..=25).collect::<Vec<_>>());
+    tx.commit().await.unwrap();
+}
+
+#[test]
+fn parse_and_flush_answer_before_sync() {
+    let p = proxy();
+    let mut c = RawClient::startup(p.local_addr().port());
+    // Parse a named statement, then Flush: ParseComplete arrives without a Sync.
+    c.send(&message(b'P', b"flushed\0SELECT 1\0\0\0"));
+    c.send(&message(b'H', b""));
+    assert_eq!(c.read_message().map(|m| m.0), Some(b'1'));
+    // Describe, Bind, Execute, Close and Sync on the same statement.
+    let mut pipeline = message(b'D', b"Sflushed\0");
+    pipeline.extend(message(b'B', b"\0flushed\0\0\0\0\0\0\0"));
+    pipeline.extend(message(b'E', b"\0\0\0\0\0"));
+    pipeline.extend(message(b'C', b"Sflushed\0"));
+    pipeline.extend(message(b'S', b""));
+    c.send(&pipeline);
+    let tags: Vec<u8> = c.read_until(b'Z').into_iter().map(|m| m.0).collect();
+    assert_eq!(tags, b"tT2DC3Z".to_vec());
+}
