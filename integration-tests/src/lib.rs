@@ -17,12 +17,31 @@ pub const SCRAM_USER: &str = "scramuser";
 pub const SCRAM_PASSWORD: &str = "scr@m-pass";
 
 static LEGACY: OnceLock<PgCluster> = OnceLock::new();
+static NEW: OnceLock<PgCluster> = OnceLock::new();
 
-extern "C" fn stop_legacy_at_exit() {
-    if let Some(c) = LEGACY.get() {
+extern "C" fn stop_clusters_at_exit() {
+    for c in [LEGACY.get(), NEW.get()].into_iter().flatten() {
         c.stop();
         let _ = std::fs::remove_dir_all(c.socket_dir());
     }
+}
+
+/// Stops the shared servers when the test binary exits, whatever the tests did.
+fn stop_at_exit() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    // SAFETY: registering a plain extern "C" function with no captured state.
+    ONCE.call_once(|| unsafe {
+        libc::atexit(stop_clusters_at_exit);
+    });
+}
+
+/// The new database shared by every test of this binary (a second, separate server).
+pub fn new_db() -> &'static PgCluster {
+    NEW.get_or_init(|| {
+        let c = PgCluster::start(ClusterOptions::default()).expect("start new PostgreSQL");
+        stop_at_exit();
+        c
+    })
 }
 
 /// The legacy server shared by every test of this binary: roles for md5 and SCRAM
@@ -37,10 +56,7 @@ pub fn legacy() -> &'static PgCluster {
             settings: vec![],
         };
         let c = PgCluster::start(opts).expect("start legacy PostgreSQL");
-        // SAFETY: registering a plain extern "C" function with no captured state.
-        unsafe {
-            libc::atexit(stop_legacy_at_exit);
-        }
+        stop_at_exit();
         c.psql(&format!(
             "SET password_encryption = 'md5';
              CREATE ROLE {MD5_USER} LOGIN PASSWORD '{}';

@@ -8,6 +8,7 @@ pub mod cancel;
 pub mod cluster;
 pub mod codec;
 pub mod connection;
+pub mod copy;
 pub mod demo;
 pub mod legacy;
 pub mod metrics;

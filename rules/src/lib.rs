@@ -1,11 +1,15 @@
-//! pgdual-rules: statement analysis (kind and tables touched) and its bounded cache.
+//! pgdual-rules: statement analysis (kind and tables touched) and its bounded cache, and the
+//! rules file that maps legacy tables to new ones.
 //!
 //! Pure: no I/O, no async runtime, no clocks. The proxy calls in here; nothing here calls out.
 
 pub mod analysis;
 pub mod cache;
+pub mod copy_sql;
 pub mod fingerprint;
+pub mod ruleset;
 
 pub use analysis::{analyze, Analysis, StatementInfo, StatementKind};
 pub use cache::AnalysisCache;
 pub use fingerprint::fingerprint;
+pub use ruleset::{parse_rules, RuleSet, RulesError, TableName, TableRule};

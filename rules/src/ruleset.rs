@@ -1,0 +1,491 @@
+//! The rules file: which legacy tables map to which new tables, by which keys, with which
+//! column transforms. Parsing and offline validation only; checks against the databases'
+//! catalogs happen where there are connections (the proxy crate).
+//!
+//! Every column of a new table is a SQL expression over the legacy row: a bare column name is
+//! a rename, `lower(email)` a transform, `'legacy'` a constant. Legacy columns no expression
+//! uses are dropped. Validation lists every problem at once, each naming where it is.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::ops::ControlFlow;
+
+use serde::Deserialize;
+use sqlparser::ast::{Expr, ObjectNamePart};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+use sqlparser::tokenizer::Token;
+
+/// The file as written.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RulesFile {
+    /// One `[[table]]` per mapped legacy table.
+    #[serde(default, rename = "table")]
+    pub tables: Vec<TableSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TableSpec {
+    /// Legacy table, schema-qualified: `public.users`.
+    pub legacy: String,
+    /// New table, schema-qualified: `app.customers`.
+    pub new: String,
+    /// Which database holds the new table: `new` (default; the config's new database) or
+    /// `legacy` (another schema of the legacy database).
+    #[serde(default)]
+    pub database: TargetDatabase,
+    /// Legacy key columns; each must be mapped to a new column by a plain rename.
+    pub keys: Vec<String>,
+    /// Mirror writes to this table: `off` (default) or `on`.
+    #[serde(default)]
+    pub write: WriteMode,
+    /// New column = SQL expression over the legacy row's columns.
+    pub columns: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetDatabase {
+    #[default]
+    New,
+    Legacy,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum WriteMode {
+    #[default]
+    Off,
+    On,
+}
+
+/// A schema-qualified table name, folded as PostgreSQL folds identifiers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TableName {
+    pub schema: String,
+    pub name: String,
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}.{}",
+            quote_ident(&self.schema),
+            quote_ident(&self.name)
+        )
+    }
+}
+
+/// An identifier as SQL text: bare when PostgreSQL would fold it to itself, else quoted.
+pub fn quote_ident(id: &str) -> String {
+    let plain = id
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if plain {
+        id.to_string()
+    } else {
+        format!("\"{}\"", id.replace('"', "\"\""))
+    }
+}
+
+/// One new column and where its value comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ColumnMap {
+    pub new: String,
+    /// The expression as written.
+    pub source: String,
+    pub expr: Expr,
+    /// Legacy columns the expression reads.
+    pub reads: Vec<String>,
+    /// When the expression is a bare legacy column: that column.
+    pub rename_of: Option<String>,
+}
+
+/// A validated table rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableRule {
+    pub legacy: TableName,
+    pub new: TableName,
+    pub database: TargetDatabase,
+    pub legacy_keys: Vec<String>,
+    /// The new columns holding the legacy keys, in key order.
+    pub new_keys: Vec<String>,
+    pub write: WriteMode,
+    pub columns: Vec<ColumnMap>,
+}
+
+impl TableRule {
+    /// Every legacy column some new column reads, keys first.
+    pub fn legacy_columns_read(&self) -> Vec<String> {
+        let mut out = self.legacy_keys.clone();
+        for c in &self.columns {
+            for r in &c.reads {
+                if !out.contains(r) {
+                    out.push(r.clone());
+                }
+            }
+        }
+        out
+    }
+}
+
+/// A validated rule set.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RuleSet {
+    tables: Vec<TableRule>,
+    by_legacy: HashMap<TableName, usize>,
+}
+
+impl RuleSet {
+    pub fn tables(&self) -> &[TableRule] {
+        &self.tables
+    }
+
+    /// The rule for a legacy table.
+    pub fn table(&self, legacy: &TableName) -> Option<&TableRule> {
+        self.by_legacy.get(legacy).map(|&i| &self.tables[i])
+    }
+}
+
+/// One problem with a rules file, naming where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleProblem {
+    pub at: String,
+    pub message: String,
+}
+
+impl fmt::Display for RuleProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.at, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RulesError {
+    #[error("rules file {origin}: {message}")]
+    Parse { origin: String, message: String },
+    #[error("{} problem(s) in rules file {origin}:\n{}", problems.len(), problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        origin: String,
+        problems: Vec<RuleProblem>,
+    },
+}
+
+/// Parses and validates rules text; `origin` names the file in errors.
+pub fn parse_rules(text: &str, origin: &str) -> Result<RuleSet, RulesError> {
+    let file: RulesFile = toml::from_str(text).map_err(|e| RulesError::Parse {
+        origin: origin.to_string(),
+        message: e.to_string().trim_end().replace('\n', " "),
+    })?;
+    file.validate().map_err(|problems| RulesError::Invalid {
+        origin: origin.to_string(),
+        problems,
+    })
+}
+
+fn fold(id: &sqlparser::ast::Ident) -> String {
+    if id.quote_style.is_some() {
+        id.value.clone()
+    } else {
+        id.value.to_lowercase()
+    }
+}
+
+/// Parses `schema.table`.
+pub fn parse_table_name(text: &str) -> Result<TableName, String> {
+    let dialect = PostgreSqlDialect {};
+    let mut parser = Parser::new(&dialect)
+        .try_with_sql(text)
+        .map_err(|e| e.to_string())?;
+    let object = parser.parse_object_name(false).map_err(|e| e.to_string())?;
+    if parser.peek_token().token != Token::EOF {
+        return Err(format!("{text:?} is not a table name"));
+    }
+    let parts: Vec<String> = object
+        .0
+        .iter()
+        .filter_map(|p| match p {
+            ObjectNamePart::Identifier(id) => Some(fold(id)),
+            _ => None,
+        })
+        .collect();
+    match &parts[..] {
+        [schema, name] if parts.len() == object.0.len() => Ok(TableName {
+            schema: schema.clone(),
+            name: name.clone(),
+        }),
+        _ => Err(format!(
+            "{text:?} must be schema-qualified, like public.users"
+        )),
+    }
+}
+
+/// Parses a column expression and lists the columns it reads.
+fn parse_column_expr(text: &str) -> Result<(Expr, Vec<String>), String> {
+    let dialect = PostgreSqlDialect {};
+    let mut parser = Parser::new(&dialect)
+        .try_with_sql(text)
+        .map_err(|e| e.to_string())?;
+    let expr = parser.parse_expr().map_err(|e| e.to_string())?;
+    if parser.peek_token().token != Token::EOF {
+        return Err(format!("{text:?} is more than one expression"));
+    }
+    let mut reads = Vec::new();
+    let mut bad = None;
+    let _ = sqlparser::ast::visit_expressions(&expr, |e| {
+        match e {
+            Expr::Identifier(id) => {
+                let c = fold(id);
+                if !reads.contains(&c) {
+                    reads.push(c);
+                }
+            }
+            Expr::CompoundIdentifier(_) => {
+                bad = Some(format!(
+                    "{text:?}: refer to legacy columns by bare name, without a table"
+                ))
+            }
+            Expr::Subquery(_) | Expr::Exists { .. } | Expr::InSubquery { .. } => {
+                bad = Some(format!(
+                    "{text:?}: subqueries are not allowed in a column mapping"
+                ))
+            }
+            _ => {}
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    match bad {
+        Some(b) => Err(b),
+        None => Ok((expr, reads)),
+    }
+}
+
+impl RulesFile {
+    /// The validated rule set, or every problem found.
+    pub fn validate(&self) -> Result<RuleSet, Vec<RuleProblem>> {
+        let mut problems = Vec::new();
+        let mut set = RuleSet::default();
+        let mut new_names = HashMap::new();
+        for (i, spec) in self.tables.iter().enumerate() {
+            let at = |field: &str| format!("table[{i}] ({}).{field}", spec.legacy);
+            let mut bad = |field: &str, message: String| {
+                problems.push(RuleProblem {
+                    at: at(field),
+                    message,
+                })
+            };
+            let legacy = parse_table_name(&spec.legacy)
+                .map_err(|m| bad("legacy", m))
+                .ok();
+            let new = parse_table_name(&spec.new).map_err(|m| bad("new", m)).ok();
+            if let (Some(l), Some(n)) = (&legacy, &new) {
+                if spec.database == TargetDatabase::Legacy && l == n {
+                    bad(
+                        "new",
+                        "is the legacy table itself; with database = \"legacy\" it must be another table".into(),
+                    );
+                }
+                if let Some(j) = new_names.insert((spec.database, n.clone()), i) {
+                    bad("new", format!("{n} is also the new table of table[{j}]"));
+                }
+                if set.by_legacy.contains_key(l) {
+                    bad("legacy", format!("{l} has more than one rule"));
+                }
+            }
+            if spec.keys.is_empty() {
+                bad("keys", "must name at least one legacy key column".into());
+            }
+            if spec.columns.is_empty() {
+                bad("columns", "must map at least one new column".into());
+            }
+            let mut columns = Vec::new();
+            for (new_col, source) in &spec.columns {
+                match parse_column_expr(source) {
+                    Err(m) => bad(&format!("columns.{new_col}"), m),
+                    Ok((expr, reads)) => {
+                        let rename_of = match &expr {
+                            Expr::Identifier(id) => Some(fold(id)),
+                            _ => None,
+                        };
+                        columns.push(ColumnMap {
+                            new: new_col.clone(),
+                            source: source.clone(),
+                            expr,
+                            reads,
+                            rename_of,
+                        });
+                    }
+                }
+            }
+            let legacy_keys: Vec<String> = spec.keys.iter().map(|k| k.to_lowercase()).collect();
+            let mut new_keys = Vec::new();
+            for key in &legacy_keys {
+                match columns.iter().find(|c| c.rename_of.as_deref() == Some(key)) {
+                    Some(c) => new_keys.push(c.new.clone()),
+                    None => bad(
+                        "keys",
+                        format!("key column {key:?} must be mapped to a new column by name, like `{key} = \"{key}\"`"),
+                    ),
+                }
+            }
+            if let (Some(legacy), Some(new)) = (legacy, new) {
+                if new_keys.len() == legacy_keys.len() && !spec.columns.is_empty() {
+                    set.by_legacy.insert(legacy.clone(), set.tables.len());
+                    set.tables.push(TableRule {
+                        legacy,
+                        new,
+                        database: spec.database,
+                        legacy_keys,
+                        new_keys,
+                        write: spec.write,
+                        columns,
+                    });
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(set)
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        [[table]]
+        legacy = "public.users"
+        new = "app.customers"
+        keys = ["id"]
+        write = "on"
+        [table.columns]
+        customer_id = "id"
+        full_name = "first_name || ' ' || last_name"
+        email = "lower(email)"
+        source = "'legacy'"
+
+        [[table]]
+        legacy = "public.Orders"
+        new = "public.orders_v2"
+        database = "legacy"
+        keys = ["id", "line"]
+        [table.columns]
+        id = "id"
+        line_no = "line"
+        "Total" = "amount * 100"
+    "#;
+
+    #[test]
+    fn a_good_file_validates() {
+        let set = parse_rules(GOOD, "rules.toml").unwrap();
+        let users = set
+            .table(&TableName {
+                schema: "public".into(),
+                name: "users".into(),
+            })
+            .unwrap();
+        assert_eq!(users.new.to_string(), "app.customers");
+        assert_eq!(users.new_keys, ["customer_id"]);
+        assert_eq!(users.write, WriteMode::On);
+        let full = users.columns.iter().find(|c| c.new == "full_name").unwrap();
+        assert_eq!(full.reads, ["first_name", "last_name"]);
+        assert_eq!(full.rename_of, None);
+        assert_eq!(
+            users.legacy_columns_read(),
+            ["id", "email", "first_name", "last_name"]
+        );
+        let orders = &set.tables()[1];
+        assert_eq!(
+            orders.legacy.name, "orders",
+            "unquoted names fold to lower case"
+        );
+        assert_eq!(orders.new_keys, ["id", "line_no"]);
+        assert_eq!(orders.database, TargetDatabase::Legacy);
+        assert_eq!(orders.write, WriteMode::Off, "writes are off by default");
+    }
+
+    #[test]
+    fn every_problem_is_listed_with_where_it_is() {
+        let text = r#"
+            [[table]]
+            legacy = "users"
+            new = "app.customers"
+            keys = []
+            [table.columns]
+            email = "lower(email"
+
+            [[table]]
+            legacy = "public.a"
+            new = "public.a"
+            database = "legacy"
+            keys = ["id"]
+            [table.columns]
+            ident = "id + 0"
+            x = "(SELECT 1)"
+            y = "t.col"
+        "#;
+        let err = parse_rules(text, "rules.toml").unwrap_err();
+        let RulesError::Invalid { problems, .. } = &err else {
+            panic!("{err}")
+        };
+        let at: Vec<&str> = problems.iter().map(|p| p.at.as_str()).collect();
+        assert_eq!(
+            at,
+            [
+                "table[0] (users).legacy",
+                "table[0] (users).keys",
+                "table[0] (users).columns.email",
+                "table[1] (public.a).new",
+                "table[1] (public.a).columns.x",
+                "table[1] (public.a).columns.y",
+                "table[1] (public.a).keys",
+            ]
+        );
+        let text = err.to_string();
+        assert!(
+            text.starts_with("7 problem(s) in rules file rules.toml"),
+            "{text}"
+        );
+        assert!(text.contains("must be schema-qualified"), "{text}");
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_modes_are_named() {
+        let err = parse_rules("[[table]]\nlegacy = \"public.a\"\nnew = \"public.b\"\nkeys = [\"id\"]\nwrite = \"maybe\"\ncolumns = { id = \"id\" }\n", "r.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("maybe") || err.contains("write"), "{err}");
+        let err = parse_rules("[[table]]\nlegcy = \"x\"\n", "r.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("legcy"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_tables_are_rejected() {
+        let one = "[[table]]\nlegacy = \"public.a\"\nnew = \"app.a\"\nkeys = [\"id\"]\ncolumns = { id = \"id\" }\n";
+        let err = parse_rules(&format!("{one}{one}"), "r.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("also the new table of table[0]"), "{err}");
+        assert!(err.contains("more than one rule"), "{err}");
+    }
+
+    #[test]
+    fn identifiers_are_quoted_only_when_needed() {
+        assert_eq!(quote_ident("users"), "users");
+        assert_eq!(quote_ident("Total"), "\"Total\"");
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(quote_ident("2x"), "\"2x\"");
+    }
+}
