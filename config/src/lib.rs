@@ -20,6 +20,10 @@ pub struct Config {
     /// Default 0, meaning one per available CPU.
     pub workers: usize,
     pub legacy: LegacyConfig,
+    /// The new database, where rules with `database = "new"` write. Unset by default.
+    pub new: NewConfig,
+    /// The rules file mapping legacy tables to new ones. Unset by default (pure relay).
+    pub rules_file: Option<PathBuf>,
     pub tls: ClientTlsConfig,
     pub admin: AdminConfig,
     pub log: LogConfig,
@@ -42,6 +46,41 @@ pub struct LegacyConfig {
     pub tls_ca_file: Option<PathBuf>,
     /// Name checked against legacy's certificate; default `host`.
     pub tls_server_name: Option<String>,
+    /// pgdual's own connections to legacy (catalog checks, reading row images) use this
+    /// role; client sessions always authenticate as themselves. Default `postgres`.
+    pub user: String,
+    /// Password for `user`; prefer `PGDUAL_LEGACY_PASSWORD` to writing it here.
+    pub password: Option<String>,
+    /// Database for pgdual's own connections. Default `postgres`.
+    pub dbname: String,
+}
+
+/// The new database: pgdual connects to it with its own role.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NewConfig {
+    /// Host name, IP address, or Unix socket directory. Empty (default) means not configured.
+    pub host: String,
+    /// Default 5432.
+    pub port: u16,
+    /// Default `postgres`.
+    pub user: String,
+    /// Prefer `PGDUAL_NEW_PASSWORD` to writing it here.
+    pub password: Option<String>,
+    /// Default `postgres`.
+    pub dbname: String,
+}
+
+impl Default for NewConfig {
+    fn default() -> Self {
+        NewConfig {
+            host: String::new(),
+            port: 5432,
+            user: "postgres".into(),
+            password: None,
+            dbname: "postgres".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -116,6 +155,8 @@ impl Default for Config {
             listen: "127.0.0.1:6432".into(),
             workers: 0,
             legacy: LegacyConfig::default(),
+            new: NewConfig::default(),
+            rules_file: None,
             tls: ClientTlsConfig::default(),
             admin: AdminConfig::default(),
             log: LogConfig::default(),
@@ -132,6 +173,9 @@ impl Default for LegacyConfig {
             tls: LegacyTlsMode::Disable,
             tls_ca_file: None,
             tls_server_name: None,
+            user: "postgres".into(),
+            password: None,
+            dbname: "postgres".into(),
         }
     }
 }
@@ -209,6 +253,15 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("PGDUAL_LEGACY_HOST", "legacy.host"),
     ("PGDUAL_LEGACY_PORT", "legacy.port"),
     ("PGDUAL_LEGACY_TLS", "legacy.tls"),
+    ("PGDUAL_LEGACY_USER", "legacy.user"),
+    ("PGDUAL_LEGACY_PASSWORD", "legacy.password"),
+    ("PGDUAL_LEGACY_DBNAME", "legacy.dbname"),
+    ("PGDUAL_NEW_HOST", "new.host"),
+    ("PGDUAL_NEW_PORT", "new.port"),
+    ("PGDUAL_NEW_USER", "new.user"),
+    ("PGDUAL_NEW_PASSWORD", "new.password"),
+    ("PGDUAL_NEW_DBNAME", "new.dbname"),
+    ("PGDUAL_RULES_FILE", "rules_file"),
     ("PGDUAL_ADMIN_LISTEN", "admin.listen"),
     ("PGDUAL_ADMIN_TOKEN", "admin.token"),
     ("PGDUAL_LOG_LEVEL", "log.level"),
@@ -261,6 +314,15 @@ impl Config {
                     _ => return Err(bad("one of disable, prefer, require, verify-full")),
                 }
             }
+            "legacy.user" => self.legacy.user = value.to_string(),
+            "legacy.password" => self.legacy.password = Some(value.to_string()),
+            "legacy.dbname" => self.legacy.dbname = value.to_string(),
+            "new.host" => self.new.host = value.to_string(),
+            "new.port" => self.new.port = value.trim().parse().map_err(|_| bad("a port"))?,
+            "new.user" => self.new.user = value.to_string(),
+            "new.password" => self.new.password = Some(value.to_string()),
+            "new.dbname" => self.new.dbname = value.to_string(),
+            "rules_file" => self.rules_file = Some(PathBuf::from(value)),
             "admin.listen" => self.admin.listen = value.to_string(),
             "admin.token" => self.admin.token = Some(value.to_string()),
             "log.level" => self.log.level = value.to_string(),
@@ -338,6 +400,19 @@ impl Config {
                 "legacy.tls",
                 "TLS is not used over a Unix socket; set it to \"disable\"".into(),
             );
+        }
+        if !self.new.host.is_empty() && self.new.port == 0 {
+            bad("new.port", "must be between 1 and 65535".into());
+        }
+        for (field, value) in [
+            ("legacy.user", &self.legacy.user),
+            ("legacy.dbname", &self.legacy.dbname),
+            ("new.user", &self.new.user),
+            ("new.dbname", &self.new.dbname),
+        ] {
+            if value.trim().is_empty() {
+                bad(field, "must not be empty".into());
+            }
         }
         match (&self.tls.cert_file, &self.tls.key_file) {
             (Some(_), None) => bad("tls.key_file", "is required with tls.cert_file".into()),

@@ -102,3 +102,28 @@ fn bad_enum_value_names_field() {
     let err = parse("[log]\nformat = \"xml\"\n").unwrap_err().to_string();
     assert!(err.contains("format") || err.contains("xml"), "{err}");
 }
+
+#[test]
+fn new_database_and_rules_file_settings() {
+    let c = parse(
+        r#"
+        rules_file = "rules.toml"
+        [legacy]
+        user = "pgdual"
+        [new]
+        host = "10.0.0.2"
+        port = 5433
+        dbname = "app"
+        "#,
+    )
+    .unwrap();
+    assert_eq!(c.rules_file.as_deref(), Some(Path::new("rules.toml")));
+    assert_eq!(c.new.port, 5433);
+    assert_eq!(c.new.user, "postgres");
+    assert_eq!(c.legacy.user, "pgdual");
+    assert_eq!(c.problems(), vec![]);
+    let mut c = Config::default();
+    let problems = c.apply_env([("PGDUAL_NEW_PASSWORD", "pw"), ("PGDUAL_NEW_PORT", "x")]);
+    assert_eq!(c.new.password.as_deref(), Some("pw"));
+    assert_eq!(problems[0].field, "new.port (from PGDUAL_NEW_PORT)");
+}

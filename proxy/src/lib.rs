@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod cancel;
+pub mod catalog;
 pub mod cluster;
 pub mod codec;
 pub mod connection;

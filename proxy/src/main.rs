@@ -29,6 +29,11 @@ enum Cmd {
         #[command(subcommand)]
         command: ConfigCmd,
     },
+    /// Work with rules files.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCmd,
+    },
     /// Start a throwaway legacy PostgreSQL and pgdual in front of it.
     Demo {
         /// Address for the proxy (default 127.0.0.1:6432, or a free port if taken).
@@ -44,6 +49,21 @@ enum Cmd {
 enum ConfigCmd {
     /// Validate a config file (with PGDUAL_* overrides) and list every problem.
     Check { file: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum RulesCmd {
+    /// Validate a rules file, then check it against the catalogs of the configured legacy
+    /// and new databases; list every problem.
+    Check {
+        file: PathBuf,
+        /// pgdual config naming the databases (legacy.user, [new], ...).
+        #[arg(long, short, env = "PGDUAL_CONFIG")]
+        config: Option<PathBuf>,
+        /// Only validate the file; do not connect to any database.
+        #[arg(long)]
+        offline: bool,
+    },
 }
 
 #[derive(Args)]
@@ -131,6 +151,39 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn rules_check(file: &PathBuf, config: Option<&PathBuf>, offline: bool) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read rules file {}", file.display()))?;
+    let origin = file.display().to_string();
+    let rules = pgdual_rules::parse_rules(&text, &origin)?;
+    if offline {
+        println!(
+            "{origin}: ok ({} tables, not checked against databases)",
+            rules.tables().len()
+        );
+        return Ok(());
+    }
+    let config = load(config, &[])?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let (legacy, new) = pgdual::catalog::connect_both(&config)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        let problems = pgdual::catalog::check(&rules, &legacy, new.as_ref()).await;
+        if !problems.is_empty() {
+            return Err(pgdual_rules::RulesError::Invalid { origin, problems }.into());
+        }
+        println!(
+            "{origin}: ok ({} tables, checked against legacy{})",
+            rules.tables().len(),
+            if new.is_some() { " and new" } else { "" }
+        );
+        Ok(())
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -138,6 +191,14 @@ fn main() -> ExitCode {
         Cmd::Config {
             command: ConfigCmd::Check { file },
         } => load(Some(&file), &[]).map(|_| println!("{}: ok", file.display())),
+        Cmd::Rules {
+            command:
+                RulesCmd::Check {
+                    file,
+                    config,
+                    offline,
+                },
+        } => rules_check(&file, config.as_ref(), offline),
         Cmd::Demo { listen, once } => {
             let _ = init_logging("warn", LogFormat::Text);
             pgdual::demo::run(pgdual::demo::DemoOptions { listen, once })

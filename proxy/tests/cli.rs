@@ -214,3 +214,75 @@ fn bad_flags_are_named() {
     assert!(msg.contains("legacy.port (from --legacy-port)"), "{msg}");
     assert!(msg.contains("listen:"), "{msg}");
 }
+
+#[test]
+fn rules_check_offline_and_against_the_catalog() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[table]]\nlegacy = \"users\"\nnew = \"public.u2\"\nkeys = []\ncolumns = { id = \"id(\" }\n",
+    )
+    .unwrap();
+    let out = pgdual()
+        .args(["rules", "check", "--offline"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let msg = text(&out);
+    for at in [
+        "table[0] (users).legacy",
+        "table[0] (users).keys",
+        "table[0] (users).columns.id",
+    ] {
+        assert!(msg.contains(at), "{at} missing from:\n{msg}");
+    }
+
+    let cluster = PgCluster::start(ClusterOptions::default()).unwrap();
+    cluster
+        .psql(
+            "CREATE TABLE users (id int PRIMARY KEY, email text);
+             CREATE TABLE users_v2 (user_id int PRIMARY KEY, email_lower text)",
+        )
+        .unwrap();
+    let config = dir.path().join("pgdual.toml");
+    std::fs::write(&config, format!("[legacy]\nport = {}\n", cluster.port)).unwrap();
+    let rules = dir.path().join("rules.toml");
+    let write_rules = |email_col: &str| {
+        std::fs::write(
+            &rules,
+            format!(
+                "[[table]]\nlegacy = \"public.users\"\nnew = \"public.users_v2\"\ndatabase = \"legacy\"\n\
+                 keys = [\"id\"]\n[table.columns]\nuser_id = \"id\"\n{email_col} = \"lower(email)\"\n"
+            ),
+        )
+        .unwrap()
+    };
+    write_rules("email_lower");
+    let out = pgdual()
+        .args(["rules", "check", "--config"])
+        .arg(&config)
+        .arg(&rules)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("ok (1 tables, checked against legacy)"),
+        "{}",
+        text(&out)
+    );
+    write_rules("email_typo");
+    let out = pgdual()
+        .args(["rules", "check", "--config"])
+        .arg(&config)
+        .arg(&rules)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).contains("table[0] (public.users).columns.email_typo: public.users_v2 has no column \"email_typo\""),
+        "{}",
+        text(&out)
+    );
+}

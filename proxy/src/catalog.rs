@@ -1,0 +1,281 @@
+//! Checks a rule set against the live catalogs of legacy and new: tables and columns exist,
+//! keys are unique, each transform runs on legacy, and its result type fits the new column.
+//! Every problem is reported with the same `table[i] (name).field` position as offline
+//! validation, so one listing covers both.
+
+use pgdual_config::Config;
+use pgdual_rules::ruleset::{RuleProblem, TargetDatabase};
+use pgdual_rules::{RuleSet, TableName, TableRule};
+use tokio_postgres::{Client, NoTls};
+
+/// Connects with pgdual's own role (`legacy.user`, `new.user`), plain TCP or Unix socket.
+pub async fn connect(
+    host: &str,
+    port: u16,
+    user: &str,
+    password: Option<&str>,
+    dbname: &str,
+) -> Result<Client, tokio_postgres::Error> {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host(host).port(port).user(user).dbname(dbname);
+    cfg.application_name("pgdual");
+    if let Some(p) = password {
+        cfg.password(p);
+    }
+    let (client, conn) = cfg.connect(NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "catalog connection closed");
+        }
+    });
+    Ok(client)
+}
+
+/// pgdual's own connections to legacy and (when configured) new.
+pub async fn connect_both(config: &Config) -> Result<(Client, Option<Client>), String> {
+    let l = &config.legacy;
+    let legacy = connect(&l.host, l.port, &l.user, l.password.as_deref(), &l.dbname)
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot connect to legacy at {}:{} as {}: {e}",
+                l.host, l.port, l.user
+            )
+        })?;
+    let n = &config.new;
+    let new = if n.host.is_empty() {
+        None
+    } else {
+        Some(
+            connect(&n.host, n.port, &n.user, n.password.as_deref(), &n.dbname)
+                .await
+                .map_err(|e| {
+                    format!(
+                        "cannot connect to new at {}:{} as {}: {e}",
+                        n.host, n.port, n.user
+                    )
+                })?,
+        )
+    };
+    Ok((legacy, new))
+}
+
+struct Columns {
+    /// (name, type as format_type prints it, NOT NULL without default)
+    list: Vec<(String, String, bool)>,
+}
+
+async fn columns(c: &Client, table: &TableName) -> Result<Option<Columns>, tokio_postgres::Error> {
+    let rows = c
+        .query(
+            "SELECT a.attname::text, format_type(a.atttypid, NULL), \
+                    a.attnotnull AND NOT a.atthasdef AND a.attidentity = '' AND a.attgenerated = '' \
+             FROM pg_attribute a \
+             WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped \
+             ORDER BY a.attnum",
+            &[&table.to_string()],
+        )
+        .await?;
+    if rows.is_empty() {
+        let exists: bool = c
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table.to_string()])
+            .await?
+            .get(0);
+        if !exists {
+            return Ok(None);
+        }
+    }
+    Ok(Some(Columns {
+        list: rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect(),
+    }))
+}
+
+/// Whether some unique index of `table` covers exactly `cols`.
+async fn unique_on(
+    c: &Client,
+    table: &TableName,
+    cols: &[String],
+) -> Result<bool, tokio_postgres::Error> {
+    let row = c
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = to_regclass($1) \
+               AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL \
+               AND (SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_attribute a \
+                    WHERE a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)) \
+                   = (SELECT array_agg(x ORDER BY x) FROM unnest($2::text[]) x))",
+            &[&table.to_string(), &cols],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Whether a value of type `from` is assignable to a column of type `to` on this server.
+async fn assignable(c: &Client, from: &str, to: &str) -> Result<bool, tokio_postgres::Error> {
+    if from == to || from == "unknown" {
+        return Ok(true);
+    }
+    let row = c
+        .query_one(
+            "SELECT to_regtype($1) = to_regtype($2) OR EXISTS (SELECT 1 FROM pg_cast \
+               WHERE castsource = to_regtype($1) AND casttarget = to_regtype($2) \
+               AND castcontext IN ('a', 'i'))",
+            &[&from, &to],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Every catalog problem of `rules`. `new` is the new database's connection, if configured.
+pub async fn check(rules: &RuleSet, legacy: &Client, new: Option<&Client>) -> Vec<RuleProblem> {
+    let mut problems = Vec::new();
+    for (i, rule) in rules.tables().iter().enumerate() {
+        let target = match rule.database {
+            TargetDatabase::Legacy => Some(legacy),
+            TargetDatabase::New => new,
+        };
+        if let Err(e) = check_table(i, rule, legacy, target, &mut problems).await {
+            problems.push(RuleProblem {
+                at: format!("table[{i}] ({})", rule.legacy),
+                message: format!("catalog query failed: {e}"),
+            });
+        }
+    }
+    problems
+}
+
+async fn check_table(
+    i: usize,
+    rule: &TableRule,
+    legacy: &Client,
+    target: Option<&Client>,
+    problems: &mut Vec<RuleProblem>,
+) -> Result<(), tokio_postgres::Error> {
+    let mut bad = |field: &str, message: String| {
+        problems.push(RuleProblem {
+            at: format!("table[{i}] ({}).{field}", rule.legacy),
+            message,
+        })
+    };
+    let Some(lcols) = columns(legacy, &rule.legacy).await? else {
+        bad(
+            "legacy",
+            format!("{} does not exist in legacy", rule.legacy),
+        );
+        return Ok(());
+    };
+    let has = |cols: &Columns, c: &str| cols.list.iter().any(|(n, _, _)| n == c);
+    for key in &rule.legacy_keys {
+        if !has(&lcols, key) {
+            bad("keys", format!("{} has no column {key:?}", rule.legacy));
+        }
+    }
+    if !unique_on(legacy, &rule.legacy, &rule.legacy_keys).await? {
+        bad(
+            "keys",
+            format!(
+                "no primary key or unique index on ({}) in {}",
+                rule.legacy_keys.join(", "),
+                rule.legacy
+            ),
+        );
+    }
+    // The type each transform yields, from legacy itself.
+    let mut types = Vec::new();
+    for col in &rule.columns {
+        let missing: Vec<&String> = col.reads.iter().filter(|r| !has(&lcols, r)).collect();
+        if !missing.is_empty() {
+            bad(
+                &format!("columns.{}", col.new),
+                format!("reads {missing:?}, which {} does not have", rule.legacy),
+            );
+            types.push(None);
+            continue;
+        }
+        let sql = format!("SELECT {} FROM {}", col.source, rule.legacy);
+        match legacy.prepare(&sql).await {
+            Ok(stmt) => types.push(stmt.columns().first().map(|c| c.type_().name().to_string())),
+            Err(e) => {
+                let msg = e
+                    .as_db_error()
+                    .map_or(e.to_string(), |d| d.message().to_string());
+                bad(
+                    &format!("columns.{}", col.new),
+                    format!("does not run on legacy: {msg}"),
+                );
+                types.push(None);
+            }
+        }
+    }
+    let Some(target) = target else {
+        bad(
+            "database",
+            "is \"new\" but no [new] database is configured".into(),
+        );
+        return Ok(());
+    };
+    let Some(ncols) = columns(target, &rule.new).await? else {
+        let db = match rule.database {
+            TargetDatabase::New => "new",
+            TargetDatabase::Legacy => "legacy",
+        };
+        bad(
+            "new",
+            format!("{} does not exist in the {db} database", rule.new),
+        );
+        return Ok(());
+    };
+    for (col, ty) in rule.columns.iter().zip(&types) {
+        let Some((_, new_ty, _)) = ncols.list.iter().find(|(n, _, _)| *n == col.new) else {
+            bad(
+                &format!("columns.{}", col.new),
+                format!("{} has no column {:?}", rule.new, col.new),
+            );
+            continue;
+        };
+        if let Some(ty) = ty {
+            if !assignable(target, &pg_type_name(ty), new_ty).await? {
+                bad(
+                    &format!("columns.{}", col.new),
+                    format!(
+                        "yields {ty} on legacy, which does not fit {}.{} of type {new_ty}",
+                        rule.new, col.new
+                    ),
+                );
+            }
+        }
+    }
+    for (name, _, required) in &ncols.list {
+        if *required && !rule.columns.iter().any(|c| &c.new == name) {
+            bad(
+                "columns",
+                format!(
+                    "{}.{name} is NOT NULL without a default but no mapping fills it",
+                    rule.new
+                ),
+            );
+        }
+    }
+    if !unique_on(target, &rule.new, &rule.new_keys).await? {
+        bad(
+            "keys",
+            format!(
+                "no primary key or unique index on ({}) in {}",
+                rule.new_keys.join(", "),
+                rule.new
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// tokio-postgres names types by their catalog name (`int8`, `_text`); `format_type` prints
+/// SQL names (`bigint`, `text[]`). `to_regtype` accepts both, except the array spelling.
+fn pg_type_name(name: &str) -> String {
+    match name.strip_prefix('_') {
+        Some(elem) => format!("{elem}[]"),
+        None => name.to_string(),
+    }
+}
