@@ -24,6 +24,7 @@ pub struct Config {
     pub new: NewConfig,
     /// The rules file mapping legacy tables to new ones. Unset by default (pure relay).
     pub rules_file: Option<PathBuf>,
+    pub mirror: MirrorConfig,
     pub tls: ClientTlsConfig,
     pub admin: AdminConfig,
     pub log: LogConfig,
@@ -53,6 +54,39 @@ pub struct LegacyConfig {
     pub password: Option<String>,
     /// Database for pgdual's own connections. Default `postgres`.
     pub dbname: String,
+}
+
+/// How committed writes reach the new schema (see README, "Dual-write").
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MirrorConfig {
+    /// Install (and remove) the capture triggers on legacy for tables whose `write` is
+    /// `on` (or `off`) when pgdual starts. Default true.
+    pub install_triggers: bool,
+    /// Most captured changes applied to new in one transaction. Default 1000.
+    pub batch_size: u32,
+    /// How often the backlog is checked when no session signals a commit. Default 200 ms.
+    pub poll_interval_ms: u64,
+    /// First retry delay after a transient failure; doubles up to `retry_max_ms`. Default 100.
+    pub retry_initial_ms: u64,
+    /// Default 10000.
+    pub retry_max_ms: u64,
+    /// Changes new refused for good (constraint violations, type errors) are appended here,
+    /// one JSON object per line, mode 0600. Default `pgdual-dead-letters.jsonl`.
+    pub dead_letter_file: PathBuf,
+}
+
+impl Default for MirrorConfig {
+    fn default() -> Self {
+        MirrorConfig {
+            install_triggers: true,
+            batch_size: 1000,
+            poll_interval_ms: 200,
+            retry_initial_ms: 100,
+            retry_max_ms: 10_000,
+            dead_letter_file: PathBuf::from("pgdual-dead-letters.jsonl"),
+        }
+    }
 }
 
 /// The new database: pgdual connects to it with its own role.
@@ -157,6 +191,7 @@ impl Default for Config {
             legacy: LegacyConfig::default(),
             new: NewConfig::default(),
             rules_file: None,
+            mirror: MirrorConfig::default(),
             tls: ClientTlsConfig::default(),
             admin: AdminConfig::default(),
             log: LogConfig::default(),
@@ -399,6 +434,20 @@ impl Config {
             bad(
                 "legacy.tls",
                 "TLS is not used over a Unix socket; set it to \"disable\"".into(),
+            );
+        }
+        if self.mirror.batch_size == 0 {
+            bad("mirror.batch_size", "must be at least 1".into());
+        }
+        if self.mirror.poll_interval_ms == 0 {
+            bad("mirror.poll_interval_ms", "must be at least 1".into());
+        }
+        if self.mirror.retry_initial_ms == 0
+            || self.mirror.retry_max_ms < self.mirror.retry_initial_ms
+        {
+            bad(
+                "mirror.retry_max_ms",
+                "must be at least mirror.retry_initial_ms, which must be at least 1".into(),
             );
         }
         if !self.new.host.is_empty() && self.new.port == 0 {

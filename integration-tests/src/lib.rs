@@ -259,3 +259,54 @@ pub fn metric(page: &str, name_and_labels: &str) -> f64 {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("metric {name_and_labels} not found in:\n{page}"))
 }
+
+/// pgdual with dual-write: `rules` written to a file, the new database at `new`, a fast
+/// poll, and the dead-letter file in the returned directory.
+pub fn proxy_with_rules(rules: &str, new: &PgCluster) -> (Proxy, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("rules.toml");
+    std::fs::write(&path, rules).expect("write rules");
+    let p = proxy_with(|c| {
+        c.rules_file = Some(path);
+        c.new.host = "127.0.0.1".into();
+        c.new.port = new.port;
+        c.mirror.poll_interval_ms = 50;
+        c.mirror.retry_initial_ms = 50;
+        c.mirror.retry_max_ms = 500;
+        c.mirror.dead_letter_file = dir.path().join("dead.jsonl");
+    });
+    (p, dir)
+}
+
+/// Runs `sql` (one text column per row) on a server.
+pub async fn text_rows(port: u16, sql: &str) -> Vec<String> {
+    let c = connect(port).await;
+    c.query(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .iter()
+        .map(|r| r.get::<_, Option<String>>(0).unwrap_or_default())
+        .collect()
+}
+
+/// Waits until `legacy_sql` on legacy and `new_sql` on new return the same rows (the mirror
+/// has caught up), then asserts they do; gives up after `secs`.
+pub async fn assert_converges(
+    new: &PgCluster,
+    legacy_sql: &str,
+    new_sql: &str,
+    secs: u64,
+) -> Vec<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let l = text_rows(legacy().port, legacy_sql).await;
+        let n = text_rows(new.port, new_sql).await;
+        if l == n {
+            return n;
+        }
+        if std::time::Instant::now() > deadline {
+            assert_eq!(l, n, "new never converged to legacy");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

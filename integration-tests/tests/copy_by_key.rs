@@ -111,7 +111,7 @@ async fn rows_copy_exactly_and_deletes_follow() {
         .await
         .unwrap();
     let keys = json!([{"id": 1}, {"id": 2}, {"id": 3}]);
-    let out = users.copy(&legacy, &new, &keys).await.unwrap();
+    let out = users.copy(&legacy, &new, &keys.to_string()).await.unwrap();
     assert_eq!((out.upserted, out.deleted), (3, 0));
     let (l, n) = both(&legacy, &new).await;
     assert_eq!(l, n);
@@ -126,7 +126,7 @@ async fn rows_copy_exactly_and_deletes_follow() {
         .await
         .unwrap();
     let tx = new.transaction().await.unwrap();
-    let out = users.copy(&legacy, &tx, &keys).await.unwrap();
+    let out = users.copy(&legacy, &tx, &keys.to_string()).await.unwrap();
     assert_eq!((out.upserted, out.deleted), (2, 1));
     tx.commit().await.unwrap();
     let (l, n) = both(&legacy, &new).await;
@@ -135,7 +135,7 @@ async fn rows_copy_exactly_and_deletes_follow() {
 
     // Copying a key that never existed anywhere is a no-op, not an error.
     let out = users
-        .copy(&legacy, &new, &json!([{"id": 999}]))
+        .copy(&legacy, &new, &json!([{"id": 999}]).to_string())
         .await
         .unwrap();
     assert_eq!((out.upserted, out.deleted), (0, 0));
@@ -146,7 +146,7 @@ async fn rows_copy_exactly_and_deletes_follow() {
         .await
         .unwrap();
     let tx = new.transaction().await.unwrap();
-    users.copy(&legacy, &tx, &keys).await.unwrap();
+    users.copy(&legacy, &tx, &keys.to_string()).await.unwrap();
     tx.rollback().await.unwrap();
     let (l, n) = both(&legacy, &new).await;
     assert_ne!(l, n, "the rolled-back copy left new as it was");
@@ -165,7 +165,7 @@ async fn composite_keys_and_typed_transforms() {
         .unwrap();
     // Keys as strings work too: legacy parses them with the column's type.
     let keys = json!([{"order_id": 1, "line": 1}, {"order_id": "1", "line": "2"}, {"order_id": 2, "line": 1}]);
-    let out = lines.copy(&legacy, &new, &keys).await.unwrap();
+    let out = lines.copy(&legacy, &new, &keys.to_string()).await.unwrap();
     assert_eq!(out.upserted, 3);
     let cents: Vec<i64> = new
         .query(
@@ -182,7 +182,7 @@ async fn composite_keys_and_typed_transforms() {
         .batch_execute("DELETE FROM cbk_lines WHERE order_id = 1")
         .await
         .unwrap();
-    let out = lines.copy(&legacy, &new, &keys).await.unwrap();
+    let out = lines.copy(&legacy, &new, &keys.to_string()).await.unwrap();
     assert_eq!((out.upserted, out.deleted), (1, 2));
 }
 
@@ -198,7 +198,7 @@ async fn a_new_side_error_names_the_table_and_carries_its_sqlstate() {
         .await
         .unwrap();
     let err = plan(0)
-        .copy(&legacy, &new, &json!([{"id": 1}]))
+        .copy(&legacy, &new, &json!([{"id": 1}]).to_string())
         .await
         .unwrap_err();
     assert_eq!(err.code(), Some("42703"), "{err}");

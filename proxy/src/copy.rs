@@ -8,7 +8,6 @@
 
 use pgdual_rules::copy_sql;
 use pgdual_rules::TableRule;
-use serde_json::Value;
 use tokio_postgres::GenericClient;
 
 /// What one copy did.
@@ -63,40 +62,39 @@ impl CopyPlan {
         }
     }
 
-    /// Copies the rows with `keys` (a JSON array of objects of the legacy key columns).
-    /// Writes happen on `new` as given: pass a transaction to make them atomic.
+    /// Copies the rows with `keys`: the text of a JSON array of objects of the legacy key
+    /// columns. Writes happen on `new` as given: pass a transaction to make them atomic.
     pub async fn copy<L, N>(
         &self,
         legacy: &L,
         new: &N,
-        keys: &Value,
+        keys: &str,
     ) -> Result<CopyOutcome, CopyError>
     where
         L: GenericClient,
         N: GenericClient,
     {
         let row = legacy
-            .query_one(self.read.as_str(), &[keys])
+            .query_one(self.read.as_str(), &[&keys])
             .await
             .map_err(|source| CopyError::Legacy {
                 table: self.legacy.clone(),
                 source,
             })?;
-        let rows: Value = row.get(0);
-        let gone: Value = row.get(1);
-        let count = |v: &Value| v.as_array().map_or(0, |a| a.len() as u64);
+        let (rows, row_count): (String, i32) = (row.get(0), row.get(1));
+        let (gone, gone_count): (String, i32) = (row.get(2), row.get(3));
         let mut outcome = CopyOutcome::default();
         let new_err = |source| CopyError::New {
             table: self.new.clone(),
             source,
         };
-        if count(&rows) > 0 {
+        if row_count > 0 {
             new.execute(self.upsert.as_str(), &[&rows])
                 .await
                 .map_err(new_err)?;
-            outcome.upserted = count(&rows);
+            outcome.upserted = row_count as u64;
         }
-        if count(&gone) > 0 {
+        if gone_count > 0 {
             outcome.deleted = new
                 .execute(self.delete.as_str(), &[&gone])
                 .await

@@ -13,6 +13,7 @@ pub mod copy;
 pub mod demo;
 pub mod legacy;
 pub mod metrics;
+pub mod mirror;
 pub mod proxy;
 pub mod relay;
 pub mod session;

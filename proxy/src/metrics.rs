@@ -78,6 +78,27 @@ impl Histogram {
     }
 }
 
+/// The dual-write mirror.
+#[derive(Default)]
+pub struct MirrorMetrics {
+    /// 1 once the changelog and capture triggers are installed.
+    pub ready: AtomicI64,
+    /// Batches applied to new, each one new transaction holding whole legacy transactions.
+    pub batches_total: AtomicU64,
+    /// Captured changes (row keys and TRUNCATE markers) consumed from the backlog.
+    pub changes_total: AtomicU64,
+    pub rows_upserted_total: AtomicU64,
+    pub rows_deleted_total: AtomicU64,
+    /// Transient failures (new or legacy unreachable, serialization) that were retried.
+    pub retries_total: AtomicU64,
+    /// Changes new refused for good, written to the dead-letter file.
+    pub dead_letters_total: AtomicU64,
+    /// Changes captured but not yet applied (approximate: the span of backlog ids).
+    pub backlog: AtomicI64,
+    /// Legacy change to new commit.
+    pub lag: Histogram,
+}
+
 #[derive(Default)]
 pub struct Metrics {
     pub client_connections: AtomicI64,
@@ -93,6 +114,7 @@ pub struct Metrics {
     /// Time a chunk of bytes spends inside pgdual, from the read that completed it to the
     /// end of the write that forwarded it, in either direction.
     pub added_latency: Histogram,
+    pub mirror: MirrorMetrics,
 }
 
 impl Metrics {
@@ -210,6 +232,24 @@ impl Metrics {
                 self.errors(source)
             );
         }
+        let m = &self.mirror;
+        for (name, kind, help, value) in [
+            ("pgdual_mirror_ready", "gauge", "1 once capture triggers are installed on legacy.", m.ready.load(Relaxed)),
+            ("pgdual_mirror_batches_total", "counter", "Batches applied to new, each one new transaction holding whole legacy transactions.", load(&m.batches_total)),
+            ("pgdual_mirror_changes_total", "counter", "Captured changes consumed from the backlog.", load(&m.changes_total)),
+            ("pgdual_mirror_rows_upserted_total", "counter", "Rows inserted or updated in new.", load(&m.rows_upserted_total)),
+            ("pgdual_mirror_rows_deleted_total", "counter", "Rows deleted from new.", load(&m.rows_deleted_total)),
+            ("pgdual_mirror_retries_total", "counter", "Transient mirror failures retried with backoff.", load(&m.retries_total)),
+            ("pgdual_mirror_dead_letters_total", "counter", "Changes new refused for good, written to the dead-letter file.", load(&m.dead_letters_total)),
+            ("pgdual_mirror_backlog_changes", "gauge", "Captured changes waiting in legacy (approximate).", m.backlog.load(Relaxed)),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+        }
+        m.lag.render(
+            &mut out,
+            "pgdual_mirror_lag_seconds",
+            "From a change on legacy to its row image committed in new.",
+        );
         self.added_latency.render(
             &mut out,
             "pgdual_added_latency_seconds",

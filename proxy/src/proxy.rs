@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use pgdual_config::Config;
-use pgdual_rules::AnalysisCache;
+use pgdual_rules::{AnalysisCache, RuleSet};
 use tokio::sync::{watch, Notify};
 use tracing::{error, info, warn};
 
@@ -37,6 +37,11 @@ pub struct Shared {
     pub next_session_id: AtomicU64,
     /// Set when the drain timeout ran out: sessions still open are closed.
     pub force_close: watch::Sender<bool>,
+    /// The rules in force, when a rules file is configured.
+    pub rules: Option<Arc<RuleSet>>,
+    /// Sessions signal here when a transaction that wrote has ended, so the mirror looks at
+    /// the backlog at once instead of at its next poll.
+    pub mirror_nudge: Notify,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +54,13 @@ pub enum StartError {
     Bind {
         field: &'static str,
         addr: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Rules(#[from] pgdual_rules::RulesError),
+    #[error("cannot read rules file {path}: {source}")]
+    RulesFile {
+        path: String,
         source: std::io::Error,
     },
     #[error("cannot start worker threads: {0}")]
@@ -84,6 +96,20 @@ impl Proxy {
                     source,
                 })
         };
+        let rules = match &config.rules_file {
+            None => None,
+            Some(path) => {
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| StartError::RulesFile {
+                        path: path.display().to_string(),
+                        source,
+                    })?;
+                Some(Arc::new(pgdual_rules::parse_rules(
+                    &text,
+                    &path.display().to_string(),
+                )?))
+            }
+        };
         let listener = bind("listen", &config.listen)?;
         let admin = match config.admin.listen.as_str() {
             "" => None,
@@ -99,6 +125,8 @@ impl Proxy {
             drained: Notify::new(),
             next_session_id: AtomicU64::new(1),
             force_close: watch::channel(false).0,
+            rules: rules.clone(),
+            mirror_nudge: Notify::new(),
             config,
         });
         let addr = listener.local_addr().map_err(StartError::Runtime)?;
@@ -130,6 +158,11 @@ impl Proxy {
                 Some(a)
             }
         };
+        if let Some(rules) = rules {
+            let mirror = crate::mirror::start(shared.clone(), rules, stop_rx.clone())
+                .map_err(StartError::Runtime)?;
+            threads.extend(mirror);
+        }
         info!(%addr, legacy = %shared.legacy, workers, admin = ?admin_addr, "pgdual listening");
         Ok(Proxy {
             shared,

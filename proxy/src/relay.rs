@@ -126,8 +126,12 @@ where
                 .metrics
                 .bytes_from_clients
                 .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            let mut wrote = false;
             for done in after.drain(..) {
-                analyze_after_write(done, &chunk, shared);
+                wrote |= analyze_after_write(done, &chunk, shared);
+            }
+            if wrote {
+                session.borrow_mut().wrote = true;
             }
         }
         make_room(&mut buf, found.want);
@@ -138,10 +142,15 @@ where
     }
 }
 
-/// Classifies what was just sent to legacy and counts it.
-fn analyze_after_write(done: AfterWrite, chunk: &[u8], shared: &Shared) {
+/// Classifies what was just sent to legacy and counts it; true if it may write.
+fn analyze_after_write(done: AfterWrite, chunk: &[u8], shared: &Shared) -> bool {
     let count = |a: &Analysis| {
+        let mut writes = false;
         for s in &a.statements {
+            writes |= matches!(
+                s.kind,
+                StatementKind::Write | StatementKind::Unknown | StatementKind::Other
+            );
             shared.metrics.statement(s.kind);
             if s.kind == StatementKind::Unknown {
                 shared
@@ -150,14 +159,15 @@ fn analyze_after_write(done: AfterWrite, chunk: &[u8], shared: &Shared) {
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }
+        writes
     };
     match done {
         AfterWrite::Query { start, end } => {
             let sql = String::from_utf8_lossy(&chunk[start..end]);
-            count(&shared.cache.get(&sql));
+            count(&shared.cache.get(&sql))
         }
         AfterWrite::Execute(stmt) => {
-            count(stmt.analysis.get_or_init(|| shared.cache.get(&stmt.sql)));
+            count(stmt.analysis.get_or_init(|| shared.cache.get(&stmt.sql)))
         }
     }
 }
@@ -190,6 +200,7 @@ where
             continue;
         }
         let mut key_at = None;
+        let mut nudge = false;
         {
             let mut s = session.borrow_mut();
             for (at, tag, len) in frames(&buf, found.first, found.complete) {
@@ -205,6 +216,13 @@ where
                     _ => {}
                 }
             }
+            if s.wrote && s.tx == crate::session::TxStatus::Idle && !s.busy() {
+                s.wrote = false;
+                nudge = true;
+            }
+        }
+        if nudge && shared.rules.is_some() {
+            shared.mirror_nudge.notify_one();
         }
         if let Some(at) = key_at {
             replace_backend_key(&mut buf[at..at + 8], key, shared);

@@ -76,6 +76,9 @@ pub struct Session {
     expected: VecDeque<Expected>,
     /// Responses that did not match the queue (a protocol sequence we do not model).
     pub desyncs: u64,
+    /// A write was sent since the session was last idle: when it is idle again, the mirror
+    /// is told to look at the backlog.
+    pub wrote: bool,
 }
 
 impl Session {
@@ -87,6 +90,7 @@ impl Session {
             portals: HashMap::new(),
             expected: VecDeque::from([Expected::Startup]),
             desyncs: 0,
+            wrote: false,
         }
     }
 

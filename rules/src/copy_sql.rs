@@ -15,8 +15,9 @@ fn list(cols: &[String], prefix: &str) -> String {
         .join(", ")
 }
 
-/// Runs on legacy. `$1`: a jsonb array of objects holding the legacy key columns.
-/// Returns one row of two `jsonb` arrays: the rows still present in legacy, as objects of the
+/// Runs on legacy. `$1`: the text of a JSON array of objects holding the legacy key columns.
+/// Values travel as JSON text end to end, never through a client-side number type, so every
+/// value (float8, numeric, bigint) arrives exact. Returns one row of two JSON arrays: the rows still present in legacy, as objects of the
 /// new table's columns, and the keys no longer present, as objects of the new key columns
 /// (to delete from new). Legacy compares the keys with their real types.
 pub fn read_rows_by_keys(rule: &TableRule) -> String {
@@ -34,11 +35,12 @@ pub fn read_rows_by_keys(rule: &TableRule) -> String {
         .collect::<Vec<_>>()
         .join(", ");
     format!(
-        "SELECT (SELECT coalesce(jsonb_agg(r), '[]'::jsonb) FROM (SELECT {projection} FROM {legacy} \
-         WHERE ({keys}) IN (SELECT {k_keys} FROM jsonb_populate_recordset(NULL::{legacy}, $1) AS k)) AS r), \
-         (SELECT coalesce(jsonb_agg(jsonb_build_object({gone_object})), '[]'::jsonb) \
-         FROM jsonb_populate_recordset(NULL::{legacy}, $1) AS k \
-         WHERE NOT EXISTS (SELECT 1 FROM {legacy} AS l WHERE ({l_keys}) = ({k_keys})))",
+        "WITH k AS (SELECT * FROM jsonb_populate_recordset(NULL::{legacy}, $1::text::jsonb)), \
+         r AS (SELECT coalesce(jsonb_agg(r), '[]'::jsonb) AS a FROM (SELECT {projection} FROM {legacy} \
+           WHERE ({keys}) IN (SELECT {k_keys} FROM k)) AS r), \
+         g AS (SELECT coalesce(jsonb_agg(jsonb_build_object({gone_object})), '[]'::jsonb) AS a FROM k \
+           WHERE NOT EXISTS (SELECT 1 FROM {legacy} AS l WHERE ({l_keys}) = ({k_keys}))) \
+         SELECT r.a::text, jsonb_array_length(r.a), g.a::text, jsonb_array_length(g.a) FROM r, g",
         legacy = rule.legacy,
         keys = list(&rule.legacy_keys, ""),
         k_keys = list(&rule.legacy_keys, "k."),
@@ -61,7 +63,7 @@ pub fn upsert_rows(rule: &TableRule) -> String {
         format!("UPDATE SET {}", updates.join(", "))
     };
     format!(
-        "INSERT INTO {new} ({cols}) SELECT {cols} FROM jsonb_populate_recordset(NULL::{new}, $1) \
+        "INSERT INTO {new} ({cols}) SELECT {cols} FROM jsonb_populate_recordset(NULL::{new}, $1::text::jsonb) \
          ON CONFLICT ({keys}) DO {action}",
         new = rule.new,
         cols = list(&cols, ""),
@@ -73,7 +75,7 @@ pub fn upsert_rows(rule: &TableRule) -> String {
 pub fn delete_rows(rule: &TableRule) -> String {
     format!(
         "DELETE FROM {new} WHERE ({keys}) IN \
-         (SELECT {k_keys} FROM jsonb_populate_recordset(NULL::{new}, $1) AS k)",
+         (SELECT {k_keys} FROM jsonb_populate_recordset(NULL::{new}, $1::text::jsonb) AS k)",
         new = rule.new,
         keys = list(&rule.new_keys, ""),
         k_keys = list(&rule.new_keys, "k."),
@@ -106,15 +108,17 @@ mod tests {
 
     #[test]
     fn read_projects_the_rule_and_reports_gone_keys() {
-        assert_eq!(
-            read_rows_by_keys(&rule()),
-            "SELECT (SELECT coalesce(jsonb_agg(r), '[]'::jsonb) FROM (SELECT lower(email) AS \"Email\", \
-             id AS customer_id, first_name || ' ' || last_name AS full_name FROM public.users \
-             WHERE (id) IN (SELECT k.id FROM jsonb_populate_recordset(NULL::public.users, $1) AS k)) AS r), \
-             (SELECT coalesce(jsonb_agg(jsonb_build_object('customer_id', k.id)), '[]'::jsonb) \
-             FROM jsonb_populate_recordset(NULL::public.users, $1) AS k \
-             WHERE NOT EXISTS (SELECT 1 FROM public.users AS l WHERE (l.id) = (k.id)))"
-        );
+        let sql = read_rows_by_keys(&rule());
+        assert!(sql.starts_with(
+            "WITH k AS (SELECT * FROM jsonb_populate_recordset(NULL::public.users, $1::text::jsonb))"
+        ));
+        assert!(sql.contains(
+            "SELECT lower(email) AS \"Email\", id AS customer_id, first_name || ' ' || last_name AS full_name \
+             FROM public.users WHERE (id) IN (SELECT k.id FROM k)"
+        ));
+        assert!(sql.contains("jsonb_build_object('customer_id', k.id)"));
+        assert!(sql
+            .contains("WHERE NOT EXISTS (SELECT 1 FROM public.users AS l WHERE (l.id) = (k.id))"));
     }
 
     #[test]
@@ -122,7 +126,7 @@ mod tests {
         assert_eq!(
             upsert_rows(&rule()),
             "INSERT INTO app.customers (\"Email\", customer_id, full_name) SELECT \"Email\", \
-             customer_id, full_name FROM jsonb_populate_recordset(NULL::app.customers, $1) \
+             customer_id, full_name FROM jsonb_populate_recordset(NULL::app.customers, $1::text::jsonb) \
              ON CONFLICT (customer_id) DO UPDATE SET \"Email\" = EXCLUDED.\"Email\", full_name = EXCLUDED.full_name"
         );
     }
@@ -132,7 +136,7 @@ mod tests {
         assert_eq!(
             delete_rows(&rule()),
             "DELETE FROM app.customers WHERE (customer_id) IN (SELECT k.customer_id FROM \
-             jsonb_populate_recordset(NULL::app.customers, $1) AS k)"
+             jsonb_populate_recordset(NULL::app.customers, $1::text::jsonb) AS k)"
         );
     }
 }

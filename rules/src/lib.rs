@@ -5,6 +5,7 @@
 
 pub mod analysis;
 pub mod cache;
+pub mod capture_sql;
 pub mod copy_sql;
 pub mod fingerprint;
 pub mod ruleset;

@@ -1,0 +1,245 @@
+//! Dual-write through pgdual: committed writes reach the new schema transformed, exactly;
+//! rolled-back ones never do; the new side going away costs clients nothing.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::SinkExt;
+use pgdual_integration_tests::*;
+use tokio_postgres::types::ToSql;
+
+/// Rules for a `users`-style table named `table`, mirrored to `<table>.customers` in new.
+fn rules(table: &str) -> String {
+    format!(
+        r#"
+[[table]]
+legacy = "public.{table}"
+new = "{table}.customers"
+keys = ["id"]
+write = "on"
+[table.columns]
+customer_id = "id"
+full_name = "first_name || ' ' || last_name"
+email = "lower(email)"
+created_at = "created_at"
+score = "score"
+"#
+    )
+}
+
+async fn create(table: &str) {
+    let l = connect(legacy().port).await;
+    l.batch_execute(&format!(
+        "DROP TABLE IF EXISTS {table};
+         CREATE TABLE {table} (id bigserial PRIMARY KEY, first_name text NOT NULL,
+             last_name text NOT NULL, email text UNIQUE, created_at timestamptz NOT NULL DEFAULT now(),
+             score float8 NOT NULL DEFAULT random())"
+    ))
+    .await
+    .unwrap();
+    let n = connect(new_db().port).await;
+    n.batch_execute(&format!(
+        "DROP SCHEMA IF EXISTS {table} CASCADE; CREATE SCHEMA {table};
+         CREATE TABLE {table}.customers (customer_id bigint PRIMARY KEY, full_name text NOT NULL,
+             email text CHECK (email NOT LIKE '%forbidden%'), created_at timestamptz NOT NULL,
+             score float8 NOT NULL)"
+    ))
+    .await
+    .unwrap();
+}
+
+fn legacy_view(table: &str) -> String {
+    format!(
+        "SELECT concat_ws('|', id, first_name || ' ' || last_name, lower(email), created_at, score) \
+         FROM {table} ORDER BY id"
+    )
+}
+
+fn new_view(table: &str) -> String {
+    format!(
+        "SELECT concat_ws('|', customer_id, full_name, email, created_at, score) \
+         FROM {table}.customers ORDER BY customer_id"
+    )
+}
+
+/// Waits until the mirror's capture triggers are in place.
+async fn mirror_ready(p: &pgdual::Proxy) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while p
+        .shared()
+        .metrics
+        .mirror
+        .ready
+        .load(std::sync::atomic::Ordering::Relaxed)
+        == 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "mirror never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn every_kind_of_committed_write_lands_transformed_and_rollbacks_never_do() {
+    let t = "dw_kinds";
+    create(t).await;
+    let (p, _dir) = proxy_with_rules(&rules(t), new_db());
+    mirror_ready(&p).await;
+    let c = connect(p.local_addr().port()).await;
+    // Autocommit writes in the simple protocol; serial keys, now() and random() defaults.
+    c.batch_execute(&format!(
+        "INSERT INTO {t} (first_name, last_name, email) VALUES ('Ada', 'Lovelace', 'ADA@x.org');
+         INSERT INTO {t} (first_name, last_name, email) VALUES ('Alan', 'Turing', 'alan@x.org'), ('Grace', 'Hopper', 'Grace@X.org');
+         UPDATE {t} SET created_at = now(), score = random() WHERE first_name = 'Alan';
+         INSERT INTO {t} (first_name, last_name, email) VALUES ('Ada', 'King', 'ada@x.org')
+             ON CONFLICT (email) DO UPDATE SET last_name = EXCLUDED.last_name;"
+    ))
+    .await
+    .unwrap();
+    // Extended protocol with binary parameters, pipelined.
+    let ins = c
+        .prepare(&format!(
+            "INSERT INTO {t} (first_name, last_name, email) VALUES ($1, $2, $3)"
+        ))
+        .await
+        .unwrap();
+    let rows: Vec<(String, String, String)> = (0..20)
+        .map(|i| (format!("P{i}"), "Pipe".to_string(), format!("p{i}@X.org")))
+        .collect();
+    let futures: Vec<_> = rows
+        .iter()
+        .map(|(a, b, e)| {
+            let params: [&(dyn ToSql + Sync); 3] = [a, b, e];
+            let (c, ins) = (&c, &ins);
+            async move { c.execute(ins, &params).await }
+        })
+        .collect();
+    for r in futures_util::future::join_all(futures).await {
+        r.unwrap();
+    }
+    c.execute(&format!("DELETE FROM {t} WHERE email = $1"), &[&"p3@X.org"])
+        .await
+        .unwrap();
+    // COPY FROM STDIN.
+    let sink = c
+        .copy_in(&format!(
+            "COPY {t} (first_name, last_name, email) FROM STDIN WITH (FORMAT csv)"
+        ))
+        .await
+        .unwrap();
+    futures_util::pin_mut!(sink);
+    sink.send(Bytes::from_static(
+        b"Copy,One,c1@x.org\nCopy,Two,c2@x.org\n",
+    ))
+    .await
+    .unwrap();
+    sink.finish().await.unwrap();
+    // An explicit transaction, committed, with a rolled-back savepoint inside.
+    c.batch_execute(&format!(
+        "BEGIN;
+         UPDATE {t} SET last_name = 'Committed' WHERE first_name = 'Grace';
+         SAVEPOINT s;
+         INSERT INTO {t} (first_name, last_name, email) VALUES ('Ghost', 'Savepoint', 'ghost1@x.org');
+         ROLLBACK TO SAVEPOINT s;
+         COMMIT;"
+    ))
+    .await
+    .unwrap();
+    // Rolled back, and failed: never mirrored.
+    c.batch_execute(&format!(
+        "BEGIN; INSERT INTO {t} (first_name, last_name, email) VALUES ('Ghost', 'Rollback', 'ghost2@x.org'); ROLLBACK;"
+    ))
+    .await
+    .unwrap();
+    let err = c
+        .batch_execute(&format!(
+            "INSERT INTO {t} (first_name, last_name, email) VALUES ('Ghost', 'Failed', 'ghost3@x.org'); SELECT 1/0;"
+        ))
+        .await;
+    assert!(err.is_err());
+    let rows = assert_converges(new_db(), &legacy_view(t), &new_view(t), 30).await;
+    assert_eq!(rows.len(), 4 + 19 + 2);
+    assert!(rows.iter().all(|r| !r.contains("Ghost")), "{rows:?}");
+    assert!(
+        rows.iter().any(|r| r.contains("Ada King|ada@x.org")),
+        "{rows:?}"
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r.contains("Grace Committed|grace@x.org")),
+        "{rows:?}"
+    );
+
+    // TRUNCATE is mirrored too, and writes after it.
+    c.batch_execute(&format!(
+        "BEGIN; TRUNCATE {t}; INSERT INTO {t} (first_name, last_name, email) VALUES ('After', 'Truncate', 'a@t.org'); COMMIT;"
+    ))
+    .await
+    .unwrap();
+    let rows = assert_converges(new_db(), &legacy_view(t), &new_view(t), 30).await;
+    assert_eq!(rows.len(), 1);
+    let m = &p.shared().metrics.mirror;
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        load(&m.batches_total) >= 2,
+        "one batch before the TRUNCATE, one after"
+    );
+    assert!(
+        load(&m.changes_total) >= 30,
+        "every captured row change was consumed"
+    );
+    assert_eq!(
+        m.dead_letters_total
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_change_new_refuses_is_dead_lettered_and_later_writes_still_flow() {
+    let t = "dw_dead";
+    create(t).await;
+    let (p, dir) = proxy_with_rules(&rules(t), new_db());
+    mirror_ready(&p).await;
+    let c = connect(p.local_addr().port()).await;
+    c.batch_execute(&format!(
+        "INSERT INTO {t} (first_name, last_name, email) VALUES ('Ok', 'One', 'ok1@x.org');
+         INSERT INTO {t} (first_name, last_name, email) VALUES ('Bad', 'Row', 'forbidden@x.org');"
+    ))
+    .await
+    .expect("legacy has no such constraint: the client sees success");
+    c.batch_execute(&format!(
+        "INSERT INTO {t} (first_name, last_name, email) VALUES ('Ok', 'Two', 'ok2@x.org')"
+    ))
+    .await
+    .unwrap();
+    let filter = "WHERE email IS DISTINCT FROM 'forbidden@x.org'";
+    let lview = legacy_view(t).replace("ORDER BY", &format!("{filter} ORDER BY"));
+    let rows = assert_converges(new_db(), &lview, &new_view(t), 30).await;
+    assert_eq!(rows.len(), 2);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while p
+        .shared()
+        .metrics
+        .mirror
+        .dead_letters_total
+        .load(std::sync::atomic::Ordering::Relaxed)
+        == 0
+    {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let dead = std::fs::read_to_string(dir.path().join("dead.jsonl")).unwrap();
+    let line: serde_json::Value = serde_json::from_str(dead.lines().next().unwrap()).unwrap();
+    assert_eq!(line["table"], format!("public.{t}"));
+    assert_eq!(line["sqlstate"], "23514");
+    assert_eq!(line["keys"], serde_json::json!({"id": 2}));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.path().join("dead.jsonl"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
