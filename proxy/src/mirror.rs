@@ -166,6 +166,11 @@ async fn run(shared: Arc<Shared>, rules: Arc<RuleSet>, mut stop: watch::Receiver
             Ok(()) => break,
             Err(e) => {
                 shared.metrics.mirror.retries_total.fetch_add(1, Relaxed);
+                // Keep the backlog gauge true while new is away: it is what operators watch.
+                let tables: Vec<&str> = targets.keys().map(String::as_str).collect();
+                if let Some(n) = backlog(&shared, &tables).await {
+                    shared.metrics.mirror.backlog.store(n, Relaxed);
+                }
                 warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "mirror interrupted; the backlog waits in legacy");
                 tokio::select! {
                     _ = tokio::time::sleep(jitter(delay)) => {}
@@ -176,6 +181,18 @@ async fn run(shared: Arc<Shared>, rules: Arc<RuleSet>, mut stop: watch::Receiver
         }
     }
     info!("mirror stopped");
+}
+
+/// The backlog size, read over a short-lived connection to legacy.
+async fn backlog(shared: &Shared, tables: &[&str]) -> Option<i64> {
+    let l = &shared.config.legacy;
+    let c = catalog::connect(&l.host, l.port, &l.user, l.password.as_deref(), &l.dbname)
+        .await
+        .ok()?;
+    c.query_one(BACKLOG, &[&tables])
+        .await
+        .ok()
+        .map(|r| r.get(0))
 }
 
 fn jitter(d: Duration) -> Duration {
