@@ -1,5 +1,6 @@
-//! `pgdual demo`: a throwaway legacy PostgreSQL with a sample table, pgdual in front of it,
-//! and a short workload through the proxy, so a newcomer sees the relay work end to end.
+//! `pgdual demo`: throwaway legacy and new PostgreSQL servers, a `users` table in legacy and
+//! its reshaped successor in new, pgdual in front of legacy with dual-write on, and a short
+//! workload through the proxy, so a newcomer sees the relay and the mirror work end to end.
 
 use std::process::Command;
 use std::time::Duration;
@@ -16,24 +17,48 @@ pub struct DemoOptions {
     pub once: bool,
 }
 
-const SETUP: &str = "
+const LEGACY_SCHEMA: &str = "
 CREATE TABLE users (
     id         bigserial PRIMARY KEY,
     first_name text NOT NULL,
     last_name  text NOT NULL,
     email      text NOT NULL UNIQUE,
     created_at timestamptz NOT NULL DEFAULT now()
-);
-INSERT INTO users (first_name, last_name, email) VALUES
-    ('Ada', 'Lovelace', 'Ada@Example.com'),
-    ('Alan', 'Turing', 'alan@example.com'),
-    ('Grace', 'Hopper', 'GRACE@example.com');
-";
+);";
+
+/// The successor: renamed table and columns, one name instead of two, emails lower-cased.
+const NEW_SCHEMA: &str = "
+CREATE SCHEMA app;
+CREATE TABLE app.customers (
+    customer_id  bigint PRIMARY KEY,
+    full_name    text NOT NULL,
+    email        text NOT NULL,
+    signed_up_at timestamptz NOT NULL
+);";
+
+const RULES: &str = r#"
+[[table]]
+legacy = "public.users"
+new = "app.customers"
+keys = ["id"]
+write = "on"
+[table.columns]
+customer_id = "id"
+full_name = "first_name || ' ' || last_name"
+email = "lower(email)"
+signed_up_at = "created_at"
+"#;
+
+const LEGACY_VIEW: &str = "SELECT string_agg(concat_ws('|', id, first_name || ' ' || last_name, \
+    lower(email), created_at), ',' ORDER BY id) FROM users";
+const NEW_VIEW: &str = "SELECT string_agg(concat_ws('|', customer_id, full_name, email, \
+    signed_up_at), ',' ORDER BY customer_id) FROM app.customers";
 
 /// Each statement is sent as its own simple Query, as an application would.
 const WORKLOAD: &[&str] = &[
+    "INSERT INTO users (first_name, last_name, email) VALUES ('Ada', 'Lovelace', 'Ada@Example.com'), ('Alan', 'Turing', 'alan@example.com'), ('Grace', 'Hopper', 'GRACE@example.com')",
     "INSERT INTO users (first_name, last_name, email) VALUES ('Edsger', 'Dijkstra', 'edsger@example.com')",
-    "UPDATE users SET email = lower(email)",
+    "UPDATE users SET last_name = 'Hopper-Murray' WHERE first_name = 'Grace'",
     "BEGIN; DELETE FROM users WHERE last_name = 'Turing'; ROLLBACK",
     "SELECT id, first_name, last_name, email FROM users ORDER BY id",
 ];
@@ -46,21 +71,45 @@ fn pick(addr: &str) -> String {
 }
 
 pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
-    println!("Starting a throwaway legacy PostgreSQL ...");
+    println!("Starting throwaway legacy and new PostgreSQL servers ...");
     let legacy = PgCluster::start(ClusterOptions::default())?;
-    legacy.psql(SETUP)?;
+    let new = PgCluster::start(ClusterOptions::default())?;
+    legacy.psql(LEGACY_SCHEMA)?;
+    new.psql(NEW_SCHEMA)?;
     println!(
-        "  legacy: 127.0.0.1:{} (data in a temporary directory)",
+        "  legacy: 127.0.0.1:{}  public.users (id, first_name, last_name, email, created_at)",
         legacy.port
     );
+    println!(
+        "  new:    127.0.0.1:{}  app.customers (customer_id, full_name, email, signed_up_at)",
+        new.port
+    );
+    let dir = tempfile::tempdir()?;
+    let rules_path = dir.path().join("rules.toml");
+    std::fs::write(&rules_path, RULES)?;
+    println!("  rules:{RULES}");
 
     let mut config = Config {
         listen: opts.listen.unwrap_or_else(|| pick("127.0.0.1:6432")),
+        rules_file: Some(rules_path),
         ..Config::default()
     };
     config.admin.listen = pick("127.0.0.1:9187");
     config.legacy.port = legacy.port;
+    config.new.host = "127.0.0.1".into();
+    config.new.port = new.port;
+    config.mirror.poll_interval_ms = 50;
+    config.mirror.dead_letter_file = dir.path().join("dead-letters.jsonl");
     let proxy = Proxy::start(config)?;
+    let ready = std::time::Instant::now() + Duration::from_secs(20);
+    let mirror = &proxy.shared().metrics.mirror;
+    while mirror.ready.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        anyhow::ensure!(
+            std::time::Instant::now() < ready,
+            "the mirror did not start; see the log above"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let addr = proxy.local_addr();
     let url = format!("postgres://postgres@{addr}/postgres");
     println!(
@@ -82,6 +131,46 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
     eprint!("{}", String::from_utf8_lossy(&out.stderr));
     anyhow::ensure!(out.status.success(), "the sample workload failed");
 
+    // Dual-write is asynchronous: wait (briefly) for new to catch up, then show both sides.
+    let caught_up = std::time::Instant::now() + Duration::from_secs(15);
+    while legacy.psql(LEGACY_VIEW)? != new.psql(NEW_VIEW)? {
+        anyhow::ensure!(
+            std::time::Instant::now() < caught_up,
+            "new did not catch up with legacy"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for (name, cluster, sql) in [
+        (
+            "legacy public.users",
+            &legacy,
+            "SELECT id, first_name, last_name, email, created_at FROM users ORDER BY id",
+        ),
+        (
+            "new app.customers (mirrored by pgdual)",
+            &new,
+            "SELECT * FROM app.customers ORDER BY customer_id",
+        ),
+    ] {
+        let out = Command::new(cluster.bin_dir().join("psql"))
+            .args([
+                "-X",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &cluster.port.to_string(),
+                "-U",
+                "postgres",
+                "-c",
+                sql,
+            ])
+            .output()?;
+        println!(
+            "\n{name}:\n{}",
+            String::from_utf8_lossy(&out.stdout).trim_end()
+        );
+    }
+
     let drain = Duration::from_secs(5);
     if opts.once {
         proxy.shutdown(drain);
@@ -95,6 +184,6 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
     rt.block_on(crate::signals::terminated());
     println!("\nStopping ...");
     proxy.shutdown(drain);
-    drop(legacy);
+    drop((legacy, new));
     Ok(())
 }

@@ -286,3 +286,24 @@ fn rules_check_offline_and_against_the_catalog() {
         text(&out)
     );
 }
+
+#[test]
+fn demo_once_mirrors_the_workload_to_the_new_schema() {
+    let out = pgdual()
+        .args(["demo", "--once", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let msg = text(&out);
+    assert!(out.status.success(), "{msg}");
+    // The new side shows the reshaped rows: one name, lower-cased email.
+    assert!(msg.contains("Grace Hopper-Murray"), "{msg}");
+    assert!(msg.contains("| ada@example.com"), "{msg}");
+    assert!(
+        msg.contains("Ada@Example.com"),
+        "legacy keeps its own values: {msg}"
+    );
+    assert!(
+        msg.contains("Alan Turing"),
+        "the rolled-back delete left Turing in new: {msg}"
+    );
+}
