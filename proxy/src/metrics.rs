@@ -42,18 +42,42 @@ const LATENCY_BOUNDS: [f64; 14] = [
     1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 1e-2, 1e-1, 1.0,
 ];
 
+/// Upper bounds of the mirror-lag histogram buckets, in seconds.
+const LAG_BOUNDS: [f64; 14] = [
+    1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
 /// A fixed-bucket histogram of durations.
-#[derive(Default)]
 pub struct Histogram {
-    buckets: [AtomicU64; LATENCY_BOUNDS.len()],
+    bounds: &'static [f64; 14],
+    buckets: [AtomicU64; 14],
     count: AtomicU64,
     sum_nanos: AtomicU64,
 }
 
 impl Histogram {
+    const fn new(bounds: &'static [f64; 14]) -> Self {
+        Histogram {
+            bounds,
+            buckets: [const { AtomicU64::new(0) }; 14],
+            count: AtomicU64::new(0),
+            sum_nanos: AtomicU64::new(0),
+        }
+    }
+
+    /// Buckets for the microseconds pgdual adds to a message.
+    pub const fn latency() -> Self {
+        Histogram::new(&LATENCY_BOUNDS)
+    }
+
+    /// Buckets for mirror lag, milliseconds to seconds.
+    pub const fn lag() -> Self {
+        Histogram::new(&LAG_BOUNDS)
+    }
+
     pub fn observe(&self, d: Duration) {
         let secs = d.as_secs_f64();
-        if let Some(i) = LATENCY_BOUNDS.iter().position(|&b| secs <= b) {
+        if let Some(i) = self.bounds.iter().position(|&b| secs <= b) {
             self.buckets[i].fetch_add(1, Relaxed);
         }
         self.count.fetch_add(1, Relaxed);
@@ -67,7 +91,7 @@ impl Histogram {
     fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
         let mut cumulative = 0;
-        for (bound, bucket) in LATENCY_BOUNDS.iter().zip(&self.buckets) {
+        for (bound, bucket) in self.bounds.iter().zip(&self.buckets) {
             cumulative += bucket.load(Relaxed);
             let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
         }
@@ -79,7 +103,6 @@ impl Histogram {
 }
 
 /// The dual-write mirror.
-#[derive(Default)]
 pub struct MirrorMetrics {
     /// 1 once the changelog and capture triggers are installed.
     pub ready: AtomicI64,
@@ -99,7 +122,22 @@ pub struct MirrorMetrics {
     pub lag: Histogram,
 }
 
-#[derive(Default)]
+impl Default for MirrorMetrics {
+    fn default() -> Self {
+        MirrorMetrics {
+            ready: AtomicI64::new(0),
+            batches_total: AtomicU64::new(0),
+            changes_total: AtomicU64::new(0),
+            rows_upserted_total: AtomicU64::new(0),
+            rows_deleted_total: AtomicU64::new(0),
+            retries_total: AtomicU64::new(0),
+            dead_letters_total: AtomicU64::new(0),
+            backlog: AtomicI64::new(0),
+            lag: Histogram::lag(),
+        }
+    }
+}
+
 pub struct Metrics {
     pub client_connections: AtomicI64,
     pub client_connections_total: AtomicU64,
@@ -115,6 +153,25 @@ pub struct Metrics {
     /// end of the write that forwarded it, in either direction.
     pub added_latency: Histogram,
     pub mirror: MirrorMetrics,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            client_connections: AtomicI64::new(0),
+            client_connections_total: AtomicU64::new(0),
+            rejected_connections_total: AtomicU64::new(0),
+            cancel_requests_total: AtomicU64::new(0),
+            statements: Default::default(),
+            bytes_from_clients: AtomicU64::new(0),
+            bytes_from_legacy: AtomicU64::new(0),
+            errors: Default::default(),
+            legacy_error_responses_total: AtomicU64::new(0),
+            parse_failures_total: AtomicU64::new(0),
+            added_latency: Histogram::latency(),
+            mirror: MirrorMetrics::default(),
+        }
+    }
 }
 
 impl Metrics {

@@ -8,7 +8,7 @@
 //! Transient failures retry with backoff and the backlog simply waits in legacy; a change
 //! new refuses for good is written to the dead-letter file, counted, and skipped.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::atomic::Ordering::Relaxed;
@@ -381,27 +381,36 @@ fn dead_letter(shared: &Shared, op: &Op<'_>, e: &MirrorError) {
     }
 }
 
-/// Consecutive changes of one table become one op; a TRUNCATE is an op of its own.
+/// Changes of one table become one op, whatever other tables' changes lie between them: a
+/// row image is the row's state now, so the order of keys does not matter. Only a TRUNCATE
+/// splits a table's keys, into those before it and those after.
 fn group(changes: &[(String, Option<String>)]) -> Vec<Op<'_>> {
     let mut ops: Vec<Op> = Vec::new();
+    let mut open: HashMap<&str, (usize, HashSet<&str>)> = HashMap::new();
     for (tbl, keys) in changes {
-        match (keys.as_deref(), ops.last_mut()) {
-            (Some(k), Some(last)) if last.tbl == tbl && !last.truncate => {
+        match keys.as_deref() {
+            Some(k) => {
+                let (at, seen) = open.entry(tbl).or_insert_with(|| {
+                    ops.push(Op {
+                        tbl,
+                        keys: vec![],
+                        truncate: false,
+                    });
+                    (ops.len() - 1, HashSet::new())
+                });
                 // jsonb prints one key one way, so equal text is the same key.
-                if !last.keys.contains(&k) {
-                    last.keys.push(k);
+                if seen.insert(k) {
+                    ops[*at].keys.push(k);
                 }
             }
-            (Some(k), _) => ops.push(Op {
-                tbl,
-                keys: vec![k],
-                truncate: false,
-            }),
-            (None, _) => ops.push(Op {
-                tbl,
-                keys: vec![],
-                truncate: true,
-            }),
+            None => {
+                open.remove(tbl.as_str());
+                ops.push(Op {
+                    tbl,
+                    keys: vec![],
+                    truncate: true,
+                });
+            }
         }
     }
     ops
@@ -487,4 +496,38 @@ async fn apply_ops(
 
 async fn truncate<C: GenericClient>(c: &C, table: &str) -> Result<(), tokio_postgres::Error> {
     c.batch_execute(&format!("TRUNCATE {table}")).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_group_per_table_split_only_by_truncate() {
+        let c = |t: &str, k: Option<&str>| (t.to_string(), k.map(str::to_string));
+        let changes = vec![
+            c("a", Some("{\"id\": 1}")),
+            c("b", Some("{\"id\": 9}")),
+            c("a", Some("{\"id\": 2}")),
+            c("a", Some("{\"id\": 1}")),
+            c("a", None),
+            c("b", Some("{\"id\": 8}")),
+            c("a", Some("{\"id\": 3}")),
+        ];
+        let ops = group(&changes);
+        let shape: Vec<(&str, bool, Vec<&str>)> = ops
+            .iter()
+            .map(|o| (o.tbl, o.truncate, o.keys.clone()))
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                ("a", false, vec!["{\"id\": 1}", "{\"id\": 2}"]),
+                ("b", false, vec!["{\"id\": 9}", "{\"id\": 8}"]),
+                ("a", true, vec![]),
+                ("a", false, vec!["{\"id\": 3}"]),
+            ]
+        );
+        assert_eq!(ops[0].keys_array(), "[{\"id\": 1},{\"id\": 2}]");
+    }
 }
