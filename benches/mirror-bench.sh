@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Write-heavy pgbench (TPC-B-like) on mapped tables, side by side in one run: PostgreSQL
-# directly, through pgdual with mirroring off, and through pgdual with mirroring on,
-# alternating rounds. For mirror-on rounds it also reports mirror lag (p50/p99 from the
+# directly, through pgdual with mirroring off, through pgdual with only the capture triggers
+# installed (their cost alone), and through pgdual with mirroring on, alternating rounds. For mirror-on rounds it also reports mirror lag (p50/p99 from the
 # pgdual_mirror_lag_seconds histogram: the upper bound of the bucket) and whether the
 # backlog was empty when pgbench ended.
 #
@@ -110,10 +110,17 @@ tps() { awk '/^tps = /{print $3}'; }
 
 echo "round,target,tps,latency_ms,lag_p50_s,lag_p99_s,backlog_at_end,drain_s"
 for r in $(seq "$ROUNDS"); do
-  for target in direct mirror_off mirror_on; do
+  for target in direct mirror_off triggers_only mirror_on; do
     case $target in
       direct) port=$L_PORT ;;
       mirror_off) port=$OFF_PORT ;;
+      triggers_only)
+        # The capture triggers' cost alone: installed, but no mirror running.
+        port=$OFF_PORT
+        "$PGDUAL" serve --config "$WORK/on.toml" &
+        ON_PID=$!
+        until [ "$(metric pgdual_mirror_ready 2>/dev/null)" = "1" ]; do sleep 0.1; done
+        kill "$ON_PID"; wait "$ON_PID" 2>/dev/null || true ;;
       mirror_on)
         port=$ON_PORT
         "$PGDUAL" serve --config "$WORK/on.toml" &
@@ -132,6 +139,10 @@ for r in $(seq "$ROUNDS"); do
       psql_l "$DROP_TRIGGERS"
     else
       echo "$r,$target,$(tps <<<"$out"),$lat,,,,"
+      if [ $target = triggers_only ]; then
+        psql_l "$DROP_TRIGGERS"
+        psql_l "TRUNCATE pgdual.changes"
+      fi
     fi
   done
 done

@@ -211,7 +211,7 @@ async fn sixteen_clients_random_transactions_converge_exactly() {
     create(t, new_db()).await;
     let (p, _dir) = proxy_with_rules(&rules(t), new_db());
     wait_ready(&p).await;
-    let until = Instant::now() + Duration::from_secs(8);
+    let until = Instant::now() + Duration::from_secs(10);
     let (committed, rolled_back, errors) = workload(p.local_addr().port(), t, 16, 100, until).await;
     assert_eq!(errors, 0);
     assert!(committed >= 1000, "thousands of transactions: {committed}");
