@@ -310,3 +310,16 @@ pub async fn assert_converges(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Waits until pgdual's mirror has installed its capture triggers.
+pub async fn wait_mirror_ready(p: &Proxy) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let ready = &p.shared().metrics.mirror.ready;
+    while ready.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "mirror never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -62,31 +62,12 @@ fn new_view(table: &str) -> String {
     )
 }
 
-/// Waits until the mirror's capture triggers are in place.
-async fn mirror_ready(p: &pgdual::Proxy) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while p
-        .shared()
-        .metrics
-        .mirror
-        .ready
-        .load(std::sync::atomic::Ordering::Relaxed)
-        == 0
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "mirror never became ready"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn every_kind_of_committed_write_lands_transformed_and_rollbacks_never_do() {
     let t = "dw_kinds";
     create(t).await;
     let (p, _dir) = proxy_with_rules(&rules(t), new_db());
-    mirror_ready(&p).await;
+    wait_mirror_ready(&p).await;
     let c = connect(p.local_addr().port()).await;
     // Autocommit writes in the simple protocol; serial keys, now() and random() defaults.
     c.batch_execute(&format!(
@@ -202,7 +183,7 @@ async fn a_change_new_refuses_is_dead_lettered_and_later_writes_still_flow() {
     let t = "dw_dead";
     create(t).await;
     let (p, dir) = proxy_with_rules(&rules(t), new_db());
-    mirror_ready(&p).await;
+    wait_mirror_ready(&p).await;
     let c = connect(p.local_addr().port()).await;
     c.batch_execute(&format!(
         "INSERT INTO {t} (first_name, last_name, email) VALUES ('Ok', 'One', 'ok1@x.org');

@@ -136,21 +136,13 @@ async fn start_cluster() -> PgCluster {
         .unwrap()
 }
 
-async fn wait_ready(p: &pgdual::Proxy) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while p.shared().metrics.mirror.ready.load(Relaxed) == 0 {
-        assert!(Instant::now() < deadline, "mirror never became ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_database_down_under_load_then_back_and_pgdual_restarted_with_a_backlog() {
     let t = "dwf_outage";
     let new = Arc::new(start_cluster().await);
     create(t, &new).await;
     let (p, dir) = proxy_with_rules(&rules(t), &new);
-    wait_ready(&p).await;
+    wait_mirror_ready(&p).await;
     let port = p.local_addr().port();
 
     // Eight clients for six seconds; the new database is down from 1 s to 4 s.
@@ -210,7 +202,7 @@ async fn sixteen_clients_random_transactions_converge_exactly() {
     let t = "dwf_random";
     create(t, new_db()).await;
     let (p, _dir) = proxy_with_rules(&rules(t), new_db());
-    wait_ready(&p).await;
+    wait_mirror_ready(&p).await;
     let until = Instant::now() + Duration::from_secs(10);
     let (committed, rolled_back, errors) = workload(p.local_addr().port(), t, 16, 100, until).await;
     assert_eq!(errors, 0);
