@@ -224,3 +224,40 @@ async fn a_change_new_refuses_is_dead_lettered_and_later_writes_still_flow() {
         .mode();
     assert_eq!(mode & 0o777, 0o600);
 }
+
+#[tokio::test]
+async fn rules_that_do_not_fit_the_catalogs_capture_nothing_and_clients_carry_on() {
+    let t = "dw_misfit";
+    create(t).await;
+    // The new table lacks a column the rule fills.
+    connect(new_db().port)
+        .await
+        .batch_execute(&format!("ALTER TABLE {t}.customers DROP COLUMN score"))
+        .await
+        .unwrap();
+    let (p, _dir) = proxy_with_rules(&rules(t), new_db());
+    let c = connect(p.local_addr().port()).await;
+    c.batch_execute(&format!(
+        "INSERT INTO {t} (first_name, last_name, email) VALUES ('Still', 'Works', 's@x.org')"
+    ))
+    .await
+    .expect("clients are unaffected by a bad rule");
+    // Give the mirror several attempts; it must keep refusing.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let m = &p.shared().metrics.mirror;
+    assert_eq!(m.ready.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert!(m.retries_total.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    let triggers = text_rows(
+        legacy().port,
+        &format!(
+            "SELECT count(*)::text FROM pg_trigger WHERE tgrelid = 'public.{t}'::regclass \
+             AND tgname LIKE 'pgdual_capture_%'"
+        ),
+    )
+    .await;
+    assert_eq!(
+        triggers,
+        ["0"],
+        "no capture triggers for rules that do not fit"
+    );
+}

@@ -69,6 +69,8 @@ enum MirrorError {
     Copy(#[from] CopyError),
     #[error("connect: {0}")]
     Connect(String),
+    #[error("the rules do not fit the databases, so nothing is captured yet:\n  - {}", .0.join("\n  - "))]
+    Rules(Vec<String>),
 }
 
 /// Errors worth retrying: the connection, serialization and deadlocks, resources,
@@ -90,7 +92,7 @@ impl MirrorError {
         match self {
             MirrorError::Legacy(e) | MirrorError::New(e) => e.code().map(|c| c.code()),
             MirrorError::Copy(e) => e.code(),
-            MirrorError::Connect(_) => None,
+            MirrorError::Connect(_) | MirrorError::Rules(_) => None,
         }
     }
 
@@ -149,6 +151,13 @@ async fn run(shared: Arc<Shared>, rules: Arc<RuleSet>, mut stop: watch::Receiver
                 .await
                 .map_err(MirrorError::Connect)?;
             if !installed {
+                // A rule that does not fit the catalogs would dead-letter every change:
+                // refuse to capture until the rules and the databases agree.
+                let problems = catalog::check(&rules, &legacy, new.as_ref()).await;
+                if !problems.is_empty() {
+                    let list: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+                    return Err(MirrorError::Rules(list));
+                }
                 install(&legacy, &rules, cfg.install_triggers).await?;
                 installed = true;
                 shared.metrics.mirror.ready.store(1, Relaxed);
