@@ -8,6 +8,9 @@ use pgdual_rules::ruleset::{RuleProblem, TargetDatabase};
 use pgdual_rules::{RuleSet, TableName, TableRule};
 use tokio_postgres::{Client, NoTls};
 
+/// How long pgdual's own connections may take to open.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Connects with pgdual's own role (`legacy.user`, `new.user`), plain TCP or Unix socket.
 pub async fn connect(
     host: &str,
@@ -18,6 +21,7 @@ pub async fn connect(
 ) -> Result<Client, tokio_postgres::Error> {
     let mut cfg = tokio_postgres::Config::new();
     cfg.host(host).port(port).user(user).dbname(dbname);
+    cfg.connect_timeout(CONNECT_TIMEOUT);
     cfg.application_name("pgdual");
     if let Some(p) = password {
         cfg.password(p);

@@ -146,7 +146,7 @@ async fn run(shared: Arc<Shared>, rules: Arc<RuleSet>, mut stop: watch::Receiver
     let mut delay = Duration::from_millis(cfg.retry_initial_ms);
     let mut installed = false;
     while !*stop.borrow() {
-        let outcome = async {
+        let attempt = async {
             let (legacy, new) = catalog::connect_both(&shared.config)
                 .await
                 .map_err(MirrorError::Connect)?;
@@ -168,9 +168,13 @@ async fn run(shared: Arc<Shared>, rules: Arc<RuleSet>, mut stop: watch::Receiver
                 targets: &targets,
                 shared: &shared,
             };
-            worker.serve(&mut stop).await
-        }
-        .await;
+            worker.serve().await
+        };
+        // Stopping must never wait on a connection attempt or a slow batch.
+        let outcome = tokio::select! {
+            r = attempt => r,
+            _ = stop.wait_for(|s| *s) => Ok(()),
+        };
         match outcome {
             Ok(()) => break,
             Err(e) => {
@@ -247,8 +251,9 @@ impl Worker<'_> {
         self.targets.keys().map(String::as_str).collect()
     }
 
-    /// Drains the backlog whenever a session signals a commit or the poll interval passes.
-    async fn serve(&mut self, stop: &mut watch::Receiver<bool>) -> Result<(), MirrorError> {
+    /// Drains the backlog whenever a session signals a commit or the poll interval passes,
+    /// until an error (the caller stops it by dropping the future).
+    async fn serve(&mut self) -> Result<(), MirrorError> {
         let poll = Duration::from_millis(self.shared.config.mirror.poll_interval_ms);
         loop {
             while self.drain_once().await? > 0 {}
@@ -262,7 +267,6 @@ impl Worker<'_> {
             tokio::select! {
                 _ = self.shared.mirror_nudge.notified() => {}
                 _ = tokio::time::sleep(poll) => {}
-                _ = stop.wait_for(|s| *s) => return Ok(()),
             }
         }
     }
