@@ -230,12 +230,28 @@ pub fn error_field(body: &[u8], field: u8) -> Option<String> {
 
 /// `GET path` on the admin API; returns status code and body.
 pub fn http_get(addr: std::net::SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
+    http(addr, "GET", path, token, "")
+}
+
+/// `PUT path` with `body` on the admin API; returns status code and body.
+pub fn http_put(addr: std::net::SocketAddr, path: &str, body: &str) -> (u16, String) {
+    http(addr, "PUT", path, None, body)
+}
+
+fn http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, String) {
     let mut s = TcpStream::connect(addr).expect("connect admin");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let len = body.len();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: {len}\r\nConnection: close\r\n\r\n{body}"
     )
     .unwrap();
     let mut out = String::new();

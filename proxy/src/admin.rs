@@ -1,4 +1,4 @@
-//! The admin HTTP API: `/healthz`, `/readyz` and `/metrics`.
+//! The admin HTTP API: `/healthz`, `/readyz`, `/metrics`, and `GET`/`PUT /rules`.
 //!
 //! Binds to loopback by default; when `admin.token` is set, every endpoint but `/healthz`
 //! needs `Authorization: Bearer <token>` (config validation requires a token off loopback).
@@ -12,6 +12,7 @@ use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::Json;
 use axum::Router;
 use tokio::sync::watch;
 use tracing::error;
@@ -22,6 +23,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
     let protected = Router::new()
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/rules", get(get_rules).put(put_rules))
         .route_layer(middleware::from_fn_with_state(
             shared.clone(),
             require_token,
@@ -61,6 +63,49 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
         Ok(()) => (StatusCode::OK, "ready\n").into_response(),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")).into_response(),
     }
+}
+
+/// The rules in force: version, text, and each table's modes.
+async fn get_rules(State(shared): State<Arc<Shared>>) -> Response {
+    let snap = shared.rules.load();
+    let tables: Vec<serde_json::Value> = snap
+        .rules
+        .tables()
+        .iter()
+        .map(|t| {
+            serde_json::json!({
+                "legacy": t.legacy.to_string(),
+                "new": t.new.to_string(),
+                "write": format!("{:?}", t.write).to_lowercase(),
+            })
+        })
+        .collect();
+    Json(serde_json::json!({
+        "version": snap.version,
+        "file": shared.rules.path().map(|p| p.display().to_string()),
+        "tables": tables,
+        "text": snap.text,
+    }))
+    .into_response()
+}
+
+/// Replaces the whole rule set with the TOML body: validated whole (and against both
+/// catalogs) before one swap, written back to the rules file; 422 with every reason if not.
+async fn put_rules(State(shared): State<Arc<Shared>>, body: String) -> Response {
+    use crate::rules_store::ReloadOutcome;
+    if shared.rules.path().is_none() {
+        let outcome = ReloadOutcome::Rejected {
+            version: shared.rules.load().version,
+            reasons: vec!["no rules_file is configured; start pgdual with one".into()],
+        };
+        return (StatusCode::CONFLICT, Json(outcome)).into_response();
+    }
+    let outcome = shared.rules.apply(&shared, body, true).await;
+    let status = match outcome {
+        ReloadOutcome::Rejected { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        _ => StatusCode::OK,
+    };
+    (status, Json(outcome)).into_response()
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod mirror;
 pub mod proxy;
 pub mod relay;
+pub mod rules_store;
 pub mod session;
 pub mod signals;
 pub mod sqlstate;

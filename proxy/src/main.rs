@@ -145,7 +145,24 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(pgdual::signals::terminated());
+    rt.block_on(async {
+        let shared = proxy.shared().clone();
+        let reload = async move {
+            let Ok(mut hup) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            else {
+                return std::future::pending().await;
+            };
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading the rules file");
+                shared.rules.reload_file(&shared).await;
+            }
+        };
+        tokio::select! {
+            _ = pgdual::signals::terminated() => {}
+            _ = reload => {}
+        }
+    });
     tracing::info!("shutdown requested");
     proxy.shutdown(drain);
     Ok(())

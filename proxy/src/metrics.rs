@@ -106,6 +106,8 @@ impl Histogram {
 pub struct MirrorMetrics {
     /// 1 once the changelog and capture triggers are installed.
     pub ready: AtomicI64,
+    /// The rules version whose triggers are installed.
+    pub rules_version: AtomicI64,
     /// Batches applied to new, each one new transaction holding whole legacy transactions.
     pub batches_total: AtomicU64,
     /// Captured changes (row keys and TRUNCATE markers) consumed from the backlog.
@@ -126,6 +128,7 @@ impl Default for MirrorMetrics {
     fn default() -> Self {
         MirrorMetrics {
             ready: AtomicI64::new(0),
+            rules_version: AtomicI64::new(0),
             batches_total: AtomicU64::new(0),
             changes_total: AtomicU64::new(0),
             rows_upserted_total: AtomicU64::new(0),
@@ -292,6 +295,7 @@ impl Metrics {
         let m = &self.mirror;
         for (name, kind, help, value) in [
             ("pgdual_mirror_ready", "gauge", "1 once capture triggers are installed on legacy.", m.ready.load(Relaxed)),
+            ("pgdual_mirror_rules_version", "gauge", "Rules version whose capture triggers are installed.", m.rules_version.load(Relaxed)),
             ("pgdual_mirror_batches_total", "counter", "Batches applied to new, each one new transaction holding whole legacy transactions.", load(&m.batches_total)),
             ("pgdual_mirror_changes_total", "counter", "Captured changes consumed from the backlog.", load(&m.changes_total)),
             ("pgdual_mirror_rows_upserted_total", "counter", "Rows inserted or updated in new.", load(&m.rows_upserted_total)),

@@ -101,17 +101,12 @@ impl MirrorError {
     }
 }
 
-/// Starts the mirror thread when some table has `write = "on"`.
+/// Starts the mirror thread. It follows the rules in force: a reload that turns a table's
+/// writes on or off installs or removes its capture triggers.
 pub fn start(
     shared: Arc<Shared>,
-    rules: Arc<RuleSet>,
     stop: watch::Receiver<bool>,
-) -> std::io::Result<Option<std::thread::JoinHandle<()>>> {
-    if !rules.tables().iter().any(|t| t.write == WriteMode::On)
-        && !shared.config.mirror.install_triggers
-    {
-        return Ok(None);
-    }
+) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("pgdual-mirror".into())
         .spawn(move || {
@@ -122,14 +117,12 @@ pub fn start(
                 Ok(rt) => rt,
                 Err(e) => return error!(error = %e, "cannot start the mirror runtime"),
             };
-            rt.block_on(run(shared, rules, stop));
+            rt.block_on(run(shared, stop));
         })
-        .map(Some)
 }
 
-async fn run(shared: Arc<Shared>, rules: Arc<RuleSet>, mut stop: watch::Receiver<bool>) {
-    let cfg = &shared.config.mirror;
-    let targets: HashMap<String, Target> = rules
+fn targets(rules: &RuleSet) -> HashMap<String, Target> {
+    rules
         .tables()
         .iter()
         .map(|r| {
@@ -142,25 +135,44 @@ async fn run(shared: Arc<Shared>, rules: Arc<RuleSet>, mut stop: watch::Receiver
                 },
             )
         })
-        .collect();
+        .collect()
+}
+
+async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let cfg = &shared.config.mirror;
     let mut delay = Duration::from_millis(cfg.retry_initial_ms);
-    let mut installed = false;
+    // The rules whose triggers are in place, to remove what a reload drops.
+    let mut installed: Option<Arc<crate::rules_store::RulesSnapshot>> = None;
     while !*stop.borrow() {
+        let snapshot = shared.rules.load();
+        let targets = targets(&snapshot.rules);
         let attempt = async {
             let (legacy, new) = catalog::connect_both(&shared.config)
                 .await
                 .map_err(MirrorError::Connect)?;
-            if !installed {
+            if installed.as_ref().map(|s| s.version) != Some(snapshot.version) {
                 // A rule that does not fit the catalogs would dead-letter every change:
                 // refuse to capture until the rules and the databases agree.
-                let problems = catalog::check(&rules, &legacy, new.as_ref()).await;
+                let problems = catalog::check(&snapshot.rules, &legacy, new.as_ref()).await;
                 if !problems.is_empty() {
                     let list: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
                     return Err(MirrorError::Rules(list));
                 }
-                install(&legacy, &rules, cfg.install_triggers).await?;
-                installed = true;
+                let previous = installed.as_ref().map(|s| s.rules.clone());
+                install(
+                    &legacy,
+                    &snapshot.rules,
+                    previous.as_deref(),
+                    cfg.install_triggers,
+                )
+                .await?;
+                installed = Some(snapshot.clone());
                 shared.metrics.mirror.ready.store(1, Relaxed);
+                shared
+                    .metrics
+                    .mirror
+                    .rules_version
+                    .store(snapshot.version as i64, Relaxed);
             }
             let mut worker = Worker {
                 legacy,
@@ -168,15 +180,16 @@ async fn run(shared: Arc<Shared>, rules: Arc<RuleSet>, mut stop: watch::Receiver
                 targets: &targets,
                 shared: &shared,
             };
-            worker.serve().await
+            worker.serve(snapshot.version).await
         };
         // Stopping must never wait on a connection attempt or a slow batch.
         let outcome = tokio::select! {
             r = attempt => r,
-            _ = stop.wait_for(|s| *s) => Ok(()),
+            _ = stop.wait_for(|s| *s) => break,
         };
         match outcome {
-            Ok(()) => break,
+            // The rules changed: take the new snapshot at once.
+            Ok(()) => delay = Duration::from_millis(cfg.retry_initial_ms),
             Err(e) => {
                 shared.metrics.mirror.retries_total.fetch_add(1, Relaxed);
                 // Keep the backlog gauge true while new is away: it is what operators watch.
@@ -216,8 +229,14 @@ fn jitter(d: Duration) -> Duration {
 }
 
 /// Creates the changelog and the capture triggers of `write = "on"` tables; removes them
-/// from tables whose writes are off.
-async fn install(legacy: &Client, rules: &RuleSet, triggers: bool) -> Result<(), MirrorError> {
+/// from tables whose writes are off, and from tables `previous` had that `rules` dropped
+/// (whose pending backlog is dropped too: no rule says where it would go).
+async fn install(
+    legacy: &Client,
+    rules: &RuleSet,
+    previous: Option<&RuleSet>,
+    triggers: bool,
+) -> Result<(), MirrorError> {
     legacy
         .batch_execute(capture_sql::INSTALL_SCHEMA)
         .await
@@ -236,6 +255,22 @@ async fn install(legacy: &Client, rules: &RuleSet, triggers: bool) -> Result<(),
             .map_err(MirrorError::Legacy)?;
         info!(table = %rule.legacy, write = ?rule.write, "capture triggers set");
     }
+    for gone in previous.iter().flat_map(|p| p.tables()) {
+        if rules.table(&gone.legacy).is_none() {
+            legacy
+                .batch_execute(&capture_sql::remove_capture(gone))
+                .await
+                .map_err(MirrorError::Legacy)?;
+            let dropped = legacy
+                .execute(
+                    "DELETE FROM pgdual.changes WHERE tbl = $1",
+                    &[&gone.legacy.to_string()],
+                )
+                .await
+                .map_err(MirrorError::Legacy)?;
+            warn!(table = %gone.legacy, dropped, "rule removed: capture stopped, its backlog dropped");
+        }
+    }
     Ok(())
 }
 
@@ -252,10 +287,14 @@ impl Worker<'_> {
     }
 
     /// Drains the backlog whenever a session signals a commit or the poll interval passes,
-    /// until an error (the caller stops it by dropping the future).
-    async fn serve(&mut self) -> Result<(), MirrorError> {
+    /// until an error or until the rules in force are no longer `version` (the caller stops
+    /// it by dropping the future).
+    async fn serve(&mut self, version: u64) -> Result<(), MirrorError> {
         let poll = Duration::from_millis(self.shared.config.mirror.poll_interval_ms);
         loop {
+            if self.shared.rules.load().version != version {
+                return Ok(());
+            }
             while self.drain_once().await? > 0 {}
             let backlog: i64 = self
                 .legacy

@@ -19,6 +19,7 @@ use tracing::{error, info, warn};
 use crate::cancel::CancelKeys;
 use crate::legacy::LegacyTarget;
 use crate::metrics::Metrics;
+use crate::rules_store::RulesStore;
 
 /// Distinct SQL texts whose analysis is kept.
 const ANALYSIS_CACHE_CAPACITY: usize = 10_000;
@@ -37,8 +38,8 @@ pub struct Shared {
     pub next_session_id: AtomicU64,
     /// Set when the drain timeout ran out: sessions still open are closed.
     pub force_close: watch::Sender<bool>,
-    /// The rules in force, when a rules file is configured.
-    pub rules: Option<Arc<RuleSet>>,
+    /// The rules in force (empty without a rules file), swapped whole on reload.
+    pub rules: crate::rules_store::RulesStore,
     /// Sessions signal here when a transaction that wrote has ended, so the mirror looks at
     /// the backlog at once instead of at its next poll.
     pub mirror_nudge: Notify,
@@ -75,6 +76,8 @@ pub struct Proxy {
     admin_addr: Option<SocketAddr>,
     stop_accepting: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
+    /// Watches the rules file while the proxy runs.
+    _watcher: Option<notify::RecommendedWatcher>,
 }
 
 impl Proxy {
@@ -97,17 +100,15 @@ impl Proxy {
                 })
         };
         let rules = match &config.rules_file {
-            None => None,
+            None => RulesStore::new(None, RuleSet::default(), String::new()),
             Some(path) => {
                 let text =
                     std::fs::read_to_string(path).map_err(|source| StartError::RulesFile {
                         path: path.display().to_string(),
                         source,
                     })?;
-                Some(Arc::new(pgdual_rules::parse_rules(
-                    &text,
-                    &path.display().to_string(),
-                )?))
+                let set = pgdual_rules::parse_rules(&text, &path.display().to_string())?;
+                RulesStore::new(Some(path.clone()), set, text)
             }
         };
         let listener = bind("listen", &config.listen)?;
@@ -125,7 +126,7 @@ impl Proxy {
             drained: Notify::new(),
             next_session_id: AtomicU64::new(1),
             force_close: watch::channel(false).0,
-            rules: rules.clone(),
+            rules,
             mirror_nudge: Notify::new(),
             config,
         });
@@ -158,10 +159,12 @@ impl Proxy {
                 Some(a)
             }
         };
-        if let Some(rules) = rules {
-            let mirror = crate::mirror::start(shared.clone(), rules, stop_rx.clone())
+        let mut watcher = None;
+        if shared.config.rules_file.is_some() {
+            let mirror = crate::mirror::start(shared.clone(), stop_rx.clone())
                 .map_err(StartError::Runtime)?;
-            threads.extend(mirror);
+            threads.push(mirror);
+            watcher = crate::rules_store::watch(shared.clone());
         }
         info!(%addr, legacy = %shared.legacy, workers, admin = ?admin_addr, "pgdual listening");
         Ok(Proxy {
@@ -170,6 +173,7 @@ impl Proxy {
             admin_addr,
             stop_accepting,
             threads,
+            _watcher: watcher,
         })
     }
 

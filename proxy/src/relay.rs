@@ -221,7 +221,7 @@ where
                 nudge = true;
             }
         }
-        if nudge && shared.rules.is_some() {
+        if nudge && shared.config.rules_file.is_some() {
             shared.mirror_nudge.notify_one();
         }
         if let Some(at) = key_at {

@@ -1,0 +1,191 @@
+//! The rules in force, and how they change while pgdual runs.
+//!
+//! One `ArcSwap` holds one snapshot (version, rule set, text). A new rule set is validated
+//! whole, offline and against both databases' catalogs, before the single swap; a rejected
+//! one leaves the old snapshot serving and reports every reason. Reloads come from the file
+//! (watched, and on SIGHUP) and from the admin API, which also writes the accepted text back to
+//! the file atomically so a restart keeps it. Reloads are serialized; readers never wait.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use pgdual_rules::RuleSet;
+use serde::Serialize;
+use tracing::{info, warn};
+
+use crate::proxy::Shared;
+
+/// The rules at one version.
+#[derive(Debug)]
+pub struct RulesSnapshot {
+    pub version: u64,
+    pub rules: Arc<RuleSet>,
+    pub text: String,
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "lowercase")]
+pub enum ReloadOutcome {
+    Reloaded { version: u64 },
+    Unchanged { version: u64 },
+    Rejected { version: u64, reasons: Vec<String> },
+}
+
+pub struct RulesStore {
+    current: ArcSwap<RulesSnapshot>,
+    path: Option<PathBuf>,
+    reloading: tokio::sync::Mutex<()>,
+}
+
+impl RulesStore {
+    /// The store for `path` (or an empty rule set without one), starting from `initial`.
+    pub fn new(path: Option<PathBuf>, initial: RuleSet, text: String) -> Self {
+        RulesStore {
+            current: ArcSwap::from_pointee(RulesSnapshot {
+                version: 1,
+                rules: Arc::new(initial),
+                text,
+            }),
+            path,
+            reloading: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The snapshot in force; cheap, never blocks.
+    pub fn load(&self) -> Arc<RulesSnapshot> {
+        self.current.load_full()
+    }
+
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// Re-reads the rules file.
+    pub async fn reload_file(&self, shared: &Shared) -> ReloadOutcome {
+        let Some(path) = &self.path else {
+            return self.rejected(vec!["no rules_file is configured".into()]);
+        };
+        match tokio::fs::read_to_string(path).await {
+            Ok(text) => self.apply(shared, text, false).await,
+            Err(e) => self.rejected(vec![format!("cannot read {}: {e}", path.display())]),
+        }
+    }
+
+    fn rejected(&self, reasons: Vec<String>) -> ReloadOutcome {
+        let version = self.load().version;
+        warn!(version, reasons = ?reasons, "rules rejected; the old rules stay in force");
+        ReloadOutcome::Rejected { version, reasons }
+    }
+
+    /// Validates `text` whole and swaps it in, or rejects it with every reason. With
+    /// `write_back`, the accepted text also replaces the rules file (atomically).
+    pub async fn apply(&self, shared: &Shared, text: String, write_back: bool) -> ReloadOutcome {
+        let _one_at_a_time = self.reloading.lock().await;
+        let old = self.load();
+        if old.text == text {
+            return ReloadOutcome::Unchanged {
+                version: old.version,
+            };
+        }
+        let origin = self
+            .path
+            .as_ref()
+            .map_or("rules".to_string(), |p| p.display().to_string());
+        let rules = match pgdual_rules::parse_rules(&text, &origin) {
+            Ok(r) => r,
+            Err(pgdual_rules::RulesError::Invalid { problems, .. }) => {
+                return self.rejected(problems.iter().map(|p| p.to_string()).collect())
+            }
+            Err(e) => return self.rejected(vec![e.to_string()]),
+        };
+        match crate::catalog::connect_both(&shared.config).await {
+            Err(e) => {
+                return self.rejected(vec![format!("cannot check against the catalogs: {e}")])
+            }
+            Ok((legacy, new)) => {
+                let problems = crate::catalog::check(&rules, &legacy, new.as_ref()).await;
+                if !problems.is_empty() {
+                    return self.rejected(problems.iter().map(|p| p.to_string()).collect());
+                }
+            }
+        }
+        if write_back {
+            if let Some(path) = &self.path {
+                if let Err(e) = write_atomically(path, &text).await {
+                    return self.rejected(vec![format!("cannot write {}: {e}", path.display())]);
+                }
+            }
+        }
+        let version = old.version + 1;
+        self.current.store(Arc::new(RulesSnapshot {
+            version,
+            rules: Arc::new(rules),
+            text,
+        }));
+        info!(version, "rules reloaded");
+        shared.mirror_nudge.notify_one();
+        ReloadOutcome::Reloaded { version }
+    }
+}
+
+/// Writes `text` to a temporary file beside `path`, then renames it over `path`.
+async fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("toml.pgdual-tmp");
+    tokio::fs::write(&tmp, text).await?;
+    tokio::fs::rename(&tmp, path).await
+}
+
+/// Watches the rules file and reloads it when it changes; returns the watcher, which stops
+/// watching when dropped. Only events naming the file count, and a reload of unchanged text
+/// is a no-op, so the API's own write-back does not trigger a second reload.
+pub fn watch(shared: Arc<Shared>) -> Option<notify::RecommendedWatcher> {
+    use notify::{EventKind, RecursiveMode, Watcher};
+    let path = shared.rules.path()?.to_path_buf();
+    let name = path.file_name()?.to_os_string();
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        let relevant = matches!(event.kind, EventKind::Create(_) | EventKind::Modify(_))
+            && event.paths.iter().any(|p| p.file_name() == Some(&name));
+        if relevant {
+            let _ = tx.send(());
+        }
+    })
+    .map_err(|e| warn!(error = %e, "cannot watch the rules file; use SIGHUP or the admin API"))
+    .ok()?;
+    if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
+        warn!(error = %e, dir = %dir.display(), "cannot watch the rules file's directory");
+        return None;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("pgdual-rules-watch".into())
+        .spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                while rx.recv().await.is_some() {
+                    // Editors write in several steps: let them settle, then read once.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    while rx.try_recv().is_ok() {}
+                    shared.rules.reload_file(&shared).await;
+                }
+            });
+        });
+    if let Err(e) = spawned {
+        warn!(error = %e, "cannot start the rules watcher");
+        return None;
+    }
+    Some(watcher)
+}
