@@ -307,3 +307,36 @@ fn demo_once_mirrors_the_workload_to_the_new_schema() {
         "the rolled-back delete left Turing in new: {msg}"
     );
 }
+
+#[test]
+fn sighup_reloads_rules_instead_of_killing_the_proxy() {
+    let cluster = PgCluster::start(ClusterOptions::default()).unwrap();
+    let (mut child, port, _dir) = serve(&cluster, "", &[]);
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGHUP);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "SIGHUP must not stop pgdual"
+    );
+    let out = psql(&cluster, port, "SELECT 'alive'").output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "alive",
+        "{}",
+        text(&out)
+    );
+    sigterm(&child);
+    assert!(wait_exit(&mut child, Duration::from_secs(10)).success());
+    let mut logs = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    assert!(logs.contains("SIGHUP: reloading the rules file"), "{logs}");
+    assert!(logs.contains("no rules_file is configured"), "{logs}");
+}
