@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -24,6 +24,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/rules", get(get_rules).put(put_rules))
+        .route("/tables/{table}/write", axum::routing::put(put_table_write))
+        .route("/status", get(status))
         .route_layer(middleware::from_fn_with_state(
             shared.clone(),
             require_token,
@@ -106,6 +108,69 @@ async fn put_rules(State(shared): State<Arc<Shared>>, body: String) -> Response 
         _ => StatusCode::OK,
     };
     (status, Json(outcome)).into_response()
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModeBody {
+    mode: pgdual_rules::ruleset::WriteMode,
+}
+
+/// Sets one table's write mode (`{"mode": "on"}` or `"off"`): the rules text is edited in
+/// place and goes through the same whole validation, swap and write-back as `PUT /rules`.
+async fn put_table_write(
+    State(shared): State<Arc<Shared>>,
+    Path(table): Path<String>,
+    Json(body): Json<ModeBody>,
+) -> Response {
+    use crate::rules_store::ReloadOutcome;
+    let snap = shared.rules.load();
+    let text = match pgdual_rules::ruleset::set_write_mode(&snap.text, &table, body.mode) {
+        Ok(t) => t,
+        Err(reason) => {
+            let outcome = ReloadOutcome::Rejected {
+                version: snap.version,
+                reasons: vec![reason],
+            };
+            return (StatusCode::NOT_FOUND, Json(outcome)).into_response();
+        }
+    };
+    put_rules(State(shared), text).await
+}
+
+/// Rules version, per-table modes, and the mirror's state, in one JSON document.
+async fn status(State(shared): State<Arc<Shared>>) -> Response {
+    use std::sync::atomic::Ordering::Relaxed;
+    let snap = shared.rules.load();
+    let m = &shared.metrics.mirror;
+    let tables: Vec<serde_json::Value> = snap
+        .rules
+        .tables()
+        .iter()
+        .map(|t| {
+            serde_json::json!({
+                "legacy": t.legacy.to_string(),
+                "new": t.new.to_string(),
+                "database": format!("{:?}", t.database).to_lowercase(),
+                "write": format!("{:?}", t.write).to_lowercase(),
+            })
+        })
+        .collect();
+    Json(serde_json::json!({
+        "rules_version": snap.version,
+        "tables": tables,
+        "client_connections": shared.metrics.client_connections.load(Relaxed),
+        "mirror": {
+            "ready": m.ready.load(Relaxed) == 1,
+            "rules_version": m.rules_version.load(Relaxed),
+            "backlog_changes": m.backlog.load(Relaxed),
+            "batches": m.batches_total.load(Relaxed),
+            "changes": m.changes_total.load(Relaxed),
+            "dead_letters": m.dead_letters_total.load(Relaxed),
+            "retries": m.retries_total.load(Relaxed),
+        },
+    }))
+    .into_response()
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {

@@ -4,6 +4,7 @@
 //! relayed to legacy on the critical path and every answer comes back unchanged.
 
 pub mod admin;
+pub mod admin_client;
 pub mod cancel;
 pub mod catalog;
 pub mod cluster;

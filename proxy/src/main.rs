@@ -34,7 +34,26 @@ enum Cmd {
         #[command(subcommand)]
         command: RulesCmd,
     },
-    /// Start a throwaway legacy PostgreSQL and pgdual in front of it.
+    /// Show or change per-table modes on a running pgdual, through its admin API.
+    Flags {
+        /// Admin API address (default: admin.listen from the config, or 127.0.0.1:9187).
+        #[arg(long, global = true)]
+        admin: Option<String>,
+        /// Bearer token when the admin API requires one.
+        #[arg(
+            long,
+            global = true,
+            env = "PGDUAL_ADMIN_TOKEN",
+            hide_env_values = true
+        )]
+        token: Option<String>,
+        /// pgdual config to take the admin address from.
+        #[arg(long, short, global = true, env = "PGDUAL_CONFIG")]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: FlagsCmd,
+    },
+    /// Start throwaway legacy and new PostgreSQL servers and pgdual with dual-write on.
     Demo {
         /// Address for the proxy (default 127.0.0.1:6432, or a free port if taken).
         #[arg(long)]
@@ -63,6 +82,21 @@ enum RulesCmd {
         /// Only validate the file; do not connect to any database.
         #[arg(long)]
         offline: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum FlagsCmd {
+    /// Rules version, each table's modes, and the mirror's state.
+    Status,
+    /// Set a table's write mode: `pgdual flags set public.users write on`.
+    Set {
+        /// Legacy table, schema-qualified.
+        table: String,
+        /// The flag to set (only `write` so far).
+        flag: String,
+        /// `on` or `off`.
+        value: String,
     },
 }
 
@@ -201,6 +235,33 @@ fn rules_check(file: &PathBuf, config: Option<&PathBuf>, offline: bool) -> anyho
     })
 }
 
+fn flags(
+    admin: Option<String>,
+    token: Option<String>,
+    config: Option<PathBuf>,
+    command: FlagsCmd,
+) -> anyhow::Result<()> {
+    let addr = match admin {
+        Some(a) => a,
+        None => load(config.as_ref(), &[])?.admin.listen,
+    };
+    anyhow::ensure!(
+        !addr.is_empty(),
+        "the admin API is disabled (admin.listen = \"\")"
+    );
+    let token = token.as_deref();
+    match command {
+        FlagsCmd::Status => pgdual::admin_client::print_status(&addr, token),
+        FlagsCmd::Set { table, flag, value } => {
+            anyhow::ensure!(
+                flag == "write",
+                "unknown flag {flag:?}: only `write` can be set so far"
+            );
+            pgdual::admin_client::set_write(&addr, token, &table, &value)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -216,6 +277,12 @@ fn main() -> ExitCode {
                     offline,
                 },
         } => rules_check(&file, config.as_ref(), offline),
+        Cmd::Flags {
+            admin,
+            token,
+            config,
+            command,
+        } => flags(admin, token, config, command),
         Cmd::Demo { listen, once } => {
             let _ = init_logging("warn", LogFormat::Text);
             pgdual::demo::run(pgdual::demo::DemoOptions { listen, once })

@@ -340,3 +340,86 @@ fn sighup_reloads_rules_instead_of_killing_the_proxy() {
     assert!(logs.contains("SIGHUP: reloading the rules file"), "{logs}");
     assert!(logs.contains("no rules_file is configured"), "{logs}");
 }
+
+#[test]
+fn flags_cli_shows_and_sets_write_modes_live() {
+    let cluster = PgCluster::start(ClusterOptions::default()).unwrap();
+    cluster
+        .psql(
+            "CREATE TABLE items (id int PRIMARY KEY, name text);
+             CREATE SCHEMA v2; CREATE TABLE v2.items (item_id int PRIMARY KEY, name text)",
+        )
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        "# items move to v2\n[[table]]\nlegacy = \"public.items\"\nnew = \"v2.items\"\n\
+         database = \"legacy\"\nkeys = [\"id\"]\nwrite = \"off\"\n\
+         [table.columns]\nitem_id = \"id\"\nname = \"upper(name)\"\n",
+    )
+    .unwrap();
+    let admin = format!("127.0.0.1:{}", free_port().unwrap());
+    let extra = format!(
+        "rules_file = {:?}\n[mirror]\ndead_letter_file = {:?}\npoll_interval_ms = 50",
+        rules.display().to_string(),
+        dir.path().join("dead.jsonl").display().to_string()
+    );
+    let (mut child, port, _cfg_dir) = serve(&cluster, &extra, &["--admin-listen", &admin]);
+    let flags = |args: &[&str]| {
+        let out = pgdual()
+            .arg("flags")
+            .args(args)
+            .args(["--admin", &admin])
+            .output()
+            .unwrap();
+        (out.status.success(), text(&out))
+    };
+    // The mirror starts with the rules as read: wait until it reports ready.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (ok, msg) = flags(&["status"]);
+        if ok && msg.contains("ready=true") {
+            assert!(msg.contains("public.items") && msg.contains("off"), "{msg}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{msg}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (ok, msg) = flags(&["set", "public.items", "write", "on"]);
+    assert!(ok, "{msg}");
+    assert!(
+        msg.contains("public.items: write on (rules version 2)"),
+        "{msg}"
+    );
+    assert!(std::fs::read_to_string(&rules)
+        .unwrap()
+        .starts_with("# items move to v2"));
+    let (ok, msg) = flags(&["set", "public.missing", "write", "on"]);
+    assert!(
+        !ok && msg.contains("no rule for table public.missing"),
+        "{msg}"
+    );
+    // Once the mirror has installed version 2's triggers, writes through pgdual reach v2.items.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !flags(&["status"]).1.contains("ready=true rules_version=2 ") {
+        assert!(Instant::now() < deadline, "mirror never followed version 2");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = psql(&cluster, port, "INSERT INTO items VALUES (1, 'bolt')")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    loop {
+        let mirrored = cluster
+            .psql("SELECT name FROM v2.items WHERE item_id = 1")
+            .unwrap();
+        if mirrored == "BOLT" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never mirrored");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    sigterm(&child);
+    assert!(wait_exit(&mut child, Duration::from_secs(10)).success());
+}

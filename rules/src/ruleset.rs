@@ -489,3 +489,59 @@ mod tests {
         assert_eq!(quote_ident("2x"), "\"2x\"");
     }
 }
+
+/// The rules text with one table's `write` set to `mode`, everything else (comments, order,
+/// formatting) kept as written. `legacy` is matched as PostgreSQL would resolve it.
+pub fn set_write_mode(text: &str, legacy: &str, mode: WriteMode) -> Result<String, String> {
+    let wanted = parse_table_name(legacy)?;
+    let mut doc: toml_edit::DocumentMut = text.parse().map_err(|e| format!("{e}"))?;
+    let tables = doc
+        .get_mut("table")
+        .and_then(|t| t.as_array_of_tables_mut())
+        .ok_or_else(|| "the rules have no [[table]] entries".to_string())?;
+    let entry = tables
+        .iter_mut()
+        .find(|t| {
+            t.get("legacy")
+                .and_then(|v| v.as_str())
+                .and_then(|l| parse_table_name(l).ok())
+                .is_some_and(|l| l == wanted)
+        })
+        .ok_or_else(|| format!("no rule for table {wanted}"))?;
+    let value = match mode {
+        WriteMode::On => "on",
+        WriteMode::Off => "off",
+    };
+    entry["write"] = toml_edit::value(value);
+    Ok(doc.to_string())
+}
+
+#[cfg(test)]
+mod edit_tests {
+    use super::*;
+
+    #[test]
+    fn write_mode_changes_in_place_keeping_comments() {
+        let text = "# the users table\n[[table]]\nlegacy = \"public.users\" # keep me\nnew = \"app.c\"\nkeys = [\"id\"]\ncolumns = { id = \"id\" }\n\n[[table]]\nlegacy = \"public.orders\"\nnew = \"app.o\"\nkeys = [\"id\"]\nwrite = \"on\"\ncolumns = { id = \"id\" }\n";
+        let on = set_write_mode(text, "public.USERS", WriteMode::On).unwrap();
+        assert!(
+            on.contains("# the users table") && on.contains("# keep me"),
+            "{on}"
+        );
+        let set = parse_rules(&on, "t").unwrap();
+        assert_eq!(set.tables()[0].write, WriteMode::On);
+        assert_eq!(set.tables()[1].write, WriteMode::On);
+        let off = set_write_mode(&on, "public.orders", WriteMode::Off).unwrap();
+        assert_eq!(
+            parse_rules(&off, "t").unwrap().tables()[1].write,
+            WriteMode::Off
+        );
+        assert_eq!(
+            set_write_mode(text, "public.nope", WriteMode::On).unwrap_err(),
+            "no rule for table public.nope"
+        );
+        assert!(set_write_mode(text, "nope", WriteMode::On)
+            .unwrap_err()
+            .contains("schema-qualified"));
+    }
+}
