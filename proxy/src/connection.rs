@@ -83,46 +83,13 @@ enum Startup {
     Done,
 }
 
-async fn run(mut tcp: TcpStream, id: u64, shared: &Shared) {
+async fn run(tcp: TcpStream, id: u64, shared: &Shared) {
     shared
         .metrics
         .client_connections_total
         .fetch_add(1, Relaxed);
     let _ = tcp.set_nodelay(true);
-    let mut buf = BytesMut::with_capacity(1024);
-    let timeout = Duration::from_millis(shared.config.limits.connect_timeout_ms);
-    let deadline = tokio::time::Instant::now() + timeout;
-    let tls =
-        tokio::time::timeout_at(deadline, encryption_request(&mut tcp, &mut buf, shared)).await;
-    let mut client = match tls {
-        Ok(Ok(false)) => ClientStream::Plain(tcp),
-        Ok(Ok(true)) => match &shared.tls {
-            Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => ClientStream::Tls(Box::new(tls)),
-                Ok(Err(e)) => {
-                    shared.metrics.error(ErrorSource::Client);
-                    debug!(error = %e, "TLS handshake with client failed");
-                    return;
-                }
-                Err(_) => return,
-            },
-            None => return,
-        },
-        Ok(Err(e)) => return startup_failed(&mut tcp, e, shared).await,
-        Err(_) => return startup_timed_out(&mut tcp, shared).await,
-    };
-    let startup =
-        match tokio::time::timeout_at(deadline, startup(&mut client, &mut buf, shared)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return startup_failed(&mut client, e, shared).await,
-            Err(_) => return startup_timed_out(&mut client, shared).await,
-        };
-    let Startup::Message {
-        len,
-        user,
-        database,
-    } = startup
-    else {
+    let Some((mut client, mut buf, len)) = accept_client(tcp, shared).await else {
         return;
     };
     let Some(_slot) = Slot::acquire(shared) else {
@@ -134,41 +101,93 @@ async fn run(mut tcp: TcpStream, id: u64, shared: &Shared) {
             max = shared.config.limits.max_client_connections,
             "refusing client: too many connections"
         );
-        fatal(
-            &mut client,
-            SqlState::TOO_MANY_CONNECTIONS,
-            "sorry, too many clients already (pgdual limits.max_client_connections)",
-        )
-        .await;
-        return;
+        let msg = "sorry, too many clients already (pgdual limits.max_client_connections)";
+        return fatal(&mut client, SqlState::TOO_MANY_CONNECTIONS, msg).await;
     };
+    let timeout = Duration::from_millis(shared.config.limits.connect_timeout_ms);
     let mut legacy = match shared.legacy.connect(timeout).await {
         Ok(s) => s,
         Err(e) => {
             shared.metrics.error(ErrorSource::Legacy);
             warn!(error = %e, "legacy unreachable");
-            let msg = format!("pgdual: {e}");
-            fatal(
-                &mut client,
-                SqlState::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
-                &msg,
-            )
-            .await;
-            return;
+            let code = SqlState::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION;
+            return fatal(&mut client, code, &format!("pgdual: {e}")).await;
         }
     };
-    debug!(%user, %database, "session started");
+    // The StartupMessage goes to legacy exactly as the client sent it.
     if let Err(e) = legacy.write_all(&buf[..len]).await {
         shared.metrics.error(ErrorSource::Legacy);
-        let msg = format!(
-            "pgdual: connection to the legacy database at {} failed: {e}",
-            shared.legacy
-        );
-        fatal(&mut client, SqlState::CONNECTION_FAILURE, &msg).await;
-        return;
+        return fatal(
+            &mut client,
+            SqlState::CONNECTION_FAILURE,
+            &legacy_lost(shared, e),
+        )
+        .await;
     }
     buf.advance(len);
+    relay_session(client, legacy, buf, id, shared).await;
+}
 
+/// The encryption negotiation and the startup packet, within `limits.connect_timeout_ms`.
+/// Returns the client stream, the buffer holding the StartupMessage, and its length; `None`
+/// when the connection was a CancelRequest, closed, or failed (already answered).
+async fn accept_client(
+    mut tcp: TcpStream,
+    shared: &Shared,
+) -> Option<(ClientStream, BytesMut, usize)> {
+    let mut buf = BytesMut::with_capacity(1024);
+    let timeout = Duration::from_millis(shared.config.limits.connect_timeout_ms);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let tls =
+        tokio::time::timeout_at(deadline, encryption_request(&mut tcp, &mut buf, shared)).await;
+    let mut client = match (tls, &shared.tls) {
+        (Ok(Ok(false)), _) => ClientStream::Plain(tcp),
+        (Ok(Ok(true)), Some(acceptor)) => {
+            match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => ClientStream::Tls(Box::new(tls)),
+                Ok(Err(e)) => {
+                    shared.metrics.error(ErrorSource::Client);
+                    debug!(error = %e, "TLS handshake with client failed");
+                    return None;
+                }
+                Err(_) => return None,
+            }
+        }
+        (Ok(Ok(true)), None) => return None,
+        (Ok(Err(e)), _) => return startup_failed(&mut tcp, e, shared).await,
+        (Err(_), _) => return startup_timed_out(&mut tcp, shared).await,
+    };
+    match tokio::time::timeout_at(deadline, startup(&mut client, &mut buf, shared)).await {
+        Ok(Ok(Startup::Message {
+            len,
+            user,
+            database,
+        })) => {
+            debug!(%user, %database, "session starting");
+            Some((client, buf, len))
+        }
+        Ok(Ok(Startup::Done)) => None,
+        Ok(Err(e)) => startup_failed(&mut client, e, shared).await,
+        Err(_) => startup_timed_out(&mut client, shared).await,
+    }
+}
+
+fn legacy_lost(shared: &Shared, e: impl std::fmt::Display) -> String {
+    format!(
+        "pgdual: connection to the legacy database at {} failed: {e}",
+        shared.legacy
+    )
+}
+
+/// Relays an authenticated-or-authenticating session until it ends, then tells the client
+/// why if pgdual ended it, and cancels a query left running for a client that is gone.
+async fn relay_session(
+    client: ClientStream,
+    legacy: crate::stream::LegacyStream,
+    buf: BytesMut,
+    id: u64,
+    shared: &Shared,
+) {
     let key = shared.cancel.register();
     let session = RefCell::new(Session::new(id));
     let (mut cr, mut cw) = tokio::io::split(client);
@@ -192,26 +211,24 @@ async fn run(mut tcp: TcpStream, id: u64, shared: &Shared) {
         Some(Err(RelayError::LegacyIo(e))) => {
             shared.metrics.error(ErrorSource::Legacy);
             warn!(error = %e, "legacy connection failed");
-            let msg = format!(
-                "pgdual: connection to the legacy database at {} failed: {e}",
-                shared.legacy
-            );
-            fatal(&mut cw, SqlState::CONNECTION_FAILURE, &msg).await;
+            fatal(
+                &mut cw,
+                SqlState::CONNECTION_FAILURE,
+                &legacy_lost(shared, e),
+            )
+            .await;
         }
         None => {
             info!("closing session: shutdown drain timeout reached");
-            fatal(
-                &mut cw,
-                SqlState::ADMIN_SHUTDOWN,
-                "terminating connection because pgdual is shutting down",
-            )
-            .await;
+            let msg = "terminating connection because pgdual is shutting down";
+            fatal(&mut cw, SqlState::ADMIN_SHUTDOWN, msg).await;
         }
     }
     // A query still running on legacy for a client that is gone would hold its backend
     // (and locks) until it finished: cancel it.
     if busy {
         if let Some((pid, secret)) = shared.cancel.lookup(key.pid, &key.secret) {
+            let timeout = Duration::from_millis(shared.config.limits.connect_timeout_ms);
             if let Err(e) = shared.legacy.cancel(pid, &secret, timeout).await {
                 debug!(error = %e, "could not cancel the abandoned query");
             }
@@ -229,7 +246,11 @@ enum StartupError {
     Io(#[from] std::io::Error),
 }
 
-async fn startup_failed<W: AsyncWrite + Unpin>(w: &mut W, e: StartupError, shared: &Shared) {
+async fn startup_failed<W: AsyncWrite + Unpin, T>(
+    w: &mut W,
+    e: StartupError,
+    shared: &Shared,
+) -> Option<T> {
     match e {
         StartupError::Codec(e) => {
             shared.metrics.error(ErrorSource::Client);
@@ -238,13 +259,15 @@ async fn startup_failed<W: AsyncWrite + Unpin>(w: &mut W, e: StartupError, share
         }
         StartupError::Io(e) => debug!(error = %e, "client left during startup"),
     }
+    None
 }
 
-async fn startup_timed_out<W: AsyncWrite + Unpin>(w: &mut W, shared: &Shared) {
+async fn startup_timed_out<W: AsyncWrite + Unpin, T>(w: &mut W, shared: &Shared) -> Option<T> {
     shared.metrics.error(ErrorSource::Client);
     debug!("no startup packet within limits.connect_timeout_ms");
     let msg = "pgdual: no startup packet received within limits.connect_timeout_ms";
     fatal(w, SqlState::PROTOCOL_VIOLATION, msg).await;
+    None
 }
 
 /// The next startup-phase packet and its length, or `None` if the client closed.
