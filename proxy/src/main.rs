@@ -202,6 +202,18 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Validates a config file and, when it names one, its rules file (offline).
+fn config_check(file: &PathBuf) -> anyhow::Result<()> {
+    let config = load(Some(file), &[])?;
+    if let Some(rules) = &config.rules_file {
+        let text = std::fs::read_to_string(rules)
+            .with_context(|| format!("rules_file: cannot read {}", rules.display()))?;
+        pgdual_rules::parse_rules(&text, &rules.display().to_string())?;
+    }
+    println!("{}: ok", file.display());
+    Ok(())
+}
+
 fn rules_check(file: &PathBuf, config: Option<&PathBuf>, offline: bool) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(file)
         .with_context(|| format!("cannot read rules file {}", file.display()))?;
@@ -268,7 +280,7 @@ fn main() -> ExitCode {
         Cmd::Serve(args) => serve(args),
         Cmd::Config {
             command: ConfigCmd::Check { file },
-        } => load(Some(&file), &[]).map(|_| println!("{}: ok", file.display())),
+        } => config_check(&file),
         Cmd::Rules {
             command:
                 RulesCmd::Check {

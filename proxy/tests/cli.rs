@@ -122,6 +122,21 @@ fn config_check_accepts_a_good_file_and_lists_every_problem_of_a_bad_one() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).contains("prot"), "{}", text(&out));
 
+    // The rules file a config names is checked too.
+    let with_rules = dir.path().join("with-rules.toml");
+    std::fs::write(&with_rules, "rules_file = \"missing-rules.toml\"\n").unwrap();
+    let out = pgdual()
+        .args(["config", "check"])
+        .arg(&with_rules)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).contains("rules_file: cannot read missing-rules.toml"),
+        "{}",
+        text(&out)
+    );
+
     let out = pgdual()
         .args(["config", "check"])
         .arg(&good)
