@@ -67,25 +67,29 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     }
 }
 
-/// The rules in force: version, text, and each table's modes.
-async fn get_rules(State(shared): State<Arc<Shared>>) -> Response {
-    let snap = shared.rules.load();
-    let tables: Vec<serde_json::Value> = snap
-        .rules
+/// Each table of a rule set with its modes, as the API shows them.
+fn tables_json(rules: &pgdual_rules::RuleSet) -> Vec<serde_json::Value> {
+    rules
         .tables()
         .iter()
         .map(|t| {
             serde_json::json!({
                 "legacy": t.legacy.to_string(),
                 "new": t.new.to_string(),
+                "database": format!("{:?}", t.database).to_lowercase(),
                 "write": format!("{:?}", t.write).to_lowercase(),
             })
         })
-        .collect();
+        .collect()
+}
+
+/// The rules in force: version, text, and each table's modes.
+async fn get_rules(State(shared): State<Arc<Shared>>) -> Response {
+    let snap = shared.rules.load();
     Json(serde_json::json!({
         "version": snap.version,
         "file": shared.rules.path().map(|p| p.display().to_string()),
-        "tables": tables,
+        "tables": tables_json(&snap.rules),
         "text": snap.text,
     }))
     .into_response()
@@ -143,22 +147,9 @@ async fn status(State(shared): State<Arc<Shared>>) -> Response {
     use std::sync::atomic::Ordering::Relaxed;
     let snap = shared.rules.load();
     let m = &shared.metrics.mirror;
-    let tables: Vec<serde_json::Value> = snap
-        .rules
-        .tables()
-        .iter()
-        .map(|t| {
-            serde_json::json!({
-                "legacy": t.legacy.to_string(),
-                "new": t.new.to_string(),
-                "database": format!("{:?}", t.database).to_lowercase(),
-                "write": format!("{:?}", t.write).to_lowercase(),
-            })
-        })
-        .collect();
     Json(serde_json::json!({
         "rules_version": snap.version,
-        "tables": tables,
+        "tables": tables_json(&snap.rules),
         "client_connections": shared.metrics.client_connections.load(Relaxed),
         "mirror": {
             "ready": m.ready.load(Relaxed) == 1,
