@@ -26,8 +26,37 @@ fn text(out: &Output) -> String {
     )
 }
 
+/// A child process that is killed if a failing test leaves it running.
+struct KillOnDrop(Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Starts `pgdual serve` in front of `cluster` and waits until it answers.
-fn serve(cluster: &PgCluster, extra_toml: &str, args: &[&str]) -> (Child, u16, tempfile::TempDir) {
+fn serve(
+    cluster: &PgCluster,
+    extra_toml: &str,
+    args: &[&str],
+) -> (KillOnDrop, u16, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port().unwrap();
     let file = dir.path().join("pgdual.toml");
@@ -39,15 +68,17 @@ fn serve(cluster: &PgCluster, extra_toml: &str, args: &[&str]) -> (Child, u16, t
         ),
     )
     .unwrap();
-    let child = pgdual()
-        .arg("serve")
-        .arg("--config")
-        .arg(&file)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = KillOnDrop(
+        pgdual()
+            .arg("serve")
+            .arg("--config")
+            .arg(&file)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "pgdual never listened");
