@@ -174,15 +174,8 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
 
 /// Serves the admin API on `listener` until `stop` is set.
 pub fn run(listener: std::net::TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            error!(error = %e, "cannot start the admin runtime");
-            return;
-        }
+    let Some(rt) = crate::runtime::current_thread("admin") else {
+        return;
     };
     rt.block_on(async move {
         let listener = match tokio::net::TcpListener::from_std(listener) {

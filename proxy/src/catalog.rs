@@ -35,31 +35,33 @@ pub async fn connect(
     Ok(client)
 }
 
-/// pgdual's own connections to legacy and (when configured) new.
-pub async fn connect_both(config: &Config) -> Result<(Client, Option<Client>), String> {
+/// pgdual's own connection to legacy.
+pub async fn connect_legacy(config: &Config) -> Result<Client, String> {
     let l = &config.legacy;
-    let legacy = connect(&l.host, l.port, &l.user, l.password.as_deref(), &l.dbname)
+    connect(&l.host, l.port, &l.user, l.password.as_deref(), &l.dbname)
         .await
         .map_err(|e| {
             format!(
                 "cannot connect to legacy at {}:{} as {}: {e}",
                 l.host, l.port, l.user
             )
-        })?;
+        })
+}
+
+/// pgdual's own connections to legacy and (when configured) new.
+pub async fn connect_both(config: &Config) -> Result<(Client, Option<Client>), String> {
+    let legacy = connect_legacy(config).await?;
     let n = &config.new;
     let new = if n.host.is_empty() {
         None
     } else {
-        Some(
-            connect(&n.host, n.port, &n.user, n.password.as_deref(), &n.dbname)
-                .await
-                .map_err(|e| {
-                    format!(
-                        "cannot connect to new at {}:{} as {}: {e}",
-                        n.host, n.port, n.user
-                    )
-                })?,
-        )
+        let c = connect(&n.host, n.port, &n.user, n.password.as_deref(), &n.dbname).await;
+        Some(c.map_err(|e| {
+            format!(
+                "cannot connect to new at {}:{} as {}: {e}",
+                n.host, n.port, n.user
+            )
+        })?)
     };
     Ok((legacy, new))
 }

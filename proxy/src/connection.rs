@@ -60,7 +60,6 @@ impl Drop for Slot<'_> {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Relaxed);
         self.0.metrics.client_connections.fetch_sub(1, Relaxed);
-        self.0.drained.notify_waiters();
     }
 }
 

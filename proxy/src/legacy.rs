@@ -80,17 +80,34 @@ impl LegacyTarget {
         }
     }
 
-    async fn connect_inner(&self) -> Result<LegacyStream, LegacyError> {
+    /// A plain connection: the Unix socket, or TCP with Nagle off.
+    async fn open(&self) -> std::io::Result<LegacyStream> {
         if let Some(path) = self.socket_path() {
-            let s = UnixStream::connect(&path)
-                .await
-                .map_err(|e| self.error(e))?;
-            return Ok(LegacyStream::Unix(s));
+            return Ok(LegacyStream::Unix(UnixStream::connect(&path).await?));
         }
-        let mut tcp = TcpStream::connect((self.host.as_str(), self.port))
-            .await
-            .map_err(|e| self.error(e))?;
+        let tcp = TcpStream::connect((self.host.as_str(), self.port)).await?;
         let _ = tcp.set_nodelay(true);
+        Ok(LegacyStream::Tcp(tcp))
+    }
+
+    /// Runs `f` within `timeout`, naming legacy in any failure.
+    async fn bounded<T>(
+        &self,
+        timeout: Duration,
+        f: impl std::future::Future<Output = std::io::Result<T>>,
+    ) -> Result<T, LegacyError> {
+        match tokio::time::timeout(timeout, f).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(self.error(e)),
+            Err(_) => Err(self.error(format!("timed out after {} ms", timeout.as_millis()))),
+        }
+    }
+
+    async fn connect_inner(&self) -> Result<LegacyStream, LegacyError> {
+        let mut tcp = match self.open().await.map_err(|e| self.error(e))? {
+            LegacyStream::Tcp(tcp) => tcp,
+            other => return Ok(other),
+        };
         let Some(config) = &self.tls_config else {
             return Ok(LegacyStream::Tcp(tcp));
         };
@@ -128,19 +145,8 @@ impl LegacyTarget {
 
     /// Whether legacy accepts connections now (for `/readyz`).
     pub async fn reachable(&self, timeout: Duration) -> Result<(), LegacyError> {
-        let probe = async {
-            match self.socket_path() {
-                Some(path) => UnixStream::connect(&path).await.map(drop),
-                None => TcpStream::connect((self.host.as_str(), self.port))
-                    .await
-                    .map(drop),
-            }
-        };
-        match tokio::time::timeout(timeout, probe).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(self.error(e)),
-            Err(_) => Err(self.error("timed out")),
-        }
+        self.bounded(timeout, async { self.open().await.map(drop) })
+            .await
     }
 
     /// Sends a CancelRequest for legacy's backend `pid` with its `secret` key
@@ -156,25 +162,12 @@ impl LegacyTarget {
         body.extend_from_slice(secret);
         let mut req = BytesMut::new();
         put_initial(&mut req, CANCEL_REQUEST_CODE, &body);
-        let send = async {
-            match self.socket_path() {
-                Some(path) => {
-                    let mut s = UnixStream::connect(&path).await?;
-                    s.write_all(&req).await?;
-                    let _ = s.read_u8().await;
-                }
-                None => {
-                    let mut s = TcpStream::connect((self.host.as_str(), self.port)).await?;
-                    s.write_all(&req).await?;
-                    let _ = s.read_u8().await;
-                }
-            }
-            Ok::<_, std::io::Error>(())
-        };
-        match tokio::time::timeout(timeout, send).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(self.error(e)),
-            Err(_) => Err(self.error("timed out sending CancelRequest")),
-        }
+        self.bounded(timeout, async {
+            let mut s = self.open().await?;
+            s.write_all(&req).await?;
+            let _ = s.read_u8().await;
+            Ok(())
+        })
+        .await
     }
 }

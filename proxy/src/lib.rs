@@ -18,6 +18,7 @@ pub mod mirror;
 pub mod proxy;
 pub mod relay;
 pub mod rules_store;
+pub mod runtime;
 pub mod session;
 pub mod signals;
 pub mod sqlstate;

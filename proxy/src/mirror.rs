@@ -110,14 +110,9 @@ pub fn start(
     std::thread::Builder::new()
         .name("pgdual-mirror".into())
         .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => return error!(error = %e, "cannot start the mirror runtime"),
-            };
-            rt.block_on(run(shared, stop));
+            if let Some(rt) = crate::runtime::current_thread("mirror") {
+                rt.block_on(run(shared, stop));
+            }
         })
 }
 
@@ -178,6 +173,7 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                 legacy,
                 new,
                 targets: &targets,
+                tables: targets.keys().map(String::as_str).collect(),
                 shared: &shared,
             };
             worker.serve(snapshot.version).await
@@ -211,10 +207,7 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
 
 /// The backlog size, read over a short-lived connection to legacy.
 async fn backlog(shared: &Shared, tables: &[&str]) -> Option<i64> {
-    let l = &shared.config.legacy;
-    let c = catalog::connect(&l.host, l.port, &l.user, l.password.as_deref(), &l.dbname)
-        .await
-        .ok()?;
+    let c = catalog::connect_legacy(&shared.config).await.ok()?;
     c.query_one(BACKLOG, &[&tables])
         .await
         .ok()
@@ -278,14 +271,12 @@ struct Worker<'a> {
     legacy: Client,
     new: Option<Client>,
     targets: &'a HashMap<String, Target>,
+    /// The legacy tables of `targets`, as the backlog names them.
+    tables: Vec<&'a str>,
     shared: &'a Shared,
 }
 
 impl Worker<'_> {
-    fn tables(&self) -> Vec<&str> {
-        self.targets.keys().map(String::as_str).collect()
-    }
-
     /// Drains the backlog whenever a session signals a commit or the poll interval passes,
     /// until an error or until the rules in force are no longer `version` (the caller stops
     /// it by dropping the future).
@@ -298,7 +289,7 @@ impl Worker<'_> {
             while self.drain_once().await? > 0 {}
             let backlog: i64 = self
                 .legacy
-                .query_one(BACKLOG, &[&self.tables()])
+                .query_one(BACKLOG, &[&self.tables])
                 .await
                 .map_err(MirrorError::Legacy)?
                 .get(0);
@@ -313,7 +304,7 @@ impl Worker<'_> {
     /// Applies one batch; returns how many changes it took.
     async fn drain_once(&mut self) -> Result<usize, MirrorError> {
         let batch = self.shared.config.mirror.batch_size as i64;
-        let tables: Vec<&str> = self.targets.keys().map(String::as_str).collect();
+        let tables = &self.tables;
         let mut legacy_tx = self
             .legacy
             .transaction()

@@ -34,7 +34,6 @@ pub struct Shared {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// Client sessions holding a connection slot.
     pub active: AtomicUsize,
-    pub drained: Notify,
     pub next_session_id: AtomicU64,
     /// Set when the drain timeout ran out: sessions still open are closed.
     pub force_close: watch::Sender<bool>,
@@ -123,7 +122,6 @@ impl Proxy {
             cancel: CancelKeys::default(),
             tls,
             active: AtomicUsize::new(0),
-            drained: Notify::new(),
             next_session_id: AtomicU64::new(1),
             force_close: watch::channel(false).0,
             rules,
@@ -238,15 +236,8 @@ impl Drop for Proxy {
 }
 
 fn worker(listener: std::net::TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            error!(error = %e, "cannot start a worker runtime");
-            return;
-        }
+    let Some(rt) = crate::runtime::current_thread("worker") else {
+        return;
     };
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async {

@@ -168,10 +168,7 @@ pub fn watch(shared: Arc<Shared>) -> Option<notify::RecommendedWatcher> {
     let spawned = std::thread::Builder::new()
         .name("pgdual-rules-watch".into())
         .spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
+            let Some(rt) = crate::runtime::current_thread("rules watcher") else {
                 return;
             };
             rt.block_on(async move {

@@ -54,7 +54,7 @@ pub enum Expected {
     Bind,
     Describe,
     Close,
-    Execute(Option<Arc<Prepared>>),
+    Execute,
     Sync,
 }
 
@@ -158,13 +158,11 @@ impl Session {
                 }
             }
             b'E' => {
-                let stmt = frontend::execute(body)
-                    .and_then(|p| self.portals.get(p))
-                    .map(|p| p.statement.clone());
-                if let Some(s) = &stmt {
-                    after.push(AfterWrite::Execute(s.clone()));
+                let stmt = frontend::execute(body).and_then(|p| self.portals.get(p));
+                if let Some(portal) = stmt {
+                    after.push(AfterWrite::Execute(portal.statement.clone()));
                 }
-                self.expected.push_back(Expected::Execute(stmt));
+                self.expected.push_back(Expected::Execute);
             }
             b'D' => self.expected.push_back(Expected::Describe),
             b'C' => {
@@ -214,7 +212,7 @@ impl Session {
             b'T' | b'n' if matches!(self.expected.front(), Some(Expected::Describe)) => {
                 self.expected.pop_front();
             }
-            b'C' | b's' | b'I' if matches!(self.expected.front(), Some(Expected::Execute(_))) => {
+            b'C' | b's' | b'I' if matches!(self.expected.front(), Some(Expected::Execute)) => {
                 self.expected.pop_front();
             }
             b'E' => self.on_error(),
