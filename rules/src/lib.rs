@@ -13,4 +13,4 @@ pub mod ruleset;
 pub use analysis::{analyze, Analysis, StatementInfo, StatementKind};
 pub use cache::AnalysisCache;
 pub use fingerprint::fingerprint;
-pub use ruleset::{parse_rules, RuleSet, RulesError, TableName, TableRule};
+pub use ruleset::{parse_rules, ReadMode, RuleSet, RulesError, TableName, TableRule};

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::ops::ControlFlow;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sqlparser::ast::{Expr, ObjectNamePart};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -43,6 +43,58 @@ pub struct TableSpec {
     pub write: WriteMode,
     /// New column = SQL expression over the legacy row's columns.
     pub columns: BTreeMap<String, String>,
+    /// Where reads of this table go: `legacy` (default), `shadow` or `new`.
+    #[serde(default)]
+    pub read: ReadMode,
+    /// Share of reads (0-100) that take `read`'s mode; the rest stay on legacy. Sticky per
+    /// key value, or else per client connection.
+    #[serde(default = "full_percent")]
+    pub read_percent: u8,
+    /// In `new` mode, answer from legacy when new returns no rows.
+    #[serde(default)]
+    pub fallback_on_empty: bool,
+    /// Legacy column = SQL expression over the new row's columns, for reads answered by new.
+    /// Columns mapped by a plain rename read back by the rename without an entry here.
+    #[serde(default)]
+    pub read_back: BTreeMap<String, String>,
+}
+
+fn full_percent() -> u8 {
+    100
+}
+
+/// Where a table's reads go.
+#[derive(
+    Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, PartialOrd, Ord, Default, Hash,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadMode {
+    /// Legacy answers; new is not asked.
+    #[default]
+    Legacy,
+    /// Legacy answers; the same read runs on new off the critical path and is compared.
+    Shadow,
+    /// New answers, rewritten to the new schema; legacy answers on any failure.
+    New,
+}
+
+impl ReadMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReadMode::Legacy => "legacy",
+            ReadMode::Shadow => "shadow",
+            ReadMode::New => "new",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<ReadMode> {
+        match text {
+            "legacy" => Some(ReadMode::Legacy),
+            "shadow" => Some(ReadMode::Shadow),
+            "new" => Some(ReadMode::New),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash, Default)]
@@ -108,6 +160,17 @@ pub struct ColumnMap {
     pub rename_of: Option<String>,
 }
 
+/// How one legacy column is read back from the new row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadBack {
+    pub legacy: String,
+    /// The expression as written, over the new row's columns.
+    pub source: String,
+    pub expr: Expr,
+    /// New columns the expression reads.
+    pub reads: Vec<String>,
+}
+
 /// A validated table rule.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TableRule {
@@ -119,6 +182,15 @@ pub struct TableRule {
     pub new_keys: Vec<String>,
     pub write: WriteMode,
     pub columns: Vec<ColumnMap>,
+    pub read: ReadMode,
+    pub read_percent: u8,
+    pub fallback_on_empty: bool,
+    /// Every legacy column readable from new: explicit `read_back` entries, then the plain
+    /// renames not overridden there.
+    pub read_back: Vec<ReadBack>,
+    /// The legacy table's columns in table order, filled by the catalog check (empty until
+    /// then); `SELECT *` is rewritten only when known.
+    pub legacy_columns: Vec<String>,
 }
 
 impl TableRule {
@@ -151,6 +223,20 @@ impl RuleSet {
     /// The rule for a legacy table.
     pub fn table(&self, legacy: &TableName) -> Option<&TableRule> {
         self.by_legacy.get(legacy).map(|&i| &self.tables[i])
+    }
+
+    /// Records the legacy table's columns (from its catalog), in table order.
+    pub fn set_legacy_columns(&mut self, legacy: &TableName, columns: Vec<String>) {
+        if let Some(&i) = self.by_legacy.get(legacy) {
+            self.tables[i].legacy_columns = columns;
+        }
+    }
+
+    /// True when some table's reads are not all on legacy.
+    pub fn routes_reads(&self) -> bool {
+        self.tables
+            .iter()
+            .any(|t| t.read != ReadMode::Legacy && t.read_percent > 0)
     }
 }
 
@@ -335,6 +421,39 @@ impl RulesFile {
                     ),
                 }
             }
+            if spec.read_percent > 100 {
+                bad(
+                    "read_percent",
+                    format!("{} is not a percentage (0-100)", spec.read_percent),
+                );
+            }
+            let mut read_back = Vec::new();
+            for (legacy_col, source) in &spec.read_back {
+                match parse_column_expr(source) {
+                    Err(m) => bad(&format!("read_back.{legacy_col}"), m),
+                    Ok((expr, reads)) => read_back.push(ReadBack {
+                        legacy: legacy_col.clone(),
+                        source: source.clone(),
+                        expr,
+                        reads,
+                    }),
+                }
+            }
+            for c in &columns {
+                if let Some(old) = &c.rename_of {
+                    if !read_back.iter().any(|r| &r.legacy == old) {
+                        read_back.push(ReadBack {
+                            legacy: old.clone(),
+                            source: quote_ident(&c.new),
+                            expr: Expr::Identifier(sqlparser::ast::Ident::with_quote(
+                                '"',
+                                c.new.clone(),
+                            )),
+                            reads: vec![c.new.clone()],
+                        });
+                    }
+                }
+            }
             if let (Some(legacy), Some(new)) = (legacy, new) {
                 if new_keys.len() == legacy_keys.len() && !spec.columns.is_empty() {
                     set.by_legacy.insert(legacy.clone(), set.tables.len());
@@ -346,6 +465,11 @@ impl RulesFile {
                         new_keys,
                         write: spec.write,
                         columns,
+                        read: spec.read,
+                        read_percent: spec.read_percent,
+                        fallback_on_empty: spec.fallback_on_empty,
+                        read_back,
+                        legacy_columns: Vec::new(),
                     });
                 }
             }
@@ -493,6 +617,36 @@ mod tests {
 /// The rules text with one table's `write` set to `mode`, everything else (comments, order,
 /// formatting) kept as written. `legacy` is matched as PostgreSQL would resolve it.
 pub fn set_write_mode(text: &str, legacy: &str, mode: WriteMode) -> Result<String, String> {
+    let value = match mode {
+        WriteMode::On => "on",
+        WriteMode::Off => "off",
+    };
+    edit_table(text, legacy, |entry| {
+        entry["write"] = toml_edit::value(value);
+    })
+}
+
+/// The rules text with one table's `read` set to `mode` and, when given, its `read_percent`,
+/// everything else kept as written.
+pub fn set_read_mode(
+    text: &str,
+    legacy: &str,
+    mode: ReadMode,
+    percent: Option<u8>,
+) -> Result<String, String> {
+    edit_table(text, legacy, |entry| {
+        entry["read"] = toml_edit::value(mode.as_str());
+        if let Some(p) = percent {
+            entry["read_percent"] = toml_edit::value(i64::from(p));
+        }
+    })
+}
+
+fn edit_table(
+    text: &str,
+    legacy: &str,
+    edit: impl FnOnce(&mut toml_edit::Table),
+) -> Result<String, String> {
     let wanted = parse_table_name(legacy)?;
     let mut doc: toml_edit::DocumentMut = text.parse().map_err(|e| format!("{e}"))?;
     let tables = doc
@@ -508,11 +662,7 @@ pub fn set_write_mode(text: &str, legacy: &str, mode: WriteMode) -> Result<Strin
                 .is_some_and(|l| l == wanted)
         })
         .ok_or_else(|| format!("no rule for table {wanted}"))?;
-    let value = match mode {
-        WriteMode::On => "on",
-        WriteMode::Off => "off",
-    };
-    entry["write"] = toml_edit::value(value);
+    edit(entry);
     Ok(doc.to_string())
 }
 
@@ -543,5 +693,54 @@ mod edit_tests {
         assert!(set_write_mode(text, "nope", WriteMode::On)
             .unwrap_err()
             .contains("schema-qualified"));
+        let shadow = set_read_mode(&off, "public.users", ReadMode::Shadow, Some(25)).unwrap();
+        let set = parse_rules(&shadow, "t").unwrap();
+        assert_eq!(set.tables()[0].read, ReadMode::Shadow);
+        assert_eq!(set.tables()[0].read_percent, 25);
+        assert_eq!(
+            set.tables()[1].read,
+            ReadMode::Legacy,
+            "reads stay on legacy by default"
+        );
+        assert_eq!(set.tables()[1].read_percent, 100);
+        assert!(set.routes_reads());
+    }
+
+    #[test]
+    fn read_settings_validate() {
+        let text = "[[table]]\nlegacy = \"public.users\"\nnew = \"app.c\"\nkeys = [\"id\"]\nread = \"new\"\nread_percent = 150\ncolumns = { customer_id = \"id\", full_name = \"first || last\" }\nread_back = { first = \"split_part(full_name, ' ', 1)\", last = \"(\" }\n";
+        let err = parse_rules(text, "r.toml").unwrap_err().to_string();
+        assert!(
+            err.contains("table[0] (public.users).read_percent: 150 is not a percentage"),
+            "{err}"
+        );
+        assert!(
+            err.contains("table[0] (public.users).read_back.last"),
+            "{err}"
+        );
+        let ok = text.replace("150", "40").replace(", last = \"(\"", "");
+        let set = parse_rules(&ok, "r.toml").unwrap();
+        let t = &set.tables()[0];
+        let backs: Vec<(&str, &str)> = t
+            .read_back
+            .iter()
+            .map(|r| (r.legacy.as_str(), r.source.as_str()))
+            .collect();
+        assert_eq!(
+            backs,
+            [
+                ("first", "split_part(full_name, ' ', 1)"),
+                ("id", "customer_id")
+            ]
+        );
+        assert_eq!(t.read_back[0].reads, ["full_name"]);
+        assert_eq!(t.read, ReadMode::New);
+        let err = parse_rules(
+            &ok.replace("\"new\"\nread_percent", "\"sometimes\"\nread_percent"),
+            "r.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("sometimes"), "{err}");
     }
 }
