@@ -8,9 +8,12 @@ pub mod cache;
 pub mod capture_sql;
 pub mod copy_sql;
 pub mod fingerprint;
+pub mod read_plan;
+pub mod route;
 pub mod ruleset;
 
 pub use analysis::{analyze, Analysis, StatementInfo, StatementKind};
 pub use cache::AnalysisCache;
 pub use fingerprint::fingerprint;
+pub use read_plan::{plan_read, KeyRef, NotRoutable, ReadPlan};
 pub use ruleset::{parse_rules, ReadMode, RuleSet, RulesError, TableName, TableRule};
