@@ -25,6 +25,7 @@ pub struct Config {
     /// The rules file mapping legacy tables to new ones. Unset by default (pure relay).
     pub rules_file: Option<PathBuf>,
     pub mirror: MirrorConfig,
+    pub reads: ReadsConfig,
     pub tls: ClientTlsConfig,
     pub admin: AdminConfig,
     pub log: LogConfig,
@@ -85,6 +86,37 @@ impl Default for MirrorConfig {
             retry_initial_ms: 100,
             retry_max_ms: 10_000,
             dead_letter_file: PathBuf::from("pgdual-dead-letters.jsonl"),
+        }
+    }
+}
+
+/// Reads routed to new (`read = "new"` or `"shadow"` in the rules).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReadsConfig {
+    /// Longest a read may take on new before legacy answers instead. Default 1000 ms.
+    pub timeout_ms: u64,
+    /// Largest result (bytes) answered by new or compared in shadow; larger reads fall back
+    /// to legacy or skip the comparison. Default 1 MiB.
+    pub max_result_bytes: usize,
+    /// Shadow reads running on new at once; a read finding no free slot is not compared
+    /// (counted as skipped). Default 8.
+    pub shadow_concurrency: usize,
+    /// After new could not be reached, answer from legacy without trying new for this long.
+    /// Default 1000 ms.
+    pub retry_after_ms: u64,
+    /// Put key and column values in mismatch samples and logs. Default false (redacted).
+    pub log_values: bool,
+}
+
+impl Default for ReadsConfig {
+    fn default() -> Self {
+        ReadsConfig {
+            timeout_ms: 1000,
+            max_result_bytes: 1 << 20,
+            shadow_concurrency: 8,
+            retry_after_ms: 1000,
+            log_values: false,
         }
     }
 }
@@ -192,6 +224,7 @@ impl Default for Config {
             new: NewConfig::default(),
             rules_file: None,
             mirror: MirrorConfig::default(),
+            reads: ReadsConfig::default(),
             tls: ClientTlsConfig::default(),
             admin: AdminConfig::default(),
             log: LogConfig::default(),
@@ -435,6 +468,15 @@ impl Config {
                 "legacy.tls",
                 "TLS is not used over a Unix socket; set it to \"disable\"".into(),
             );
+        }
+        if self.reads.timeout_ms == 0 {
+            bad("reads.timeout_ms", "must be at least 1".into());
+        }
+        if self.reads.max_result_bytes == 0 {
+            bad("reads.max_result_bytes", "must be at least 1".into());
+        }
+        if self.reads.shadow_concurrency == 0 {
+            bad("reads.shadow_concurrency", "must be at least 1".into());
         }
         if self.mirror.batch_size == 0 {
             bad("mirror.batch_size", "must be at least 1".into());

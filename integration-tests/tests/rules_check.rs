@@ -119,3 +119,35 @@ async fn missing_legacy_table_and_unconfigured_new_database() {
         ["table[0] (public.rc_users).database: is \"new\" but no [new] database is configured"]
     );
 }
+
+/// Read-backs are checked when the table's reads are routed: each must run on new and yield
+/// the legacy column's type, and the reason says how to cast one that does not.
+#[tokio::test]
+async fn routed_reads_need_read_backs_of_legacy_types() {
+    let _serial = SERIAL.lock().await;
+    let (legacy, new) = setup().await;
+    let check = |text: String| {
+        let (legacy, new) = (&legacy, &new);
+        async move {
+            let rules = pgdual_rules::parse_rules(&text, "rules.toml").unwrap();
+            pgdual::catalog::check(&rules, legacy, Some(new))
+                .await
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    let shadow = GOOD.replace("keys = [\"id\"]", "keys = [\"id\"]\nread = \"shadow\"");
+    assert_eq!(
+        check(shadow.clone() + "[table.read_back]\nfirst_name = \"nope(full_name)\"\n").await,
+        [
+            "table[0] (public.rc_users).read_back.first_name: does not run on app.rc_customers: function nope(text) does not exist",
+            "table[0] (public.rc_users).read_back.id: yields int8 on new, but public.rc_users.id is integer; a read_back can cast it: id = \"(customer_id)::integer\"",
+            "table[0] (public.rc_users).read_back.created_at: yields timestamptz on new, but public.rc_users.created_at is timestamp without time zone; a read_back can cast it: created_at = \"(signup)::timestamp without time zone\"",
+        ]
+    );
+    let fixed = shadow
+        + "[table.read_back]\nid = \"customer_id::int\"\ncreated_at = \"signup::timestamp\"\n\
+           first_name = \"split_part(full_name, ' ', 1)\"\n";
+    assert_eq!(check(fixed).await, Vec::<String>::new());
+}

@@ -25,6 +25,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics))
         .route("/rules", get(get_rules).put(put_rules))
         .route("/tables/{table}/write", axum::routing::put(put_table_write))
+        .route("/tables/{table}/read", axum::routing::put(put_table_read))
+        .route("/reads/mismatches", get(mismatches))
         .route("/status", get(status))
         .route_layer(middleware::from_fn_with_state(
             shared.clone(),
@@ -78,6 +80,9 @@ fn tables_json(rules: &pgdual_rules::RuleSet) -> Vec<serde_json::Value> {
                 "new": t.new.to_string(),
                 "database": format!("{:?}", t.database).to_lowercase(),
                 "write": format!("{:?}", t.write).to_lowercase(),
+                "read": t.read.as_str(),
+                "read_percent": t.read_percent,
+                "fallback_on_empty": t.fallback_on_empty,
             })
         })
         .collect()
@@ -114,6 +119,12 @@ async fn put_rules(State(shared): State<Arc<Shared>>, body: String) -> Response 
     (status, Json(outcome)).into_response()
 }
 
+/// A JSON request body, whatever Content-Type the client sent (curl's `-d` sends a form
+/// type); the error names what was wrong and the shape expected.
+fn parse_body<T: serde::de::DeserializeOwned>(body: &str, expected: &str) -> Result<T, String> {
+    serde_json::from_str(body).map_err(|e| format!("invalid body: {e}; expected {expected}"))
+}
+
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ModeBody {
@@ -125,10 +136,20 @@ struct ModeBody {
 async fn put_table_write(
     State(shared): State<Arc<Shared>>,
     Path(table): Path<String>,
-    Json(body): Json<ModeBody>,
+    body: String,
 ) -> Response {
     use crate::rules_store::ReloadOutcome;
     let snap = shared.rules.load();
+    let body: ModeBody = match parse_body(&body, r#"{"mode": "on|off"}"#) {
+        Ok(b) => b,
+        Err(reason) => {
+            let outcome = ReloadOutcome::Rejected {
+                version: snap.version,
+                reasons: vec![reason],
+            };
+            return (StatusCode::UNPROCESSABLE_ENTITY, Json(outcome)).into_response();
+        }
+    };
     let text = match pgdual_rules::ruleset::set_write_mode(&snap.text, &table, body.mode) {
         Ok(t) => t,
         Err(reason) => {
@@ -142,6 +163,83 @@ async fn put_table_write(
     put_rules(State(shared), text).await
 }
 
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReadBody {
+    mode: pgdual_rules::ReadMode,
+    /// 0-100; the file's value (or 100) when left out.
+    percent: Option<u8>,
+}
+
+/// Sets one table's read mode and ramp (`{"mode": "shadow", "percent": 10}`), through the
+/// same whole validation, swap and write-back as `PUT /rules`.
+async fn put_table_read(
+    State(shared): State<Arc<Shared>>,
+    Path(table): Path<String>,
+    body: String,
+) -> Response {
+    use crate::rules_store::ReloadOutcome;
+    let snap = shared.rules.load();
+    let reject = |status, reason: String| {
+        let outcome = ReloadOutcome::Rejected {
+            version: snap.version,
+            reasons: vec![reason],
+        };
+        (status, Json(outcome)).into_response()
+    };
+    let body: ReadBody =
+        match parse_body(&body, r#"{"mode": "legacy|shadow|new", "percent": 0-100}"#) {
+            Ok(b) => b,
+            Err(reason) => return reject(StatusCode::UNPROCESSABLE_ENTITY, reason),
+        };
+    if body.percent.is_some_and(|p| p > 100) {
+        return reject(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "percent: {} is not a percentage (0-100)",
+                body.percent.unwrap_or(0)
+            ),
+        );
+    }
+    match pgdual_rules::ruleset::set_read_mode(&snap.text, &table, body.mode, body.percent) {
+        Ok(text) => put_rules(State(shared), text).await,
+        Err(reason) => reject(StatusCode::NOT_FOUND, reason),
+    }
+}
+
+/// The latest shadow comparisons that differed, oldest first.
+async fn mismatches(State(shared): State<Arc<Shared>>) -> Response {
+    Json(serde_json::json!({ "samples": shared.reads.samples() })).into_response()
+}
+
+/// Read counters per legacy table.
+fn reads_json(shared: &Shared) -> serde_json::Value {
+    use crate::reads::Fallback;
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut out = serde_json::Map::new();
+    for (table, r) in shared.reads.all_tables() {
+        let fallbacks: serde_json::Map<String, serde_json::Value> = Fallback::ALL
+            .iter()
+            .map(|f| (f.as_str().to_string(), r.fallback(*f).into()))
+            .collect();
+        out.insert(
+            table,
+            serde_json::json!({
+                "legacy": r.legacy.load(Relaxed),
+                "new": r.new.load(Relaxed),
+                "shadow": r.shadow.load(Relaxed),
+                "fallbacks": fallbacks,
+                "shadow_matches": r.shadow_matches.load(Relaxed),
+                "shadow_mismatches": r.shadow_mismatches.load(Relaxed),
+                "shadow_errors": r.shadow_errors.load(Relaxed),
+                "shadow_skipped": r.shadow_skipped.load(Relaxed),
+                "shadow_match_rate": r.match_rate(),
+            }),
+        );
+    }
+    out.into()
+}
+
 /// Rules version, per-table modes, and the mirror's state, in one JSON document.
 async fn status(State(shared): State<Arc<Shared>>) -> Response {
     use std::sync::atomic::Ordering::Relaxed;
@@ -151,6 +249,7 @@ async fn status(State(shared): State<Arc<Shared>>) -> Response {
         "rules_version": snap.version,
         "tables": tables_json(&snap.rules),
         "client_connections": shared.metrics.client_connections.load(Relaxed),
+        "reads": reads_json(&shared),
         "mirror": {
             "ready": m.ready.load(Relaxed) == 1,
             "rules_version": m.rules_version.load(Relaxed),
@@ -167,7 +266,7 @@ async fn status(State(shared): State<Arc<Shared>>) -> Response {
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        shared.metrics.render(&shared.cache),
+        shared.metrics.render(&shared.cache) + &shared.reads.render(),
     )
         .into_response()
 }

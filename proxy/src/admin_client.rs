@@ -71,15 +71,31 @@ pub fn print_status(addr: &str, token: Option<&str>) -> anyhow::Result<()> {
     }
     let v: serde_json::Value = serde_json::from_str(&body)?;
     println!("rules version {}", v["rules_version"]);
-    println!("{:<32} {:<32} {:<8} write", "legacy", "new", "database");
+    println!(
+        "{:<28} {:<28} {:<8} {:<5} {:<11} {:>6} {:>6} {:>9} {:>8}",
+        "legacy", "new", "database", "write", "read", "legacy", "new", "fallbacks", "match"
+    );
     for t in v["tables"].as_array().into_iter().flatten() {
         let s = |k: &str| t[k].as_str().unwrap_or("").to_string();
+        let r = &v["reads"][s("legacy")];
+        let n = |k: &str| r[k].as_u64().unwrap_or(0);
+        let fallbacks: u64 = r["fallbacks"]
+            .as_object()
+            .map_or(0, |m| m.values().filter_map(|v| v.as_u64()).sum());
+        let rate = r["shadow_match_rate"]
+            .as_f64()
+            .map_or("-".to_string(), |x| format!("{:.1}%", x * 100.0));
         println!(
-            "{:<32} {:<32} {:<8} {}",
+            "{:<28} {:<28} {:<8} {:<5} {:<11} {:>6} {:>6} {:>9} {:>8}",
             s("legacy"),
             s("new"),
             s("database"),
-            s("write")
+            s("write"),
+            format!("{} {}%", s("read"), t["read_percent"]),
+            n("legacy"),
+            n("new"),
+            fallbacks,
+            rate
         );
     }
     let m = &v["mirror"];
@@ -97,16 +113,50 @@ pub fn set_write(addr: &str, token: Option<&str>, table: &str, mode: &str) -> an
         bail!("write mode must be on or off, not {mode:?}");
     }
     let body = serde_json::json!({ "mode": mode }).to_string();
-    let path = format!("/tables/{table}/write");
-    let (code, answer) = request(addr, "PUT", &path, token, Some(&body))?;
+    put_flag(
+        addr,
+        token,
+        &format!("/tables/{table}/write"),
+        &body,
+        &format!("{table}: write {mode}"),
+    )
+}
+
+/// `pgdual flags set TABLE read legacy|shadow|new [PERCENT]`.
+pub fn set_read(
+    addr: &str,
+    token: Option<&str>,
+    table: &str,
+    mode: &str,
+    percent: Option<u8>,
+) -> anyhow::Result<()> {
+    if pgdual_rules::ReadMode::parse(mode).is_none() {
+        bail!("read mode must be legacy, shadow or new, not {mode:?}");
+    }
+    if percent.is_some_and(|p| p > 100) {
+        bail!("the percentage must be 0-100");
+    }
+    let body = serde_json::json!({ "mode": mode, "percent": percent }).to_string();
+    let what = match percent {
+        Some(p) => format!("{table}: read {mode} {p}%"),
+        None => format!("{table}: read {mode}"),
+    };
+    put_flag(addr, token, &format!("/tables/{table}/read"), &body, &what)
+}
+
+fn put_flag(
+    addr: &str,
+    token: Option<&str>,
+    path: &str,
+    body: &str,
+    what: &str,
+) -> anyhow::Result<()> {
+    let (code, answer) = request(addr, "PUT", path, token, Some(body))?;
     let v: serde_json::Value = serde_json::from_str(&answer)
         .with_context(|| format!("PUT {path} answered {code}: {}", answer.trim()))?;
     match v["outcome"].as_str() {
-        Some("reloaded") => println!("{table}: write {mode} (rules version {})", v["version"]),
-        Some("unchanged") => println!(
-            "{table}: write already {mode} (rules version {})",
-            v["version"]
-        ),
+        Some("reloaded") => println!("{what} (rules version {})", v["version"]),
+        Some("unchanged") => println!("{what}: already so (rules version {})", v["version"]),
         _ => {
             let reasons: Vec<String> = v["reasons"]
                 .as_array()

@@ -136,20 +136,33 @@ async fn assignable(c: &Client, from: &str, to: &str) -> Result<bool, tokio_post
 
 /// Every catalog problem of `rules`. `new` is the new database's connection, if configured.
 pub async fn check(rules: &RuleSet, legacy: &Client, new: Option<&Client>) -> Vec<RuleProblem> {
+    check_and_learn(rules, legacy, new).await.0
+}
+
+/// Legacy tables' columns, in table order, as learned from the catalog.
+pub type LegacyColumns = Vec<(TableName, Vec<String>)>;
+
+/// Every catalog problem of `rules`, and each legacy table's columns.
+pub async fn check_and_learn(
+    rules: &RuleSet,
+    legacy: &Client,
+    new: Option<&Client>,
+) -> (Vec<RuleProblem>, LegacyColumns) {
     let mut problems = Vec::new();
+    let mut learned = Vec::new();
     for (i, rule) in rules.tables().iter().enumerate() {
         let target = match rule.database {
             TargetDatabase::Legacy => Some(legacy),
             TargetDatabase::New => new,
         };
-        if let Err(e) = check_table(i, rule, legacy, target, &mut problems).await {
+        if let Err(e) = check_table(i, rule, legacy, target, &mut problems, &mut learned).await {
             problems.push(RuleProblem {
                 at: format!("table[{i}] ({})", rule.legacy),
                 message: format!("catalog query failed: {e}"),
             });
         }
     }
-    problems
+    (problems, learned)
 }
 
 async fn check_table(
@@ -158,6 +171,7 @@ async fn check_table(
     legacy: &Client,
     target: Option<&Client>,
     problems: &mut Vec<RuleProblem>,
+    learned: &mut LegacyColumns,
 ) -> Result<(), tokio_postgres::Error> {
     let mut bad = |field: &str, message: String| {
         problems.push(RuleProblem {
@@ -172,6 +186,10 @@ async fn check_table(
         );
         return Ok(());
     };
+    learned.push((
+        rule.legacy.clone(),
+        lcols.list.iter().map(|(n, _, _)| n.clone()).collect(),
+    ));
     let has = |cols: &Columns, c: &str| cols.list.iter().any(|(n, _, _)| n == c);
     for key in &rule.legacy_keys {
         if !has(&lcols, key) {
@@ -262,6 +280,54 @@ async fn check_table(
                     rule.new
                 ),
             );
+        }
+    }
+    // When the table's reads are routed, each read-back runs on new and yields the legacy
+    // column's type, or every read of it would fall back.
+    let routed = rule.read != pgdual_rules::ReadMode::Legacy;
+    for back in rule.read_back.iter().filter(|_| routed) {
+        let field = format!("read_back.{}", back.legacy);
+        let Some((_, legacy_ty, _)) = lcols.list.iter().find(|(n, _, _)| *n == back.legacy) else {
+            bad(
+                &field,
+                format!("{} has no column {:?}", rule.legacy, back.legacy),
+            );
+            continue;
+        };
+        let sql = format!("SELECT {} FROM {} LIMIT 0", back.source, rule.new);
+        match target.prepare(&sql).await {
+            Ok(stmt) => {
+                let Some(ty) = stmt
+                    .columns()
+                    .first()
+                    .map(|c| pg_type_name(c.type_().name()))
+                else {
+                    continue;
+                };
+                let same: bool = target
+                    .query_one(
+                        "SELECT to_regtype($1)::oid = to_regtype($2)::oid",
+                        &[&ty, legacy_ty],
+                    )
+                    .await?
+                    .get(0);
+                if !same {
+                    bad(
+                        &field,
+                        format!(
+                            "yields {ty} on new, but {}.{} is {legacy_ty}; a read_back \
+                             can cast it: {} = \"({})::{legacy_ty}\"",
+                            rule.legacy, back.legacy, back.legacy, back.source
+                        ),
+                    );
+                }
+            }
+            Err(e) => {
+                let msg = e
+                    .as_db_error()
+                    .map_or(e.to_string(), |d| d.message().to_string());
+                bad(&field, format!("does not run on {}: {msg}", rule.new));
+            }
         }
     }
     if !unique_on(target, &rule.new, &rule.new_keys).await? {

@@ -82,7 +82,7 @@ enum Startup {
     Done,
 }
 
-async fn run(tcp: TcpStream, id: u64, shared: &Shared) {
+async fn run(tcp: TcpStream, id: u64, shared: &Arc<Shared>) {
     shared
         .metrics
         .client_connections_total
@@ -185,7 +185,7 @@ async fn relay_session(
     legacy: crate::stream::LegacyStream,
     buf: BytesMut,
     id: u64,
-    shared: &Shared,
+    shared: &Arc<Shared>,
 ) {
     let key = shared.cancel.register();
     let session = RefCell::new(Session::new(id));

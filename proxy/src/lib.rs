@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod admin_client;
+pub mod backend;
 pub mod cancel;
 pub mod catalog;
 pub mod cluster;
@@ -16,6 +17,7 @@ pub mod legacy;
 pub mod metrics;
 pub mod mirror;
 pub mod proxy;
+pub mod reads;
 pub mod relay;
 pub mod rules_store;
 pub mod runtime;

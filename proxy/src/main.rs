@@ -89,14 +89,17 @@ enum RulesCmd {
 enum FlagsCmd {
     /// Rules version, each table's modes, and the mirror's state.
     Status,
-    /// Set a table's write mode: `pgdual flags set public.users write on`.
+    /// Set a table's write or read mode: `pgdual flags set public.users write on`,
+    /// `pgdual flags set public.users read shadow 10` (mode and percentage).
     Set {
         /// Legacy table, schema-qualified.
         table: String,
-        /// The flag to set (only `write` so far).
+        /// `write` or `read`.
         flag: String,
-        /// `on` or `off`.
+        /// write: `on` or `off`; read: `legacy`, `shadow` or `new`.
         value: String,
+        /// read only: the share of reads (0-100) taking the mode; the file's value if left out.
+        percent: Option<u8>,
     },
 }
 
@@ -264,13 +267,19 @@ fn flags(
     let token = token.as_deref();
     match command {
         FlagsCmd::Status => pgdual::admin_client::print_status(&addr, token),
-        FlagsCmd::Set { table, flag, value } => {
-            anyhow::ensure!(
-                flag == "write",
-                "unknown flag {flag:?}: only `write` can be set so far"
-            );
-            pgdual::admin_client::set_write(&addr, token, &table, &value)
-        }
+        FlagsCmd::Set {
+            table,
+            flag,
+            value,
+            percent,
+        } => match flag.as_str() {
+            "write" => {
+                anyhow::ensure!(percent.is_none(), "write takes no percentage");
+                pgdual::admin_client::set_write(&addr, token, &table, &value)
+            }
+            "read" => pgdual::admin_client::set_read(&addr, token, &table, &value, percent),
+            _ => anyhow::bail!("unknown flag {flag:?}: `write` or `read`"),
+        },
     }
 }
 

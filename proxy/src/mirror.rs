@@ -148,11 +148,14 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             if installed.as_ref().map(|s| s.version) != Some(snapshot.version) {
                 // A rule that does not fit the catalogs would dead-letter every change:
                 // refuse to capture until the rules and the databases agree.
-                let problems = catalog::check(&snapshot.rules, &legacy, new.as_ref()).await;
+                let (problems, learned) =
+                    catalog::check_and_learn(&snapshot.rules, &legacy, new.as_ref()).await;
                 if !problems.is_empty() {
                     let list: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
                     return Err(MirrorError::Rules(list));
                 }
+                shared.rules.learn_columns(snapshot.version, learned);
+                shared.reads.forget_plans();
                 let previous = installed.as_ref().map(|s| s.rules.clone());
                 install(
                     &legacy,
@@ -286,7 +289,10 @@ impl Worker<'_> {
             if self.shared.rules.load().version != version {
                 return Ok(());
             }
+            // Every change committed before this instant is in the backlog the loop takes.
+            let started = self.shared.reads.now();
             while self.drain_once().await? > 0 {}
+            self.shared.reads.mirrored(started);
             let backlog: i64 = self
                 .legacy
                 .query_one(BACKLOG, &[&self.tables])

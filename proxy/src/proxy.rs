@@ -42,6 +42,8 @@ pub struct Shared {
     /// Sessions signal here when a transaction that wrote has ended, so the mirror looks at
     /// the backlog at once instead of at its next poll.
     pub mirror_nudge: Notify,
+    /// Read routing: plans, legacy's statement descriptions, counters, mismatch samples.
+    pub reads: crate::reads::Reads,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +128,7 @@ impl Proxy {
             force_close: watch::channel(false).0,
             rules,
             mirror_nudge: Notify::new(),
+            reads: crate::reads::Reads::new(config.reads.shadow_concurrency),
             config,
         });
         let addr = listener.local_addr().map_err(StartError::Runtime)?;

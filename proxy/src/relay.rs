@@ -8,9 +8,10 @@
 
 use std::cell::RefCell;
 use std::io;
+use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use pgdual_rules::{Analysis, StatementKind};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -18,6 +19,8 @@ use crate::cancel::ProxyKey;
 use crate::codec::{frames, scan, CodecError};
 use crate::proxy::Shared;
 use crate::session::{AfterWrite, Session};
+
+mod routing;
 
 /// Bytes asked of the kernel per read, and the least free room before a read.
 const READ_SIZE: usize = 16 * 1024;
@@ -68,7 +71,7 @@ pub async fn relay<CR, CW, LR, LW>(
     legacy_r: &mut LR,
     legacy_w: &mut LW,
     session: &RefCell<Session>,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     key: ProxyKey,
     pending: BytesMut,
 ) -> Result<RelayEnd, RelayError>
@@ -78,8 +81,11 @@ where
     LR: AsyncRead + Unpin,
     LW: AsyncWrite + Unpin,
 {
-    let up = client_to_legacy(client_r, legacy_w, session, shared, pending);
-    let down = legacy_to_client(legacy_r, client_w, session, shared, key);
+    // Legacy's answers and the reads new answers both go to the client, each as whole
+    // messages; a read goes to new only when legacy owes nothing.
+    let client_w = tokio::sync::Mutex::new(client_w);
+    let up = client_to_legacy(client_r, legacy_w, &client_w, session, shared, pending);
+    let down = legacy_to_client(legacy_r, &client_w, session, shared, key);
     tokio::select! {
         r = up => r,
         r = down => r,
@@ -95,16 +101,18 @@ fn make_room(buf: &mut BytesMut, want: usize) {
     }
 }
 
-async fn client_to_legacy<R, W>(
+async fn client_to_legacy<R, W, CW>(
     r: &mut R,
     w: &mut W,
+    client_w: &tokio::sync::Mutex<&mut CW>,
     session: &RefCell<Session>,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     mut buf: BytesMut,
 ) -> Result<RelayEnd, RelayError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
+    CW: AsyncWrite + Unpin,
 {
     let max = shared.config.limits.max_message_bytes;
     let mut pass = 0;
@@ -112,6 +120,15 @@ where
     let mut started = Instant::now();
     loop {
         let found = scan(&buf, &mut pass, max, frontend_inspected)?;
+        if found.first == 0 && pass == 0 && found.complete > 0 {
+            let answered = routing::route_group(&buf[..found.complete], session, shared).await;
+            if let Some((end, answer)) = answered {
+                buf.advance(end);
+                let mut out = client_w.lock().await;
+                out.write_all(&answer).await.map_err(RelayError::ClientIo)?;
+                continue;
+            }
+        }
         if found.forward > 0 {
             let chunk = buf.split_to(found.forward).freeze();
             {
@@ -126,12 +143,14 @@ where
                 .metrics
                 .bytes_from_clients
                 .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            let mut wrote = false;
+            let mut seen = Seen::default();
             for done in after.drain(..) {
-                wrote |= analyze_after_write(done, &chunk, shared);
+                analyze_after_write(done, &chunk, shared, &mut seen);
             }
-            if wrote {
-                session.borrow_mut().wrote = true;
+            if seen.write || seen.settings {
+                let mut s = session.borrow_mut();
+                s.wrote |= seen.write;
+                s.own_settings |= seen.settings;
             }
         }
         make_room(&mut buf, found.want);
@@ -142,15 +161,22 @@ where
     }
 }
 
-/// Classifies what was just sent to legacy and counts it; true if it may write.
-fn analyze_after_write(done: AfterWrite, chunk: &[u8], shared: &Shared) -> bool {
-    let count = |a: &Analysis| {
-        let mut writes = false;
+/// What the statements just sent to legacy may do.
+#[derive(Default)]
+struct Seen {
+    write: bool,
+    settings: bool,
+}
+
+/// Classifies what was just sent to legacy and counts it.
+fn analyze_after_write(done: AfterWrite, chunk: &[u8], shared: &Shared, seen: &mut Seen) {
+    let mut count = |a: &Analysis| {
         for s in &a.statements {
-            writes |= matches!(
+            seen.write |= matches!(
                 s.kind,
                 StatementKind::Write | StatementKind::Unknown | StatementKind::Other
             );
+            seen.settings |= s.kind == StatementKind::Session;
             shared.metrics.statement(s.kind);
             if s.kind == StatementKind::Unknown {
                 shared
@@ -159,7 +185,6 @@ fn analyze_after_write(done: AfterWrite, chunk: &[u8], shared: &Shared) -> bool 
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }
-        writes
     };
     match done {
         AfterWrite::Query { start, end } => {
@@ -174,9 +199,9 @@ fn analyze_after_write(done: AfterWrite, chunk: &[u8], shared: &Shared) -> bool 
 
 async fn legacy_to_client<R, W>(
     r: &mut R,
-    w: &mut W,
+    w: &tokio::sync::Mutex<&mut W>,
     session: &RefCell<Session>,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     key: ProxyKey,
 ) -> Result<RelayEnd, RelayError>
 where
@@ -201,9 +226,25 @@ where
         }
         let mut key_at = None;
         let mut nudge = false;
+        let mut shadowed = None;
         {
             let mut s = session.borrow_mut();
+            if pass > 0 {
+                if let Some(job) = &mut s.shadow {
+                    job.capture.spoiled = true;
+                }
+            }
             for (at, tag, len) in frames(&buf, found.first, found.complete) {
+                if s.shadow.is_some() {
+                    shadowed = shadowed.or_else(|| {
+                        capture(
+                            &mut s,
+                            tag,
+                            &buf[at + 5..at + len],
+                            shared.config.reads.max_result_bytes,
+                        )
+                    });
+                }
                 s.on_backend(tag, &buf[at + 5..at + len]);
                 match tag {
                     b'E' => {
@@ -218,8 +259,12 @@ where
             }
             if s.wrote && s.tx == crate::session::TxStatus::Idle && !s.busy() {
                 s.wrote = false;
+                s.last_write_done = Some(shared.reads.now());
                 nudge = true;
             }
+        }
+        if let Some(job) = shadowed {
+            crate::reads::spawn_shadow(shared.clone(), *job);
         }
         if nudge && shared.config.rules_file.is_some() {
             shared.mirror_nudge.notify_one();
@@ -227,7 +272,9 @@ where
         if let Some(at) = key_at {
             replace_backend_key(&mut buf[at..at + 8], key, shared);
         }
-        w.write_all(&buf[..found.forward])
+        w.lock()
+            .await
+            .write_all(&buf[..found.forward])
             .await
             .map_err(RelayError::ClientIo)?;
         shared.metrics.added_latency.observe(started.elapsed());
@@ -237,6 +284,34 @@ where
             .fetch_add(found.forward as u64, std::sync::atomic::Ordering::Relaxed);
         buf.advance(found.forward);
     }
+}
+
+/// Records one frame of legacy's answer to a shadowed read; the job once the answer is whole.
+fn capture(
+    s: &mut Session,
+    tag: u8,
+    body: &[u8],
+    max: usize,
+) -> Option<Box<crate::reads::ShadowJob>> {
+    let job = s.shadow.as_mut()?;
+    let c = &mut job.capture;
+    match tag {
+        b'T' => c.row = Some(Bytes::copy_from_slice(body)),
+        b'D' if !c.spoiled => {
+            c.bytes += body.len();
+            if c.bytes > max {
+                c.spoiled = true;
+                c.rows = Vec::new();
+            } else {
+                c.rows.push(Bytes::copy_from_slice(body));
+            }
+        }
+        b'C' => c.complete = true,
+        b'E' | b's' => c.spoiled = true,
+        b'Z' => return s.shadow.take(),
+        _ => {}
+    }
+    None
 }
 
 /// Swaps legacy's BackendKeyData (process id, secret) for pgdual's key, remembering legacy's

@@ -94,7 +94,7 @@ impl RulesStore {
             .path
             .as_ref()
             .map_or("rules".to_string(), |p| p.display().to_string());
-        let rules = match pgdual_rules::parse_rules(&text, &origin) {
+        let mut rules = match pgdual_rules::parse_rules(&text, &origin) {
             Ok(r) => r,
             Err(pgdual_rules::RulesError::Invalid { problems, .. }) => {
                 return self.rejected(problems.iter().map(|p| p.to_string()).collect())
@@ -106,9 +106,13 @@ impl RulesStore {
                 return self.rejected(vec![format!("cannot check against the catalogs: {e}")])
             }
             Ok((legacy, new)) => {
-                let problems = crate::catalog::check(&rules, &legacy, new.as_ref()).await;
+                let (problems, learned) =
+                    crate::catalog::check_and_learn(&rules, &legacy, new.as_ref()).await;
                 if !problems.is_empty() {
                     return self.rejected(problems.iter().map(|p| p.to_string()).collect());
+                }
+                for (table, columns) in learned {
+                    rules.set_legacy_columns(&table, columns);
                 }
             }
         }
@@ -125,9 +129,45 @@ impl RulesStore {
             rules: Arc::new(rules),
             text,
         }));
+        shared.reads.forget_descriptions();
         info!(version, "rules reloaded");
         shared.mirror_nudge.notify_one();
         ReloadOutcome::Reloaded { version }
+    }
+}
+
+impl RulesStore {
+    /// Records the legacy tables' columns learned from the catalog for the rules at `version`
+    /// (the rules pgdual started with were only checked offline). Same version, same rules.
+    pub fn learn_columns(&self, version: u64, learned: crate::catalog::LegacyColumns) {
+        let old = self.load();
+        if old.version != version {
+            return;
+        }
+        let mut rules = (*old.rules).clone();
+        let mut changed = false;
+        for (table, columns) in learned {
+            if rules
+                .table(&table)
+                .is_some_and(|t| t.legacy_columns != columns)
+            {
+                rules.set_legacy_columns(&table, columns);
+                changed = true;
+            }
+        }
+        if changed {
+            self.current.rcu(|cur| {
+                if cur.version == version {
+                    Arc::new(RulesSnapshot {
+                        version,
+                        rules: Arc::new(rules.clone()),
+                        text: cur.text.clone(),
+                    })
+                } else {
+                    cur.clone()
+                }
+            });
+        }
     }
 }
 

@@ -28,7 +28,9 @@ pub enum TxStatus {
 /// A statement created by Parse.
 #[derive(Debug)]
 pub struct Prepared {
-    pub sql: Box<str>,
+    pub sql: Arc<str>,
+    /// Parameter types declared in Parse (0 = left to the server).
+    pub param_types: Vec<u32>,
     /// Filled on first Execute, after the bytes went to legacy.
     pub analysis: OnceLock<Arc<Analysis>>,
 }
@@ -79,6 +81,14 @@ pub struct Session {
     /// A write was sent since the session was last idle: when it is idle again, the mirror
     /// is told to look at the backlog.
     pub wrote: bool,
+    /// When the session last finished a write (the reads clock), for read-your-writes.
+    pub last_write_done: Option<u64>,
+    /// The session ran SET, RESET or the like: its settings may differ from new's.
+    pub own_settings: bool,
+    /// Printing settings legacy reported (ParameterStatus), mirrored on new for routed reads.
+    pub settings: crate::reads::Settings,
+    /// A shadowed read whose answer from legacy is being captured.
+    pub shadow: Option<Box<crate::reads::ShadowJob>>,
 }
 
 impl Session {
@@ -91,6 +101,10 @@ impl Session {
             expected: VecDeque::from([Expected::Startup]),
             desyncs: 0,
             wrote: false,
+            last_write_done: None,
+            own_settings: false,
+            settings: Vec::new(),
+            shadow: None,
         }
     }
 
@@ -141,6 +155,7 @@ impl Session {
                     if !same {
                         let stmt = Arc::new(Prepared {
                             sql: String::from_utf8_lossy(sql).into(),
+                            param_types: crate::reads::parse_declared_types(body),
                             analysis: OnceLock::new(),
                         });
                         self.prepared.insert(name.into(), stmt);
@@ -216,7 +231,26 @@ impl Session {
                 self.expected.pop_front();
             }
             b'E' => self.on_error(),
+            b'S' => self.on_parameter_status(body),
             _ => {}
+        }
+    }
+
+    fn on_parameter_status(&mut self, body: &[u8]) {
+        let mut parts = body.split(|&c| c == 0);
+        let (Some(name), Some(value)) = (parts.next(), parts.next()) else {
+            return;
+        };
+        let Some(name) = crate::reads::TRACKED_SETTINGS
+            .iter()
+            .find(|n| n.as_bytes() == name)
+        else {
+            return;
+        };
+        let value = String::from_utf8_lossy(value).into_owned();
+        match self.settings.iter_mut().find(|(n, _)| n == name) {
+            Some(slot) => slot.1 = value,
+            None => self.settings.push((name.to_string(), value)),
         }
     }
 

@@ -388,7 +388,7 @@ fn sighup_reloads_rules_instead_of_killing_the_proxy() {
 }
 
 #[test]
-fn flags_cli_shows_and_sets_write_modes_live() {
+fn flags_cli_shows_and_sets_write_and_read_modes_live() {
     let cluster = PgCluster::start(ClusterOptions::default()).unwrap();
     cluster
         .psql(
@@ -466,6 +466,37 @@ fn flags_cli_shows_and_sets_write_modes_live() {
         assert!(Instant::now() < deadline, "never mirrored");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Reads: a mode and a ramp, written back to the file and shown by status.
+    let (ok, msg) = flags(&["set", "public.items", "read", "shadow", "25"]);
+    assert!(ok, "{msg}");
+    assert!(
+        msg.contains("public.items: read shadow 25% (rules version 3)"),
+        "{msg}"
+    );
+    let file = std::fs::read_to_string(&rules).unwrap();
+    assert!(
+        file.starts_with("# items move to v2")
+            && file.contains("read = \"shadow\"")
+            && file.contains("read_percent = 25"),
+        "{file}"
+    );
+    let (ok, msg) = flags(&["status"]);
+    assert!(ok && msg.contains("shadow 25%"), "{msg}");
+    for (args, reason) in [
+        (
+            &["set", "public.items", "read", "sideways"][..],
+            "read mode must be legacy, shadow or new",
+        ),
+        (
+            &["set", "public.items", "read", "new", "150"][..],
+            "the percentage must be 0-100",
+        ),
+    ] {
+        let (ok, msg) = flags(args);
+        assert!(!ok && msg.contains(reason), "{msg}");
+    }
+    let (_, msg) = flags(&["status"]);
+    assert!(msg.contains("rules version 3"), "{msg}");
     sigterm(&child);
     assert!(wait_exit(&mut child, Duration::from_secs(10)).success());
 }

@@ -1,0 +1,573 @@
+//! Dual-read through pgdual: reads of a mapped table answered by new (renamed columns, a
+//! read-back transform), shadowed and compared, falling back to legacy whenever new cannot
+//! answer, and modes flipped live under load, with clients seeing exactly what legacy says.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pgdual::cluster::{ClusterOptions, PgCluster};
+use pgdual::proxy::Proxy;
+use pgdual_integration_tests::*;
+use tokio_postgres::SimpleQueryMessage;
+
+/// Rules mapping legacy `public.<t>` to new `<t>.customers`, reads in `read` mode.
+fn rules(t: &str, read: &str) -> String {
+    format!(
+        r#"
+[[table]]
+legacy = "public.{t}"
+new = "{t}.customers"
+keys = ["id"]
+write = "on"
+{read}
+[table.columns]
+customer_id = "id"
+full_name = "first_name || ' ' || last_name"
+email = "email"
+created_at = "created_at"
+score = "score"
+
+[table.read_back]
+first_name = "split_part(full_name, ' ', 1)"
+last_name = "split_part(full_name, ' ', 2)"
+"#
+    )
+}
+
+async fn create(t: &str, new: &PgCluster) {
+    let l = connect(legacy().port).await;
+    l.batch_execute(&format!(
+        "DROP TABLE IF EXISTS {t};
+         CREATE TABLE {t} (id bigint PRIMARY KEY, first_name text NOT NULL, last_name text NOT NULL,
+             email text, created_at timestamptz NOT NULL, score numeric(10,2));"
+    ))
+    .await
+    .unwrap();
+    let n = connect(new.port).await;
+    n.batch_execute(&format!(
+        "DROP SCHEMA IF EXISTS {t} CASCADE; CREATE SCHEMA {t};
+         CREATE TABLE {t}.customers (customer_id bigint PRIMARY KEY, full_name text NOT NULL,
+             email text, created_at timestamptz NOT NULL, score numeric(10,2));"
+    ))
+    .await
+    .unwrap();
+}
+
+/// Inserts `n` rows through pgdual and waits until new has them all.
+async fn fill(t: &str, port: u16, new: &PgCluster, n: i64) {
+    let c = connect(port).await;
+    c.batch_execute(&format!(
+        "INSERT INTO {t} SELECT i, 'First' || i, 'Last' || i,
+             CASE WHEN i % 5 = 0 THEN NULL ELSE 'user' || i || '@example.com' END,
+             timestamptz '2024-01-01 00:00:00+00' + i * interval '1 hour', i * 1.25
+         FROM generate_series(1, {n}) i"
+    ))
+    .await
+    .unwrap();
+    assert_converges(
+        new,
+        &format!("SELECT count(*)::text FROM {t}"),
+        &format!("SELECT count(*)::text FROM {t}.customers"),
+        30,
+    )
+    .await;
+}
+
+/// Every row of every result of a simple query, as text.
+async fn simple(c: &tokio_postgres::Client, sql: &str) -> Result<Vec<Vec<Option<String>>>, String> {
+    let msgs = c.simple_query(sql).await.map_err(|e| e.to_string())?;
+    Ok(msgs
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(
+                (0..r.len())
+                    .map(|i| r.get(i).map(str::to_string))
+                    .collect::<Vec<_>>(),
+            ),
+            _ => None,
+        })
+        .collect())
+}
+
+/// Rows of an extended-protocol query (binary results), rendered as text per column type.
+async fn extended(
+    c: &tokio_postgres::Client,
+    sql: &str,
+    id: i64,
+) -> Result<Vec<(i64, String, String, Option<String>)>, String> {
+    let rows = c.query(sql, &[&id]).await.map_err(|e| e.to_string())?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect())
+}
+
+/// Reads of `t` counted on `route`; a table not read yet has no sample.
+fn reads(p: &Proxy, t: &str, route: &str) -> f64 {
+    let page = p.shared().reads.render();
+    let name = format!("pgdual_reads_total{{table=\"public.{t}\",route=\"{route}\"}}");
+    if page.contains(&name) {
+        metric(&page, &name)
+    } else {
+        0.0
+    }
+}
+
+fn fallbacks(p: &Proxy, t: &str) -> u64 {
+    p.shared()
+        .reads
+        .all_tables()
+        .iter()
+        .filter(|(name, _)| name == &format!("public.{t}"))
+        .map(|(_, r)| r.fallbacks.iter().map(|f| f.load(Relaxed)).sum::<u64>())
+        .sum()
+}
+
+/// Waits until the mirror has checked the rules and learned legacy's columns.
+async fn ready(p: &Proxy) {
+    wait_mirror_ready(p).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while p.shared().rules.load().rules.tables()[0]
+        .legacy_columns
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "legacy columns never learned");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn start_cluster() -> PgCluster {
+    tokio::task::spawn_blocking(|| PgCluster::start(ClusterOptions::default()))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+const SIMPLE_READS: &[&str] = &[
+    "SELECT id, first_name, last_name, email FROM {t} WHERE id = 3",
+    "SELECT * FROM {t} WHERE id = 7",
+    "SELECT * FROM {t} WHERE id = 123456",
+    "SELECT email, created_at, score FROM {t} ORDER BY id",
+    "SELECT count(*), sum(score) FROM {t} WHERE email LIKE 'user1%'",
+    "SELECT first_name AS f, u.last_name FROM {t} u WHERE u.id > 15 ORDER BY f DESC",
+    "SELECT upper(last_name) FROM {t} WHERE id IN (1, 2, 3) ORDER BY 1",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_mode_answers_exactly_what_legacy_would_in_both_protocols() {
+    let t = "dr_new";
+    let new = new_db();
+    create(t, new).await;
+    let (p, _dir) = proxy_with_rules(&rules(t, "read = \"new\""), new);
+    ready(&p).await;
+    let port = p.local_addr().port();
+    fill(t, port, new, 20).await;
+    // A fresh connection: the one that wrote reads its own writes from legacy until the
+    // mirror has them.
+    let via = connect(port).await;
+    let direct = connect(legacy().port).await;
+    let before = reads(&p, t, "new");
+    for sql in SIMPLE_READS {
+        let sql = sql.replace("{t}", t);
+        assert_eq!(
+            simple(&via, &sql).await.unwrap(),
+            simple(&direct, &sql).await.unwrap(),
+            "{sql}"
+        );
+    }
+    let ext = format!("SELECT id, first_name, last_name, email FROM {t} WHERE id = $1");
+    for id in [1i64, 5, 9, 999] {
+        assert_eq!(
+            extended(&via, &ext, id).await.unwrap(),
+            extended(&direct, &ext, id).await.unwrap()
+        );
+    }
+    // Prepared once, executed many times (Bind/Execute/Sync on a named statement).
+    let stmt = via.prepare(&ext).await.unwrap();
+    for id in 1..=20i64 {
+        let a = via.query(&stmt, &[&id]).await.unwrap();
+        let b = direct.query(&ext, &[&id]).await.unwrap();
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!(x.get::<_, String>(1), y.get::<_, String>(1));
+            assert_eq!(x.get::<_, Option<String>>(3), y.get::<_, Option<String>>(3));
+        }
+    }
+    let served = reads(&p, t, "new") - before;
+    assert_eq!(
+        served,
+        (SIMPLE_READS.len() + 4 + 20) as f64,
+        "every read was answered by new"
+    );
+    assert_eq!(fallbacks(&p, t), 0);
+
+    // psql's output through pgdual is byte for byte what legacy gives.
+    for sql in SIMPLE_READS.iter().take(4) {
+        let sql = sql.replace("{t}", t);
+        let run = |port: u16| {
+            let out = std::process::Command::new(legacy().bin_dir().join("psql"))
+                .args([
+                    "-X",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                    "-U",
+                    "postgres",
+                    "-d",
+                    "postgres",
+                    "-c",
+                    &sql,
+                ])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            out.stdout
+        };
+        assert_eq!(
+            String::from_utf8(run(port)).unwrap(),
+            String::from_utf8(run(legacy().port)).unwrap()
+        );
+    }
+    assert_eq!(fallbacks(&p, t), 0);
+
+    // Reads that must stay on legacy do, and still answer rightly.
+    let before = reads(&p, t, "new");
+    for sql in [
+        "SELECT id FROM {t} WHERE id = 1 FOR UPDATE",
+        "SELECT id, random() < 2 FROM {t} WHERE id = 1",
+    ] {
+        let sql = sql.replace("{t}", t);
+        assert_eq!(simple(&via, &sql).await.unwrap().len(), 1, "{sql}");
+    }
+    via.batch_execute(&format!("BEGIN; SELECT * FROM {t} WHERE id = 2; COMMIT"))
+        .await
+        .unwrap();
+    assert_eq!(reads(&p, t, "new"), before, "none of those went to new");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_mode_with_the_new_database_stopped_is_served_by_legacy() {
+    let t = "dr_down";
+    let new = Arc::new(start_cluster().await);
+    create(t, &new).await;
+    let (p, _dir) = proxy_with_rules(&rules(t, "read = \"new\""), &new);
+    ready(&p).await;
+    let port = p.local_addr().port();
+    fill(t, port, &new, 10).await;
+    let n = new.clone();
+    tokio::task::spawn_blocking(move || n.stop()).await.unwrap();
+    let via = connect(port).await;
+    let direct = connect(legacy().port).await;
+    let before = reads(&p, t, "new");
+    for round in 0..3 {
+        for sql in SIMPLE_READS {
+            let sql = sql.replace("{t}", t);
+            assert_eq!(
+                simple(&via, &sql).await.unwrap(),
+                simple(&direct, &sql).await.unwrap(),
+                "round {round}: {sql}"
+            );
+        }
+        let ext = format!("SELECT id, first_name, last_name, email FROM {t} WHERE id = $1");
+        assert_eq!(
+            extended(&via, &ext, 4).await.unwrap(),
+            extended(&direct, &ext, 4).await.unwrap()
+        );
+    }
+    assert_eq!(reads(&p, t, "new"), before, "new answered nothing");
+    assert_eq!(fallbacks(&p, t), 3 * (SIMPLE_READS.len() as u64 + 1));
+    let unavailable = p
+        .shared()
+        .reads
+        .table(&format!("public.{t}"))
+        .fallback(pgdual::reads::Fallback::Unavailable);
+    assert_eq!(unavailable, 3 * (SIMPLE_READS.len() as u64 + 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_counts_and_samples_a_row_corrupted_in_new_while_clients_get_legacy() {
+    let t = "dr_shadow";
+    let new = new_db();
+    create(t, new).await;
+    let (p, _dir) = proxy_with_rules(&rules(t, "read = \"shadow\""), new);
+    ready(&p).await;
+    let port = p.local_addr().port();
+    fill(t, port, new, 10).await;
+    connect(new.port)
+        .await
+        .batch_execute(&format!(
+            "UPDATE {t}.customers SET full_name = 'Mallory Last2' WHERE customer_id = 2"
+        ))
+        .await
+        .unwrap();
+    let via = connect(port).await;
+    let table = p.shared().reads.table(&format!("public.{t}"));
+    for id in 1..=5 {
+        let rows = simple(
+            &via,
+            &format!("SELECT first_name, last_name FROM {t} WHERE id = {id}"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            rows,
+            [[Some(format!("First{id}")), Some(format!("Last{id}"))]],
+            "the client gets legacy's answer"
+        );
+    }
+    let ext = format!("SELECT id, first_name, last_name, email FROM {t} WHERE id = $1");
+    assert_eq!(extended(&via, &ext, 2).await.unwrap()[0].1, "First2");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while table.shadow_matches.load(Relaxed) + table.shadow_mismatches.load(Relaxed) < 6 {
+        assert!(
+            Instant::now() < deadline,
+            "shadow reads were never compared"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        table.shadow_mismatches.load(Relaxed),
+        2,
+        "id 2, in both protocols"
+    );
+    assert_eq!(table.shadow_matches.load(Relaxed), 4);
+    assert_eq!(table.shadow_errors.load(Relaxed), 0);
+    let (code, body) = http_get(p.admin_addr().unwrap(), "/reads/mismatches", None);
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let sample = &v["samples"][0];
+    assert_eq!(sample["column"], "first_name", "{body}");
+    assert_eq!(
+        sample["legacy_value"], "<redacted>",
+        "values are redacted by default"
+    );
+    assert_eq!(sample["key"], "<redacted>");
+    assert!(
+        sample["fingerprint"].as_str().unwrap().contains("id = ?"),
+        "{body}"
+    );
+    assert!(!body.contains("Mallory"), "{body}");
+    let (_, status) = http_get(p.admin_addr().unwrap(), "/status", None);
+    let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let rate = v["reads"][format!("public.{t}")]["shadow_match_rate"]
+        .as_f64()
+        .unwrap();
+    assert!((rate - 4.0 / 6.0).abs() < 1e-9, "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_read_settings_are_rejected_with_reasons_and_the_old_rules_serve() {
+    let t = "dr_invalid";
+    let new = new_db();
+    create(t, new).await;
+    let (p, dir) = proxy_with_rules(&rules(t, "read = \"new\""), new);
+    ready(&p).await;
+    let admin = p.admin_addr().unwrap();
+    let version = p.shared().rules.load().version;
+    let path = format!("/tables/public.{t}/read");
+    for (body, reason) in [
+        (r#"{"mode": "sideways"}"#, "sideways"),
+        (r#"{"mode": "new", "percent": 150}"#, "percent"),
+        (r#"{"mode": "new", "pct": 5}"#, "pct"),
+        ("not json", "expected"),
+    ] {
+        let (code, answer) = http_put(admin, &path, body);
+        assert_eq!(code, 422, "{body}: {answer}");
+        assert!(answer.contains(reason), "{body}: {answer}");
+        assert!(answer.contains("rejected"), "{answer}");
+    }
+    let (code, answer) = http_put(admin, "/tables/public.nope/read", r#"{"mode": "new"}"#);
+    assert_eq!(code, 404, "{answer}");
+    // A read-back that does not run on new, through the whole-set endpoint.
+    let bad = rules(t, "read = \"new\"").replace(
+        "split_part(full_name, ' ', 2)",
+        "split_part(fullname, ' ', 2)",
+    );
+    let (code, answer) = http_put(admin, "/rules", &bad);
+    assert_eq!(code, 422, "{answer}");
+    assert!(answer.contains("read_back.last_name"), "{answer}");
+    // And through the file.
+    std::fs::write(
+        dir.path().join("rules.toml"),
+        rules(t, "read = \"new\"\nread_percent = 150"),
+    )
+    .unwrap();
+    let outcome = p.shared().rules.reload_file(p.shared()).await;
+    let text = format!("{outcome:?}");
+    assert!(
+        text.contains("read_percent: 150 is not a percentage"),
+        "{text}"
+    );
+    assert_eq!(
+        p.shared().rules.load().version,
+        version,
+        "the old rules stay"
+    );
+    // Still serving reads from new.
+    let port = p.local_addr().port();
+    fill(t, port, new, 3).await;
+    let via = connect(port).await;
+    let before = reads(&p, t, "new");
+    simple(&via, &format!("SELECT email FROM {t} WHERE id = 1"))
+        .await
+        .unwrap();
+    assert_eq!(reads(&p, t, "new"), before + 1.0);
+}
+
+/// Sixteen clients read and write for twenty seconds while the table's read mode changes
+/// every few hundred milliseconds, through the API and through edits of the rules file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modes_flipped_under_load_cost_clients_nothing() {
+    let t = "dr_flip";
+    let new = new_db();
+    create(t, new).await;
+    let (p, dir) = proxy_with_rules(&rules(t, "read = \"legacy\""), new);
+    ready(&p).await;
+    let port = p.local_addr().port();
+    const ROWS: i64 = 320;
+    fill(t, port, new, ROWS).await;
+    let until = Instant::now() + Duration::from_secs(20);
+    let errors = Arc::new(AtomicU64::new(0));
+    let wrong = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let mut clients = Vec::new();
+    for i in 0..16i64 {
+        let (errors, wrong, done) = (errors.clone(), wrong.clone(), done.clone());
+        clients.push(tokio::spawn(async move {
+            let c = connect(port).await;
+            let check = |ok: bool, what: String| {
+                if !ok {
+                    wrong.fetch_add(1, Relaxed);
+                    eprintln!("wrong answer: {what}");
+                }
+            };
+            let mut n = 0i64;
+            while Instant::now() < until {
+                n += 1;
+                // A static row: its names never change.
+                let id = 1 + (n * 7 + i * 13) % (ROWS / 2);
+                let own = ROWS / 2 + 1 + i * 10 + n % 10;
+                let outcome: Result<(), String> = async {
+                    // Half the clients only read (simple and extended protocol), so their
+                    // reads are routed; the others write, which pins their reads to legacy
+                    // until the mirror has caught up.
+                    if i % 4 == 0 {
+                        let rows = simple(
+                            &c,
+                            &format!("SELECT first_name, last_name FROM {t} WHERE id = {id}"),
+                        )
+                        .await?;
+                        check(
+                            rows == [[Some(format!("First{id}")), Some(format!("Last{id}"))]],
+                            format!("{id}: {rows:?}"),
+                        );
+                    } else if i % 4 == 1 {
+                        let rows = extended(
+                            &c,
+                            &format!(
+                                "SELECT id, first_name, last_name, email FROM {t} WHERE id = $1"
+                            ),
+                            id,
+                        )
+                        .await?;
+                        check(
+                            rows.len() == 1
+                                && rows[0].1 == format!("First{id}")
+                                && rows[0].2 == format!("Last{id}"),
+                            format!("{id}: {rows:?}"),
+                        );
+                    } else {
+                        // Write one of this client's own rows, then read it back.
+                        let email = format!("c{i}-{n}@example.com");
+                        c.execute(
+                            &format!("UPDATE {t} SET email = $1 WHERE id = {own}"),
+                            &[&email],
+                        )
+                        .await
+                        .map_err(|e| e.to_string())?;
+                        let rows =
+                            simple(&c, &format!("SELECT email FROM {t} WHERE id = {own}")).await?;
+                        check(
+                            rows == [[Some(email.clone())]],
+                            format!("own row {own}: {rows:?} != {email}"),
+                        );
+                    }
+                    Ok(())
+                }
+                .await;
+                match outcome {
+                    Ok(()) => done.fetch_add(1, Relaxed),
+                    Err(e) => {
+                        eprintln!("client error: {e}");
+                        errors.fetch_add(1, Relaxed)
+                    }
+                };
+            }
+        }));
+    }
+    let admin = p.admin_addr().unwrap();
+    let file = dir.path().join("rules.toml");
+    let modes = [
+        ("new", 100),
+        ("shadow", 100),
+        ("legacy", 100),
+        ("new", 50),
+        ("shadow", 30),
+        ("new", 100),
+    ];
+    let mut flips = 0;
+    while Instant::now() < until {
+        let (mode, percent) = modes[flips % modes.len()];
+        if flips % 2 == 0 {
+            let (code, answer) = tokio::task::spawn_blocking(move || {
+                http_put(
+                    admin,
+                    "/tables/public.dr_flip/read",
+                    &format!(r#"{{"mode": "{mode}", "percent": {percent}}}"#),
+                )
+            })
+            .await
+            .unwrap();
+            assert_eq!(code, 200, "{answer}");
+        } else {
+            std::fs::write(
+                &file,
+                rules(t, &format!("read = \"{mode}\"\nread_percent = {percent}")),
+            )
+            .unwrap();
+        }
+        flips += 1;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    for c in clients {
+        c.await.unwrap();
+    }
+    assert_eq!(errors.load(Relaxed), 0, "no client saw an error");
+    assert_eq!(wrong.load(Relaxed), 0, "every answer was right");
+    assert!(
+        done.load(Relaxed) > 500,
+        "the load ran: {}",
+        done.load(Relaxed)
+    );
+    assert!(flips >= 40, "{flips} flips");
+    eprintln!(
+        "{} reads on legacy, {} on new, {} shadowed, {} fallbacks, {flips} flips, {} rounds",
+        reads(&p, t, "legacy"),
+        reads(&p, t, "new"),
+        reads(&p, t, "shadow"),
+        fallbacks(&p, t),
+        done.load(Relaxed)
+    );
+    assert!(reads(&p, t, "new") > 100.0, "new answered reads");
+    assert!(reads(&p, t, "shadow") > 100.0, "reads were shadowed");
+    assert!(
+        p.shared().rules.load().version > 20,
+        "the flips took effect"
+    );
+}

@@ -1,0 +1,866 @@
+//! Raw PostgreSQL wire-protocol client connections, for answering a client's reads from another
+//! database with the server's bytes passed through unchanged.
+//!
+//! A [`BackendConn`] speaks protocol 3.0 over TCP (or a Unix socket when the host starts with
+//! `/`), authenticates with trust, cleartext, MD5 or SCRAM-SHA-256, and then exchanges whole
+//! request groups ([`BackendConn::round_trip`]) up to ReadyForQuery. Server bytes are never
+//! trusted: a malformed frame is a [`BackendError::Protocol`], never a panic.
+//!
+//! Idle connections are pooled per worker thread ([`checkout`], [`checkin`]): pgdual runs one
+//! current-thread runtime per worker, and a socket must stay on the runtime that opened it.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use postgres_protocol::authentication::{md5_hash, sasl};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+
+use crate::codec::{self, cstr, put_initial, put_message, PROTOCOL_3_0};
+
+/// Largest frame accepted from a server (PostgreSQL's own limit on a message is 1 GB).
+const MAX_FRAME: u64 = 1 << 30;
+/// Frames that are always buffered whole (authentication, ParameterStatus, ReadyForQuery...)
+/// may be at most this long.
+const MAX_CONTROL_FRAME: usize = 1 << 20;
+/// Idle connections kept per target and worker thread.
+pub const MAX_IDLE_PER_KEY: usize = 8;
+/// Terminate.
+const TERMINATE: [u8; 5] = [b'X', 0, 0, 0, 4];
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The server could not be reached or refused the session; names `host:port`.
+    #[error("could not connect to {0}")]
+    Connect(String),
+    /// The server refused the credentials; names the user.
+    #[error("authentication failed: {0}")]
+    Auth(String),
+    #[error("I/O error talking to the server: {0}")]
+    Io(#[from] io::Error),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The answer's frame bodies add up to this many bytes, over the caller's limit.
+    #[error("answer of {0} bytes is over the size limit")]
+    TooLarge(usize),
+    #[error("timed out waiting for the server")]
+    Timeout,
+}
+
+fn protocol(msg: impl Into<String>) -> BackendError {
+    BackendError::Protocol(msg.into())
+}
+
+/// One backend message: its type byte and body (without the length field).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub tag: u8,
+    pub body: Bytes,
+}
+
+impl Frame {
+    /// Appends the frame as it came over the wire: tag, length, body.
+    pub fn write_to(&self, out: &mut BytesMut) {
+        out.reserve(5 + self.body.len());
+        out.put_u8(self.tag);
+        out.put_i32(self.body.len() as i32 + 4);
+        out.put_slice(&self.body);
+    }
+}
+
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    async fn open(host: &str, port: u16) -> io::Result<Stream> {
+        if host.starts_with('/') {
+            let path = std::path::Path::new(host).join(format!(".s.PGSQL.{port}"));
+            return Ok(Stream::Unix(UnixStream::connect(path).await?));
+        }
+        let tcp = TcpStream::connect((host, port)).await?;
+        let _ = tcp.set_nodelay(true);
+        Ok(Stream::Tcp(tcp))
+    }
+
+    async fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.write_all(buf).await,
+            Stream::Unix(s) => s.write_all(buf).await,
+        }
+    }
+
+    async fn read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read_buf(buf).await,
+            Stream::Unix(s) => s.read_buf(buf).await,
+        }
+    }
+
+    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.try_read(buf),
+            Stream::Unix(s) => s.try_read(buf),
+        }
+    }
+
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.try_write(buf),
+            Stream::Unix(s) => s.try_write(buf),
+        }
+    }
+}
+
+/// `host:port`, or the socket path for a Unix socket directory.
+fn display_addr(host: &str, port: u16) -> String {
+    if host.starts_with('/') {
+        format!("{host}/.s.PGSQL.{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// An authenticated protocol-3.0 session with a PostgreSQL server.
+pub struct BackendConn {
+    stream: Stream,
+    buf: BytesMut,
+    addr: String,
+    params: HashMap<String, String>,
+    pid: i32,
+    secret: Vec<u8>,
+    /// Transaction status of the last ReadyForQuery: `I`, `T` or `E`.
+    status: u8,
+    broken: bool,
+}
+
+impl fmt::Debug for BackendConn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BackendConn")
+            .field("addr", &self.addr)
+            .field("pid", &self.pid)
+            .field("status", &(self.status as char))
+            .field("broken", &self.broken)
+            .finish()
+    }
+}
+
+impl Drop for BackendConn {
+    fn drop(&mut self) {
+        // Best effort, never blocking: a clean Terminate spares the server's log an EOF.
+        if !self.broken {
+            let _ = self.stream.try_write(&TERMINATE);
+        }
+    }
+}
+
+/// Body of a PasswordMessage / SASLResponse (`p`).
+fn password_frame(out: &mut BytesMut, body: impl FnOnce(&mut BytesMut)) {
+    put_message(out, b'p', body);
+}
+
+fn read_i32(b: &mut &[u8]) -> Option<i32> {
+    if b.len() < 4 {
+        return None;
+    }
+    Some(b.get_i32())
+}
+
+impl BackendConn {
+    /// Connects, sends a StartupMessage (user, database, `application_name=pgdual`; everything
+    /// else is the server's default), authenticates and reads up to the first ReadyForQuery.
+    /// The whole of it is bounded by `timeout` (a timeout is a [`BackendError::Connect`]).
+    pub async fn connect(
+        host: &str,
+        port: u16,
+        user: &str,
+        password: Option<&str>,
+        dbname: &str,
+        timeout: Duration,
+    ) -> Result<Self, BackendError> {
+        let addr = display_addr(host, port);
+        match tokio::time::timeout(
+            timeout,
+            Self::connect_inner(host, port, &addr, user, password, dbname),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(BackendError::Connect(format!(
+                "{addr}: timed out after {} ms",
+                timeout.as_millis()
+            ))),
+        }
+    }
+
+    async fn connect_inner(
+        host: &str,
+        port: u16,
+        addr: &str,
+        user: &str,
+        password: Option<&str>,
+        dbname: &str,
+    ) -> Result<Self, BackendError> {
+        let connect_err = |e: io::Error| BackendError::Connect(format!("{addr}: {e}"));
+        let stream = Stream::open(host, port).await.map_err(connect_err)?;
+        let mut conn = BackendConn {
+            stream,
+            buf: BytesMut::with_capacity(8192),
+            addr: addr.to_string(),
+            params: HashMap::new(),
+            pid: 0,
+            secret: Vec::new(),
+            status: b'I',
+            broken: true,
+        };
+        let mut body = BytesMut::new();
+        for (name, value) in [
+            ("user", user),
+            ("database", dbname),
+            ("application_name", "pgdual"),
+        ] {
+            body.put_slice(name.as_bytes());
+            body.put_u8(0);
+            body.put_slice(value.as_bytes());
+            body.put_u8(0);
+        }
+        body.put_u8(0);
+        let mut startup = BytesMut::new();
+        put_initial(&mut startup, PROTOCOL_3_0, &body);
+        conn.stream.write_all(&startup).await.map_err(connect_err)?;
+        conn.authenticate(user, password).await?;
+        conn.finish_startup(user).await?;
+        conn.broken = false;
+        Ok(conn)
+    }
+
+    /// The authentication exchange, up to AuthenticationOk.
+    async fn authenticate(
+        &mut self,
+        user: &str,
+        password: Option<&str>,
+    ) -> Result<(), BackendError> {
+        let need_password = || {
+            password.ok_or_else(|| {
+                BackendError::Auth(format!(
+                    "the server asks a password for user \"{user}\" and none is configured"
+                ))
+            })
+        };
+        let mut scram: Option<sasl::ScramSha256> = None;
+        loop {
+            let f = self.read_control_frame().await?;
+            match f.tag {
+                b'R' => {}
+                b'E' => return Err(self.startup_error(&f.body, user)),
+                b'N' | b'v' => continue,
+                other => {
+                    return Err(protocol(format!(
+                        "unexpected message {:?} during authentication",
+                        other as char
+                    )))
+                }
+            }
+            let mut b = &f.body[..];
+            let code = read_i32(&mut b).ok_or_else(|| protocol("short authentication message"))?;
+            let mut out = BytesMut::new();
+            match code {
+                0 => {
+                    if scram.is_some() {
+                        return Err(protocol("authentication ended before SCRAM finished"));
+                    }
+                    return Ok(());
+                }
+                3 => {
+                    let pw = need_password()?;
+                    password_frame(&mut out, |o| {
+                        o.put_slice(pw.as_bytes());
+                        o.put_u8(0);
+                    });
+                }
+                5 => {
+                    let pw = need_password()?;
+                    let salt: [u8; 4] = b
+                        .get(..4)
+                        .and_then(|s| s.try_into().ok())
+                        .ok_or_else(|| protocol("short MD5 salt"))?;
+                    let hash = md5_hash(user.as_bytes(), pw.as_bytes(), salt);
+                    password_frame(&mut out, |o| {
+                        o.put_slice(hash.as_bytes());
+                        o.put_u8(0);
+                    });
+                }
+                10 => {
+                    let pw = need_password()?;
+                    let mut mechanisms = Vec::new();
+                    let mut rest = b;
+                    while let Some((m, tail)) = cstr(rest) {
+                        if m.is_empty() {
+                            break;
+                        }
+                        mechanisms.push(String::from_utf8_lossy(m).into_owned());
+                        rest = tail;
+                    }
+                    if !mechanisms.iter().any(|m| m == sasl::SCRAM_SHA_256) {
+                        return Err(BackendError::Auth(format!(
+                            "user \"{user}\": the server offers SASL mechanisms {mechanisms:?}; \
+                             pgdual supports only {}",
+                            sasl::SCRAM_SHA_256
+                        )));
+                    }
+                    let s =
+                        sasl::ScramSha256::new(pw.as_bytes(), sasl::ChannelBinding::unsupported());
+                    let msg = s.message();
+                    password_frame(&mut out, |o| {
+                        o.put_slice(sasl::SCRAM_SHA_256.as_bytes());
+                        o.put_u8(0);
+                        o.put_i32(msg.len() as i32);
+                        o.put_slice(msg);
+                    });
+                    scram = Some(s);
+                }
+                11 => {
+                    let s = scram
+                        .as_mut()
+                        .ok_or_else(|| protocol("SASLContinue without SASL"))?;
+                    s.update(b).map_err(|e| {
+                        BackendError::Auth(format!("user \"{user}\": SCRAM exchange failed: {e}"))
+                    })?;
+                    let msg = s.message();
+                    password_frame(&mut out, |o| o.put_slice(msg));
+                }
+                12 => {
+                    let mut s = scram
+                        .take()
+                        .ok_or_else(|| protocol("SASLFinal without SASL"))?;
+                    s.finish(b).map_err(|e| {
+                        BackendError::Auth(format!(
+                            "user \"{user}\": the server's SCRAM signature is invalid: {e}"
+                        ))
+                    })?;
+                    continue;
+                }
+                other => {
+                    return Err(BackendError::Auth(format!(
+                        "user \"{user}\": unsupported authentication method {other} \
+                         requested by the server"
+                    )))
+                }
+            }
+            self.stream.write_all(&out).await?;
+        }
+    }
+
+    /// After AuthenticationOk: ParameterStatus, BackendKeyData, up to ReadyForQuery.
+    async fn finish_startup(&mut self, user: &str) -> Result<(), BackendError> {
+        loop {
+            let f = self.read_control_frame().await?;
+            match f.tag {
+                b'S' => self.set_parameter(&f.body)?,
+                b'K' => {
+                    let mut b = &f.body[..];
+                    self.pid = read_i32(&mut b).ok_or_else(|| protocol("short BackendKeyData"))?;
+                    self.secret = b.to_vec();
+                }
+                b'Z' => {
+                    self.set_status(&f.body)?;
+                    return Ok(());
+                }
+                b'E' => return Err(self.startup_error(&f.body, user)),
+                b'N' | b'v' => {}
+                other => {
+                    return Err(protocol(format!(
+                        "unexpected message {:?} during startup",
+                        other as char
+                    )))
+                }
+            }
+        }
+    }
+
+    /// An ErrorResponse before ReadyForQuery: class 28 (invalid authorization) is an
+    /// authentication failure naming the user; anything else a connection failure.
+    fn startup_error(&self, body: &[u8], user: &str) -> BackendError {
+        let (code, message) = error_fields(body);
+        if code.starts_with("28") {
+            BackendError::Auth(format!("user \"{user}\": {message} (SQLSTATE {code})"))
+        } else {
+            BackendError::Connect(format!("{}: {message} (SQLSTATE {code})", self.addr))
+        }
+    }
+
+    fn set_parameter(&mut self, body: &[u8]) -> Result<(), BackendError> {
+        let (name, rest) = cstr(body).ok_or_else(|| protocol("malformed ParameterStatus"))?;
+        let (value, _) = cstr(rest).ok_or_else(|| protocol("malformed ParameterStatus"))?;
+        self.params.insert(
+            String::from_utf8_lossy(name).into_owned(),
+            String::from_utf8_lossy(value).into_owned(),
+        );
+        Ok(())
+    }
+
+    fn set_status(&mut self, body: &[u8]) -> Result<(), BackendError> {
+        match body {
+            [s @ (b'I' | b'T' | b'E')] => {
+                self.status = *s;
+                Ok(())
+            }
+            _ => Err(protocol("malformed ReadyForQuery")),
+        }
+    }
+
+    /// Reads until `buf` holds at least `n` bytes.
+    async fn fill(&mut self, n: usize) -> Result<(), BackendError> {
+        while self.buf.len() < n {
+            self.buf.reserve((n - self.buf.len()).max(8192));
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                return Err(BackendError::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the server closed the connection",
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The next frame's tag and whole length (tag and length field included).
+    async fn next_header(&mut self) -> Result<(u8, usize), BackendError> {
+        self.fill(5).await?;
+        match codec::header(&self.buf, MAX_FRAME) {
+            Ok(Some(h)) => Ok((h.tag, h.frame_len)),
+            Ok(None) => Err(protocol("incomplete frame header")),
+            Err(e) => Err(protocol(e.to_string())),
+        }
+    }
+
+    /// The frame whose header was just read, buffered whole.
+    async fn take_frame(&mut self, tag: u8, frame_len: usize) -> Result<Frame, BackendError> {
+        self.fill(frame_len).await?;
+        let mut f = self.buf.split_to(frame_len);
+        f.advance(5);
+        Ok(Frame {
+            tag,
+            body: f.freeze(),
+        })
+    }
+
+    /// Discards the frame whose header was just read, without buffering it whole.
+    async fn skip_frame(&mut self, frame_len: usize) -> Result<(), BackendError> {
+        let mut left = frame_len;
+        loop {
+            let n = left.min(self.buf.len());
+            self.buf.advance(n);
+            left -= n;
+            if left == 0 {
+                return Ok(());
+            }
+            self.fill(1).await?;
+        }
+    }
+
+    /// A frame that must be small (authentication, startup, status).
+    async fn read_control_frame(&mut self) -> Result<Frame, BackendError> {
+        let (tag, len) = self.next_header().await?;
+        if len > MAX_CONTROL_FRAME {
+            return Err(protocol(format!(
+                "message {:?} of {len} bytes is too long",
+                tag as char
+            )));
+        }
+        self.take_frame(tag, len).await
+    }
+
+    /// Writes `request` (complete frontend frames, ending with Sync or a simple Query) and
+    /// reads the answer up to the ReadyForQuery of each Sync and Query in it. Returns the
+    /// frames in order, ReadyForQuery included, without NoticeResponse, ParameterStatus
+    /// (whose values [`Self::parameter`] tracks) and NotificationResponse. A COPY FROM STDIN
+    /// is refused with CopyFail (the server then answers with an ErrorResponse).
+    ///
+    /// If the bodies add up to more than `max_bytes`, the rest is read and discarded up to
+    /// ReadyForQuery, so the connection stays usable, and the result is `TooLarge`. On a
+    /// timeout, an I/O or a protocol error the connection is broken. A server's
+    /// ErrorResponse is not an error here: it is one of the frames.
+    pub async fn round_trip(
+        &mut self,
+        request: &[u8],
+        max_bytes: usize,
+        timeout: Duration,
+    ) -> Result<Vec<Frame>, BackendError> {
+        if self.broken {
+            return Err(protocol("the connection is broken"));
+        }
+        let syncs = sync_points(request)?;
+        // Broken until the exchange completes, even if this future is dropped midway.
+        self.broken = true;
+        match tokio::time::timeout(timeout, self.exchange(request, syncs, max_bytes)).await {
+            Err(_) => Err(BackendError::Timeout),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok((frames, total, over))) => {
+                self.broken = false;
+                if over {
+                    Err(BackendError::TooLarge(total))
+                } else {
+                    Ok(frames)
+                }
+            }
+        }
+    }
+
+    async fn exchange(
+        &mut self,
+        request: &[u8],
+        mut syncs: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<Frame>, usize, bool), BackendError> {
+        self.stream.write_all(request).await?;
+        let mut frames = Vec::new();
+        let mut total = 0usize;
+        let mut over = false;
+        while syncs > 0 {
+            let (tag, len) = self.next_header().await?;
+            match tag {
+                b'N' | b'A' => {
+                    self.skip_frame(len).await?;
+                    continue;
+                }
+                b'S' => {
+                    let f = self.read_sized(tag, len).await?;
+                    self.set_parameter(&f.body)?;
+                    continue;
+                }
+                b'G' => {
+                    self.skip_frame(len).await?;
+                    let mut out = BytesMut::new();
+                    put_message(&mut out, b'f', |o| {
+                        o.put_slice(b"pgdual does not relay COPY FROM STDIN here");
+                        o.put_u8(0);
+                    });
+                    self.stream.write_all(&out).await?;
+                    continue;
+                }
+                b'W' => return Err(protocol("unexpected CopyBothResponse")),
+                _ => {}
+            }
+            total = total.saturating_add(len - 5);
+            over |= total > max_bytes;
+            if tag == b'Z' {
+                let f = self.read_sized(tag, len).await?;
+                self.set_status(&f.body)?;
+                syncs -= 1;
+                if !over {
+                    frames.push(f);
+                }
+            } else if over {
+                frames.clear();
+                self.skip_frame(len).await?;
+            } else {
+                frames.push(self.take_frame(tag, len).await?);
+            }
+        }
+        if over {
+            frames.clear();
+        }
+        Ok((frames, total, over))
+    }
+
+    async fn read_sized(&mut self, tag: u8, len: usize) -> Result<Frame, BackendError> {
+        if len > MAX_CONTROL_FRAME {
+            return Err(protocol(format!(
+                "message {:?} of {len} bytes is too long",
+                tag as char
+            )));
+        }
+        self.take_frame(tag, len).await
+    }
+
+    /// Any I/O or protocol error, or a timeout, leaves the connection unusable.
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    /// A ParameterStatus value the server reported (at startup or since).
+    pub fn parameter(&self, name: &str) -> Option<&str> {
+        self.params.get(name).map(String::as_str)
+    }
+
+    /// The server process id (BackendKeyData).
+    pub fn backend_pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// The cancel secret key (BackendKeyData).
+    pub fn secret_key(&self) -> &[u8] {
+        &self.secret
+    }
+
+    /// Transaction status of the last ReadyForQuery: `b'I'` idle, `b'T'` in a transaction,
+    /// `b'E'` in a failed transaction.
+    pub fn transaction_status(&self) -> u8 {
+        self.status
+    }
+
+    /// `host:port` (or the socket path) of the server.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Whether the connection can go back to a pool: not broken, outside a transaction, and
+    /// the server has sent nothing since (such as a FATAL error before closing).
+    fn reusable(&self) -> bool {
+        if self.broken || self.status != b'I' || !self.buf.is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+}
+
+/// How many ReadyForQuery answers `request` calls for (its Sync and Query frames); the
+/// request must be whole frames ending with one of them.
+fn sync_points(request: &[u8]) -> Result<usize, BackendError> {
+    let mut at = 0;
+    let mut count = 0;
+    let mut last = 0;
+    while at < request.len() {
+        let h = match codec::header(&request[at..], MAX_FRAME) {
+            Ok(Some(h)) if h.frame_len <= request.len() - at => h,
+            Ok(_) => return Err(protocol("the request ends with an incomplete frame")),
+            Err(e) => return Err(protocol(format!("invalid request: {e}"))),
+        };
+        if matches!(h.tag, b'S' | b'Q') {
+            count += 1;
+        }
+        last = h.tag;
+        at += h.frame_len;
+    }
+    if !matches!(last, b'S' | b'Q') {
+        return Err(protocol("the request must end with Sync or Query"));
+    }
+    Ok(count)
+}
+
+/// SQLSTATE (`C`) and message (`M`) of an ErrorResponse or NoticeResponse body; empty strings
+/// when missing.
+pub fn error_fields(body: &[u8]) -> (String, String) {
+    let field = |f| {
+        codec::error_field(body, f)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default()
+    };
+    (field(b'C'), field(b'M'))
+}
+
+fn put_cstr(out: &mut BytesMut, s: &str) {
+    out.put_slice(s.as_bytes());
+    out.put_u8(0);
+}
+
+/// A simple Query.
+pub fn query_frame(sql: &str) -> BytesMut {
+    let mut out = BytesMut::new();
+    put_message(&mut out, b'Q', |o| put_cstr(o, sql));
+    out
+}
+
+/// Parse of `sql` as statement `name` with declared parameter type OIDs (0: unspecified).
+pub fn parse_frame(name: &str, sql: &str, param_types: &[u32]) -> BytesMut {
+    let mut out = BytesMut::new();
+    put_message(&mut out, b'P', |o| {
+        put_cstr(o, name);
+        put_cstr(o, sql);
+        o.put_i16(param_types.len() as i16);
+        for t in param_types {
+            o.put_u32(*t);
+        }
+    });
+    out
+}
+
+/// Bind of `statement` to `portal`; `raw_rest` is the rest of a Bind body after the two
+/// names (parameter formats, values, result formats), such as a client's, passed unchanged.
+pub fn bind_frame(portal: &str, statement: &str, raw_rest: &[u8]) -> BytesMut {
+    let mut out = BytesMut::new();
+    put_message(&mut out, b'B', |o| {
+        put_cstr(o, portal);
+        put_cstr(o, statement);
+        o.put_slice(raw_rest);
+    });
+    out
+}
+
+/// Describe of a statement (`b'S'`) or portal (`b'P'`).
+pub fn describe_frame(kind: u8, name: &str) -> BytesMut {
+    let mut out = BytesMut::new();
+    put_message(&mut out, b'D', |o| {
+        o.put_u8(kind);
+        put_cstr(o, name);
+    });
+    out
+}
+
+/// Execute of `portal`, at most `max_rows` rows (0: all).
+pub fn execute_frame(portal: &str, max_rows: i32) -> BytesMut {
+    let mut out = BytesMut::new();
+    put_message(&mut out, b'E', |o| {
+        put_cstr(o, portal);
+        o.put_i32(max_rows);
+    });
+    out
+}
+
+pub fn sync_frame() -> BytesMut {
+    let mut out = BytesMut::new();
+    put_message(&mut out, b'S', |_| {});
+    out
+}
+
+/// Where and as whom to connect; the key of the per-thread pool.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Option<String>,
+    pub dbname: String,
+    pub connect_timeout: Duration,
+}
+
+impl fmt::Debug for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Target")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("dbname", &self.dbname)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+impl Target {
+    /// `user@host:port/dbname`: connections with equal keys are interchangeable.
+    pub fn key(&self) -> String {
+        format!("{}@{}:{}/{}", self.user, self.host, self.port, self.dbname)
+    }
+
+    /// Opens a new connection (not from the pool).
+    pub async fn connect(&self) -> Result<BackendConn, BackendError> {
+        BackendConn::connect(
+            &self.host,
+            self.port,
+            &self.user,
+            self.password.as_deref(),
+            &self.dbname,
+            self.connect_timeout,
+        )
+        .await
+    }
+}
+
+thread_local! {
+    /// Idle connections of this worker thread, by [`Target::key`].
+    static IDLE: RefCell<HashMap<String, Vec<BackendConn>>> = RefCell::new(HashMap::new());
+}
+
+/// An idle connection to `target` from this thread's pool (the most recently used one that is
+/// still open), or a new one.
+pub async fn checkout(target: &Target) -> Result<BackendConn, BackendError> {
+    let key = target.key();
+    loop {
+        let idle = IDLE
+            .try_with(|p| p.borrow_mut().get_mut(&key).and_then(Vec::pop))
+            .ok()
+            .flatten();
+        match idle {
+            Some(conn) if conn.reusable() => return Ok(conn),
+            Some(_) => continue,
+            None => return target.connect().await,
+        }
+    }
+}
+
+/// Returns a connection to this thread's pool; a broken one, one left in a transaction, or
+/// one over [`MAX_IDLE_PER_KEY`] is closed instead.
+pub fn checkin(target: &Target, conn: BackendConn) {
+    if !conn.reusable() {
+        return;
+    }
+    let key = target.key();
+    let _ = IDLE.try_with(move |p| {
+        let mut pool = p.borrow_mut();
+        let idle = pool.entry(key).or_default();
+        if idle.len() < MAX_IDLE_PER_KEY {
+            idle.push(conn);
+        }
+    });
+}
+
+/// Idle connections to `target` in this thread's pool.
+pub fn idle_count(target: &Target) -> usize {
+    IDLE.try_with(|p| p.borrow().get(&target.key()).map_or(0, Vec::len))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_well_formed() {
+        let q = query_frame("SELECT 1");
+        assert_eq!(&q[..], b"Q\0\0\0\x0dSELECT 1\0");
+        let p = parse_frame("s", "SELECT $1", &[23]);
+        assert_eq!(&p[..], b"P\0\0\0\x16s\0SELECT $1\0\0\x01\0\0\0\x17");
+        let b = bind_frame("", "s", b"\0\0\0\0\0\0");
+        assert_eq!(&b[..], b"B\0\0\0\x0d\0s\0\0\0\0\0\0\0");
+        assert_eq!(&describe_frame(b'P', "")[..], b"D\0\0\0\x06P\0");
+        assert_eq!(&execute_frame("", 0)[..], b"E\0\0\0\x09\0\0\0\0\0");
+        assert_eq!(&sync_frame()[..], b"S\0\0\0\x04");
+    }
+
+    #[test]
+    fn sync_points_counts_and_validates() {
+        let mut r = parse_frame("", "SELECT 1", &[]);
+        r.extend_from_slice(&sync_frame());
+        r.extend_from_slice(&query_frame("SELECT 2"));
+        assert_eq!(sync_points(&r).unwrap(), 2);
+        assert!(sync_points(&parse_frame("", "x", &[])).is_err());
+        assert!(sync_points(&r[..r.len() - 1]).is_err());
+        assert!(sync_points(b"Q\0\0\0\x01").is_err());
+        assert!(sync_points(b"").is_err());
+    }
+
+    #[test]
+    fn error_fields_reads_code_and_message() {
+        let mut e = BytesMut::new();
+        codec::put_error(
+            &mut e,
+            "ERROR",
+            crate::sqlstate::SqlState::PROTOCOL_VIOLATION,
+            "bad",
+        );
+        let (code, msg) = error_fields(&e[5..]);
+        assert_eq!((code.as_str(), msg.as_str()), ("08P01", "bad"));
+        assert_eq!(error_fields(b"C4"), (String::new(), String::new()));
+    }
+
+    #[test]
+    fn target_debug_hides_password() {
+        let t = Target {
+            host: "h".into(),
+            port: 1,
+            user: "u".into(),
+            password: Some("secret".into()),
+            dbname: "d".into(),
+            connect_timeout: Duration::from_secs(1),
+        };
+        assert!(!format!("{t:?}").contains("secret"));
+        assert_eq!(t.key(), "u@h:1/d");
+    }
+}

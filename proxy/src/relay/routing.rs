@@ -1,0 +1,189 @@
+//! Where a client's read goes, decided before its bytes are forwarded, and only when some
+//! table's reads are routed. Requests that are not a lone read group, or arrive while legacy
+//! still owes an answer, go to legacy untouched.
+
+use std::cell::RefCell;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use pgdual_rules::read_plan::KeyRef;
+use pgdual_rules::route::{bucket, route, Route, SessionView};
+use pgdual_rules::{RuleSet, StatementKind, TableName};
+
+use crate::codec::{frames, frontend};
+use crate::proxy::Shared;
+use crate::reads::{self, Request, ShadowJob};
+use crate::session::{Session, TxStatus};
+
+/// The first request group of `buf` when it is a read new could answer: a simple Query, or
+/// Bind, optional Describe of that portal, Execute (all rows) and Sync. Returns the group's
+/// length and the request.
+fn read_group(buf: &[u8], s: &Session) -> Option<(usize, Request)> {
+    let mut it = frames(buf, 0, buf.len());
+    let (at, tag, len) = it.next()?;
+    let body = &buf[at + 5..at + len];
+    match tag {
+        b'Q' => {
+            let sql = std::str::from_utf8(frontend::query(body)?).ok()?;
+            Some((at + len, Request::Simple { sql: sql.into() }))
+        }
+        b'B' => {
+            let (portal, stmt) = frontend::bind(body)?;
+            let prepared = s.prepared(stmt)?;
+            let bind_rest = reads::bind_rest(&Bytes::copy_from_slice(body))?;
+            let (mut at, mut tag, mut len) = it.next()?;
+            let mut describe = false;
+            if tag == b'D' {
+                if frontend::target(&buf[at + 5..at + len])? != (b'P', portal) {
+                    return None;
+                }
+                describe = true;
+                (at, tag, len) = it.next()?;
+            }
+            let exec = &buf[at + 5..at + len];
+            if tag != b'E' || frontend::execute(exec)? != portal {
+                return None;
+            }
+            // Only an Execute of all rows: a row limit leaves a portal open on legacy.
+            if exec.get(portal.len() + 1..portal.len() + 5)? != [0, 0, 0, 0] {
+                return None;
+            }
+            let (at, tag, len) = it.next()?;
+            if tag != b'S' {
+                return None;
+            }
+            Some((
+                at + len,
+                Request::Extended {
+                    sql: prepared.sql.clone(),
+                    param_types: prepared.param_types.clone(),
+                    bind_rest,
+                    describe,
+                },
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// Unqualified names resolve to `public`, as under the default search_path.
+fn table_of(name: &str) -> Option<TableName> {
+    if name.contains('.') {
+        pgdual_rules::ruleset::parse_table_name(name).ok()
+    } else {
+        Some(TableName {
+            schema: "public".into(),
+            name: name.to_string(),
+        })
+    }
+}
+
+/// A cheap first look (the analysis is cached by fingerprint): one read statement touching
+/// a table whose reads are routed.
+fn may_route(shared: &Shared, rules: &RuleSet, sql: &str) -> bool {
+    let analysis = shared.cache.get(sql);
+    let [one] = &analysis.statements[..] else {
+        return false;
+    };
+    one.kind == StatementKind::Read
+        && one.tables.iter().any(|t| {
+            table_of(t)
+                .and_then(|t| rules.table(&t))
+                .is_some_and(|r| r.read != pgdual_rules::ReadMode::Legacy)
+        })
+}
+
+/// Routes the group at the head of `buf`. When new answered, returns the group's length and
+/// the answer for the client; otherwise the group goes to legacy (for a shadowed read, with
+/// its answer captured for comparison).
+pub async fn route_group(
+    buf: &[u8],
+    session: &RefCell<Session>,
+    shared: &Arc<Shared>,
+) -> Option<(usize, BytesMut)> {
+    let snap = shared.rules.load();
+    if !snap.rules.routes_reads() {
+        return None;
+    }
+    let (end, request, view, settings, conn_seed) = {
+        let s = session.borrow();
+        if s.busy() {
+            return None;
+        }
+        let (end, request) = read_group(buf, &s)?;
+        let view = SessionView {
+            in_block: s.tx != TxStatus::Idle,
+            unmirrored_write: shared.reads.unmirrored(s.last_write_done),
+            own_settings: s.own_settings,
+        };
+        (end, request, view, s.settings.clone(), s.id)
+    };
+    if !may_route(shared, &snap.rules, request.sql()) {
+        return None;
+    }
+    let plan = shared.reads.plan(snap.version, &snap.rules, request.sql());
+    let stick = match plan.as_ref() {
+        Ok(p) => match &p.key {
+            Some(keys) => {
+                let mut seed = p.tables.first().map(|t| t.to_string()).unwrap_or_default();
+                for k in keys {
+                    seed.push('\0');
+                    match k {
+                        KeyRef::Literal(v) => seed.push_str(v),
+                        KeyRef::Param(n) => match request.param(*n) {
+                            Some(v) => seed.push_str(&String::from_utf8_lossy(&v)),
+                            None => seed.push_str(&conn_seed.to_string()),
+                        },
+                    }
+                }
+                bucket(seed.as_bytes())
+            }
+            None => bucket(&conn_seed.to_le_bytes()),
+        },
+        Err(_) => 0,
+    };
+    let decision = route(&plan, &snap.rules, view, stick);
+    let Ok(p) = plan.as_ref() else {
+        return None;
+    };
+    let reads = &shared.reads;
+    match decision {
+        Route::Legacy(why) => {
+            tracing::trace!(reason = why.as_str(), "read stays on legacy");
+            reads.count(p, |t| {
+                t.legacy.fetch_add(1, Relaxed);
+            });
+            None
+        }
+        Route::Shadow => {
+            reads.count(p, |t| {
+                t.shadow.fetch_add(1, Relaxed);
+            });
+            session.borrow_mut().shadow = Some(Box::new(ShadowJob {
+                plan: plan.clone(),
+                rules: snap.rules.clone(),
+                request,
+                settings,
+                capture: Default::default(),
+            }));
+            None
+        }
+        Route::New => match reads::answer(shared, &snap.rules, p, &request, &settings).await {
+            Ok(answer) => {
+                reads.count(p, |t| {
+                    t.new.fetch_add(1, Relaxed);
+                });
+                shared.metrics.statement(StatementKind::Read);
+                Some((end, answer))
+            }
+            Err(why) => {
+                tracing::debug!(reason = why.as_str(), "read falls back to legacy");
+                reads.count(p, |t| {
+                    t.fallbacks[why as usize].fetch_add(1, Relaxed);
+                });
+                None
+            }
+        },
+    }
+}
