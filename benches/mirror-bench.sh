@@ -17,34 +17,9 @@ SECS=${1:-10}
 ROUNDS=${2:-3}
 CLIENTS=${3:-8}
 SCALE=${SCALE:-10}
-BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
-cargo build --release -q -p pgdual
-PGDUAL=$PWD/target/release/pgdual
-
-WORK=$(mktemp -d /tmp/pgdual-mirror-bench-XXXX)
-chmod 755 "$WORK"
-AS=()
-if [ "$(id -u)" = 0 ]; then chown postgres: "$WORK"; AS=(runuser -u postgres --); fi
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-L_PORT=$(free_port); N_PORT=$(free_port); OFF_PORT=$(free_port); ON_PORT=$(free_port); ADMIN=$(free_port)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for d in legacy new; do "${AS[@]}" "$BIN/pg_ctl" -D "$WORK/$d" -m fast stop >/dev/null 2>&1 || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-for d in legacy new; do
-  port=$([ $d = legacy ] && echo "$L_PORT" || echo "$N_PORT")
-  "${AS[@]}" "$BIN/initdb" -D "$WORK/$d" -U postgres -A trust --no-sync >/dev/null
-  "${AS[@]}" "$BIN/pg_ctl" -D "$WORK/$d" -l "$WORK/$d.log" -w -o \
-    "-p $port -k $WORK -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=100 -c shared_buffers=256MB" \
-    start >/dev/null
-done
-psql_l() { "$BIN/psql" -X -q -A -t -h 127.0.0.1 -p "$L_PORT" -U postgres -c "$1"; }
-psql_n() { "$BIN/psql" -X -q -A -t -h 127.0.0.1 -p "$N_PORT" -U postgres -c "$1"; }
-"$BIN/pgbench" -i -q -s "$SCALE" -h 127.0.0.1 -p "$L_PORT" -U postgres postgres >/dev/null 2>&1
+NAME=mirror-bench
+. benches/two-clusters.sh
+OFF_PORT=$(free_port); ON_PORT=$(free_port); ADMIN=$(free_port)
 psql_n "CREATE SCHEMA bank;
   CREATE TABLE bank.accounts (account_id int PRIMARY KEY, branch_id int, balance_cents bigint, filler char(84));
   CREATE TABLE bank.tellers (teller_id int PRIMARY KEY, branch_id int, balance_cents bigint, filler char(84));

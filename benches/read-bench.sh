@@ -15,34 +15,9 @@ SECS=${1:-10}
 ROUNDS=${2:-3}
 CLIENTS=${3:-16}
 SCALE=${SCALE:-10}
-BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
-cargo build --release -q -p pgdual
-PGDUAL=$PWD/target/release/pgdual
-
-WORK=$(mktemp -d /tmp/pgdual-read-bench-XXXX)
-chmod 755 "$WORK"
-AS=()
-if [ "$(id -u)" = 0 ]; then chown postgres: "$WORK"; AS=(runuser -u postgres --); fi
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-L_PORT=$(free_port); N_PORT=$(free_port); P_PORT=$(free_port); ADMIN=$(free_port)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for d in legacy new; do "${AS[@]}" "$BIN/pg_ctl" -D "$WORK/$d" -m fast stop >/dev/null 2>&1 || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-for d in legacy new; do
-  port=$([ $d = legacy ] && echo "$L_PORT" || echo "$N_PORT")
-  "${AS[@]}" "$BIN/initdb" -D "$WORK/$d" -U postgres -A trust --no-sync >/dev/null
-  "${AS[@]}" "$BIN/pg_ctl" -D "$WORK/$d" -l "$WORK/$d.log" -w -o \
-    "-p $port -k $WORK -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c max_connections=200 -c shared_buffers=256MB" \
-    start >/dev/null
-done
-psql_l() { "$BIN/psql" -X -q -A -t -h 127.0.0.1 -p "$L_PORT" -U postgres -c "$1"; }
-psql_n() { "$BIN/psql" -X -q -A -t -h 127.0.0.1 -p "$N_PORT" -U postgres -c "$1"; }
-"$BIN/pgbench" -i -q -s "$SCALE" -h 127.0.0.1 -p "$L_PORT" -U postgres postgres >/dev/null 2>&1
+NAME=read-bench
+. benches/two-clusters.sh
+P_PORT=$(free_port); ADMIN=$(free_port)
 psql_n "CREATE SCHEMA bank;
   CREATE TABLE bank.accounts (account_id int PRIMARY KEY, branch_id int, balance_cents bigint, filler char(84));"
 psql_l "COPY (SELECT aid, bid, abalance::bigint * 100, filler FROM pgbench_accounts) TO STDOUT" |
@@ -84,7 +59,8 @@ set_mode() {
   curl -fsS -X PUT -d "{\"mode\": \"$1\", \"percent\": 100}" \
     "http://127.0.0.1:$ADMIN/tables/public.pgbench_accounts/read" >/dev/null
 }
-counter() { curl -fsS "http://127.0.0.1:$ADMIN/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
+counter() { curl -fsS "http://127.0.0.1:$ADMIN/metrics" | awk -v m="$1" '$1 == m {s += $2} END {print s + 0}'; }
+T='table="public.pgbench_accounts"'
 
 echo "round,protocol,target,tps,latency_ms,new_answers,fallbacks,shadow_compared,shadow_skipped"
 for r in $(seq "$ROUNDS"); do
@@ -95,17 +71,21 @@ for r in $(seq "$ROUNDS"); do
         direct) port=$L_PORT ;;
         *) set_mode "$target" ;;
       esac
-      new0=$(counter 'pgdual_reads_total{table="public.pgbench_accounts",route="new"}'); new0=${new0:-0}
+      before=($(counter "pgdual_reads_total{$T,route=\"new\"}") \
+              $(curl -fsS "http://127.0.0.1:$ADMIN/metrics" | awk '/^pgdual_read_fallbacks_total/ {s += $2} END {print s + 0}') \
+              $(counter "pgdual_shadow_reads_total{$T,outcome=\"match\"}") \
+              $(counter "pgdual_shadow_reads_total{$T,outcome=\"mismatch\"}") \
+              $(counter "pgdual_shadow_reads_total{$T,outcome=\"skipped\"}"))
       out=$("$BIN/pgbench" -n -S -M "$proto" -c "$CLIENTS" -j 2 -T "$SECS" -h 127.0.0.1 -p "$port" -U postgres postgres 2>&1)
       tps=$(awk '/^tps = /{print $3}' <<<"$out")
       lat=$(awk '/^latency average = /{print $4}' <<<"$out")
-      status=$(curl -fsS "http://127.0.0.1:$ADMIN/status")
-      read -r fb cmp skip < <(python3 -c '
-import json, sys
-r = json.load(sys.stdin)["reads"].get("public.pgbench_accounts", {})
-print(sum(r.get("fallbacks", {}).values()), r.get("shadow_matches", 0) + r.get("shadow_mismatches", 0), r.get("shadow_skipped", 0))' <<<"$status")
-      new1=$(counter 'pgdual_reads_total{table="public.pgbench_accounts",route="new"}'); new1=${new1:-0}
-      echo "$r,$proto,$target,$tps,$lat,$((new1 - new0)),$fb,$cmp,$skip"
+      after=($(counter "pgdual_reads_total{$T,route=\"new\"}") \
+             $(curl -fsS "http://127.0.0.1:$ADMIN/metrics" | awk '/^pgdual_read_fallbacks_total/ {s += $2} END {print s + 0}') \
+             $(counter "pgdual_shadow_reads_total{$T,outcome=\"match\"}") \
+             $(counter "pgdual_shadow_reads_total{$T,outcome=\"mismatch\"}") \
+             $(counter "pgdual_shadow_reads_total{$T,outcome=\"skipped\"}"))
+      d() { echo $(( ${after[$1]} - ${before[$1]} )); }
+      echo "$r,$proto,$target,$tps,$lat,$(d 0),$(d 1),$(( $(d 2) + $(d 3) )) ($(d 3) mismatched),$(d 4)"
     done
   done
 done

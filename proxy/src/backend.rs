@@ -137,7 +137,12 @@ pub struct BackendConn {
     /// Transaction status of the last ReadyForQuery: `I`, `T` or `E`.
     status: u8,
     broken: bool,
+    /// Statements this connection has prepared, by SQL and parameter types: their names.
+    statements: HashMap<(Box<str>, Vec<u32>), Box<str>>,
 }
+
+/// Named statements kept per connection; past this, statements run unnamed.
+const MAX_STATEMENTS: usize = 256;
 
 impl fmt::Debug for BackendConn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -216,6 +221,7 @@ impl BackendConn {
             pid: 0,
             secret: Vec::new(),
             status: b'I',
+            statements: HashMap::new(),
             broken: true,
         };
         let mut body = BytesMut::new();
@@ -584,6 +590,27 @@ impl BackendConn {
     }
 
     /// A ParameterStatus value the server reported (at startup or since).
+    /// The name this connection prepared `sql` under, if it has.
+    pub fn statement(&self, sql: &str, param_types: &[u32]) -> Option<&str> {
+        self.statements
+            .get(&(Box::from(sql), param_types.to_vec()))
+            .map(|n| &**n)
+    }
+
+    /// A fresh name to prepare `sql` under, or `None` when the connection keeps enough
+    /// statements already (run it unnamed). Call [`Self::prepared`] once the server said
+    /// ParseComplete.
+    pub fn statement_name(&self) -> Option<String> {
+        (self.statements.len() < MAX_STATEMENTS)
+            .then(|| format!("pgdual_{}", self.statements.len()))
+    }
+
+    /// Records that `sql` is prepared under `name`.
+    pub fn prepared(&mut self, sql: &str, param_types: &[u32], name: String) {
+        self.statements
+            .insert((Box::from(sql), param_types.to_vec()), name.into());
+    }
+
     pub fn parameter(&self, name: &str) -> Option<&str> {
         self.params.get(name).map(String::as_str)
     }

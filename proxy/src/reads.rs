@@ -374,8 +374,21 @@ fn legacy_target(shared: &Shared, connect_timeout: Duration) -> Target {
 }
 
 /// Legacy's description of `sql`, cached by text and declared parameter types.
-async fn describe(shared: &Shared, sql: &str, param_types: &[u32]) -> Result<Arc<Described>, ()> {
-    let key = (Box::<str>::from(sql), param_types.to_vec());
+async fn describe(
+    shared: &Shared,
+    plan: &ReadPlan,
+    request: &Request,
+) -> Result<Arc<Described>, ()> {
+    let (sql, param_types) = (request.sql(), request.param_types());
+    // Texts that differ only in literals outside the select list (`WHERE id = 1`, `= 2`)
+    // have the same shape: one describe serves them all.
+    let key_text = match request {
+        Request::Simple { .. } if !plan.literal_output => {
+            Box::from(pgdual_rules::fingerprint::fingerprint(sql))
+        }
+        _ => Box::<str>::from(sql),
+    };
+    let key = (key_text, param_types.to_vec());
     if let Some(d) = shared.reads.described.get(&key) {
         return Ok(d.clone());
     }
@@ -453,17 +466,38 @@ async fn run_on_new(
     let result = async {
         align_settings(&mut conn, settings, timeout).await?;
         let mut out = BytesMut::new();
+        let mut preparing = None;
         match request {
             Request::Simple { .. } => out.extend_from_slice(&backend::query_frame(&plan.sql)),
             Request::Extended { bind_rest, .. } => {
-                out.extend_from_slice(&backend::parse_frame("", &plan.sql, &described.params));
-                out.extend_from_slice(&backend::bind_frame("", "", bind_rest));
+                // Prepared once per connection, as the client prepared it on legacy.
+                let name = match conn.statement(&plan.sql, &described.params) {
+                    Some(known) => known.to_string(),
+                    None => {
+                        let name = conn.statement_name();
+                        let name = name.as_deref().unwrap_or("");
+                        out.extend_from_slice(&backend::parse_frame(
+                            name,
+                            &plan.sql,
+                            &described.params,
+                        ));
+                        preparing = Some(name.to_string()).filter(|n| !n.is_empty());
+                        name.to_string()
+                    }
+                };
+                out.extend_from_slice(&backend::bind_frame("", &name, bind_rest));
                 out.extend_from_slice(&backend::describe_frame(b'P', ""));
                 out.extend_from_slice(&backend::execute_frame("", 0));
                 out.extend_from_slice(&backend::sync_frame());
             }
         }
-        conn.round_trip(&out, cfg.max_result_bytes, timeout).await
+        let frames = conn.round_trip(&out, cfg.max_result_bytes, timeout).await?;
+        if let Some(name) = preparing {
+            if frames.iter().any(|f| f.tag == b'1') {
+                conn.prepared(&plan.sql, &described.params, name);
+            }
+        }
+        Ok(frames)
     }
     .await;
     backend::checkin(&target, conn);
@@ -529,7 +563,7 @@ pub async fn answer(
     if shared.reads.new_is_down() {
         return Err(Fallback::Unavailable);
     }
-    let described = describe(shared, request.sql(), request.param_types())
+    let described = describe(shared, plan, request)
         .await
         .map_err(|()| Fallback::Describe)?;
     let Some(legacy_row) = &described.row else {
@@ -618,7 +652,7 @@ pub fn spawn_shadow(shared: Arc<Shared>, job: ShadowJob) {
         let plan = job.plan.clone();
         let Ok(plan) = &*plan else { return };
         let outcome = async {
-            let described = describe(&shared, job.request.sql(), job.request.param_types())
+            let described = describe(&shared, plan, &job.request)
                 .await
                 .map_err(|()| Fallback::Describe)?;
             // Without a Describe in the client's request, legacy sent no RowDescription.

@@ -55,6 +55,9 @@ pub struct ReadPlan {
     /// When the WHERE clause's top-level AND chain pins every key column of the (single)
     /// table with `key = literal` or `key = $n`: the pinned values, in key order.
     pub key: Option<Vec<KeyRef>>,
+    /// The select list holds literal values (`SELECT 'a', id ...`), so texts with the same
+    /// fingerprint may differ in the result's shape.
+    pub literal_output: bool,
 }
 
 /// A key column's pinned value.
@@ -287,6 +290,13 @@ pub fn plan_read(sql: &str, rules: &RuleSet) -> Result<ReadPlan, NotRoutable> {
         .as_ref()
         .is_some_and(|o| matches!(&o.kind, OrderByKind::Expressions(e) if !e.is_empty()));
 
+    let literal_output = select.projection.iter().any(|item| {
+        sqlparser::ast::visit_expressions(item, |e| match e {
+            Expr::Value(v) if !matches!(v.value, Value::Placeholder(_)) => ControlFlow::Break(()),
+            _ => ControlFlow::Continue(()),
+        })
+        .is_break()
+    });
     // The select list as it will be: expansions of `*`, aliases for column references.
     let projection = plan_projection(&select.projection, &scope)?;
     let output_names: Vec<Option<String>> = projection
@@ -399,6 +409,7 @@ pub fn plan_read(sql: &str, rules: &RuleSet) -> Result<ReadPlan, NotRoutable> {
         tables,
         ordered,
         key,
+        literal_output,
     })
 }
 
@@ -1306,6 +1317,23 @@ mod tests {
                 p
             }
             Err(e) => panic!("{sql}: not routable: {e} ({})", e.reason()),
+        }
+    }
+
+    #[test]
+    fn literal_output_marks_select_lists_whose_shape_a_literal_can_change() {
+        let rules = rules();
+        for (sql, literal) in [
+            ("SELECT id, email FROM users WHERE id = 7", false),
+            ("SELECT id FROM users WHERE id = $1 AND email = 'x'", false),
+            ("SELECT id, 'x' FROM users", true),
+            ("SELECT coalesce(email, $1) FROM users", false),
+            (
+                "SELECT coalesce(email, 'none') FROM users WHERE id = 1",
+                true,
+            ),
+        ] {
+            assert_eq!(plan(sql, &rules).literal_output, literal, "{sql}");
         }
     }
 
