@@ -5,6 +5,7 @@
 # between runs), alternating rounds, in simple and prepared protocol.
 #
 #   benches/read-bench.sh [seconds-per-run] [rounds] [clients]
+#   PIN=1 benches/read-bench.sh ...   # new on CPU 1; legacy, pgdual and pgbench on CPU 0
 #
 # pgbench_accounts maps to bank.accounts in the new database with renamed columns and a
 # transformed balance (cents), read back by `abalance = "(balance_cents / 100)::int"`.
@@ -16,6 +17,8 @@ ROUNDS=${2:-3}
 CLIENTS=${3:-16}
 SCALE=${SCALE:-10}
 NAME=read-bench
+CLIENT_PIN=()
+if [ "${PIN:-}" = 1 ]; then LEGACY_CPUS=0; NEW_CPUS=1; CLIENT_PIN=(taskset -c 0); fi
 . benches/two-clusters.sh
 P_PORT=$(free_port); ADMIN=$(free_port)
 psql_n "CREATE SCHEMA bank;
@@ -51,7 +54,7 @@ shadow_concurrency = 16
 [log]
 level = "warn"
 CONF
-"$PGDUAL" serve --config "$WORK/pgdual.toml" &
+"${CLIENT_PIN[@]}" "$PGDUAL" serve --config "$WORK/pgdual.toml" &
 PIDS+=($!)
 until curl -fsS "http://127.0.0.1:$ADMIN/healthz" >/dev/null 2>&1; do sleep 0.1; done
 
@@ -76,7 +79,7 @@ for r in $(seq "$ROUNDS"); do
               $(counter "pgdual_shadow_reads_total{$T,outcome=\"match\"}") \
               $(counter "pgdual_shadow_reads_total{$T,outcome=\"mismatch\"}") \
               $(counter "pgdual_shadow_reads_total{$T,outcome=\"skipped\"}"))
-      out=$("$BIN/pgbench" -n -S -M "$proto" -c "$CLIENTS" -j 2 -T "$SECS" -h 127.0.0.1 -p "$port" -U postgres postgres 2>&1)
+      out=$("${CLIENT_PIN[@]}" "$BIN/pgbench" -n -S -M "$proto" -c "$CLIENTS" -j 2 -T "$SECS" -h 127.0.0.1 -p "$port" -U postgres postgres 2>&1)
       tps=$(awk '/^tps = /{print $3}' <<<"$out")
       lat=$(awk '/^latency average = /{print $4}' <<<"$out")
       after=($(counter "pgdual_reads_total{$T,route=\"new\"}") \
@@ -89,3 +92,7 @@ for r in $(seq "$ROUNDS"); do
     done
   done
 done
+curl -fsS "http://127.0.0.1:$ADMIN/status" | python3 -c '
+import json, sys
+r = json.load(sys.stdin)["reads"].get("public.pgbench_accounts", {})
+print("fallbacks by reason:", r.get("fallbacks"), file=sys.stderr)'

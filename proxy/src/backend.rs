@@ -27,8 +27,10 @@ const MAX_FRAME: u64 = 1 << 30;
 /// Frames that are always buffered whole (authentication, ParameterStatus, ReadyForQuery...)
 /// may be at most this long.
 const MAX_CONTROL_FRAME: usize = 1 << 20;
-/// Idle connections kept per target and worker thread.
-pub const MAX_IDLE_PER_KEY: usize = 8;
+/// Idle connections kept per target and worker thread: enough for the busy sessions of one
+/// worker each to find one, so a burst of reads does not open and close connections (a
+/// process fork on the server each time).
+pub const MAX_IDLE_PER_KEY: usize = 32;
 /// Terminate.
 const TERMINATE: [u8; 5] = [b'X', 0, 0, 0, 4];
 
