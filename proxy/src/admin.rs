@@ -125,6 +125,15 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &str, expected: &str) -> Res
     serde_json::from_str(body).map_err(|e| format!("invalid body: {e}; expected {expected}"))
 }
 
+/// A flag change refused before validation: the rules stay at `version`.
+fn rejected(status: StatusCode, version: u64, reason: String) -> Response {
+    let outcome = crate::rules_store::ReloadOutcome::Rejected {
+        version,
+        reasons: vec![reason],
+    };
+    (status, Json(outcome)).into_response()
+}
+
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ModeBody {
@@ -138,27 +147,15 @@ async fn put_table_write(
     Path(table): Path<String>,
     body: String,
 ) -> Response {
-    use crate::rules_store::ReloadOutcome;
     let snap = shared.rules.load();
+    let reject = |status, reason| rejected(status, snap.version, reason);
     let body: ModeBody = match parse_body(&body, r#"{"mode": "on|off"}"#) {
         Ok(b) => b,
-        Err(reason) => {
-            let outcome = ReloadOutcome::Rejected {
-                version: snap.version,
-                reasons: vec![reason],
-            };
-            return (StatusCode::UNPROCESSABLE_ENTITY, Json(outcome)).into_response();
-        }
+        Err(reason) => return reject(StatusCode::UNPROCESSABLE_ENTITY, reason),
     };
     let text = match pgdual_rules::ruleset::set_write_mode(&snap.text, &table, body.mode) {
         Ok(t) => t,
-        Err(reason) => {
-            let outcome = ReloadOutcome::Rejected {
-                version: snap.version,
-                reasons: vec![reason],
-            };
-            return (StatusCode::NOT_FOUND, Json(outcome)).into_response();
-        }
+        Err(reason) => return reject(StatusCode::NOT_FOUND, reason),
     };
     put_rules(State(shared), text).await
 }
@@ -178,15 +175,8 @@ async fn put_table_read(
     Path(table): Path<String>,
     body: String,
 ) -> Response {
-    use crate::rules_store::ReloadOutcome;
     let snap = shared.rules.load();
-    let reject = |status, reason: String| {
-        let outcome = ReloadOutcome::Rejected {
-            version: snap.version,
-            reasons: vec![reason],
-        };
-        (status, Json(outcome)).into_response()
-    };
+    let reject = |status, reason| rejected(status, snap.version, reason);
     let body: ReadBody =
         match parse_body(&body, r#"{"mode": "legacy|shadow|new", "percent": 0-100}"#) {
             Ok(b) => b,
