@@ -130,6 +130,8 @@ pub type CachedPlan = Arc<Result<ReadPlan, NotRoutable>>;
 /// Everything the read router keeps between requests.
 pub struct Reads {
     plans: DashMap<(u64, Box<str>), CachedPlan>,
+    /// Verdicts that new cannot answer a statement, by rules version and fingerprint.
+    unroutable: DashMap<(u64, Box<str>), CachedPlan>,
     described: DashMap<(Box<str>, Vec<u32>), Arc<Described>>,
     tables: DashMap<String, Arc<TableReads>>,
     samples: Mutex<VecDeque<Sample>>,
@@ -145,6 +147,7 @@ impl Reads {
     pub fn new(shadow_concurrency: usize) -> Self {
         Reads {
             plans: DashMap::new(),
+            unroutable: DashMap::new(),
             described: DashMap::new(),
             tables: DashMap::new(),
             samples: Mutex::new(VecDeque::new()),
@@ -176,11 +179,25 @@ impl Reads {
         if let Some(p) = self.plans.get(&key) {
             return p.clone();
         }
-        if self.plans.len() >= PLAN_CACHE_CAPACITY {
-            self.plans.clear();
+        // What keeps a statement from new is its shape, not its literals: one verdict per
+        // fingerprint spares parsing every text that differs in literals only. At worst a
+        // text whose literals would have let it through stays on legacy, which is always right.
+        let shape = (
+            version,
+            Box::<str>::from(pgdual_rules::fingerprint::fingerprint(sql)),
+        );
+        if let Some(p) = self.unroutable.get(&shape) {
+            return p.clone();
         }
         let plan = Arc::new(pgdual_rules::read_plan::plan_read(sql, rules));
-        self.plans.insert(key, plan.clone());
+        let (cache, key) = match &*plan {
+            Err(NotRoutable::TooLong(_) | NotRoutable::Parse(_)) | Ok(_) => (&self.plans, key),
+            Err(_) => (&self.unroutable, shape),
+        };
+        if cache.len() >= PLAN_CACHE_CAPACITY {
+            cache.clear();
+        }
+        cache.insert(key, plan.clone());
         plan
     }
 
@@ -288,6 +305,7 @@ impl Reads {
     /// Forgets every plan (the rules at a version learned their legacy columns).
     pub fn forget_plans(&self) {
         self.plans.clear();
+        self.unroutable.clear();
     }
 
     /// Forgets what was learned about legacy's statements (after a rules change).
@@ -1057,5 +1075,37 @@ mod tests {
             parse_declared_types(b"s\0SELECT 1\0\0\0"),
             Vec::<u32>::new()
         );
+    }
+
+    #[test]
+    fn plans_are_per_text_and_verdicts_per_fingerprint() {
+        let mut rules = pgdual_rules::parse_rules(
+            "[[table]]\nlegacy = \"public.users\"\nnew = \"app.customers\"\nkeys = [\"id\"]\n\
+             read = \"new\"\n[table.columns]\ncustomer_id = \"id\"\nemail = \"email\"\n",
+            "rules.toml",
+        )
+        .unwrap();
+        let users = pgdual_rules::TableName {
+            schema: "public".into(),
+            name: "users".into(),
+        };
+        rules.set_legacy_columns(&users, vec!["id".into(), "email".into()]);
+        let reads = Reads::new(1);
+        let a = reads.plan(1, &rules, "SELECT email FROM users WHERE id = 1");
+        let b = reads.plan(1, &rules, "SELECT email FROM users WHERE id = 2");
+        let sql = |p: &CachedPlan| p.as_ref().as_ref().unwrap().sql.clone();
+        assert!(
+            sql(&a).ends_with("= 1") && sql(&b).ends_with("= 2"),
+            "{}",
+            sql(&a)
+        );
+        let c = reads.plan(1, &rules, "SELECT email FROM users WHERE id = 1 FOR UPDATE");
+        let d = reads.plan(1, &rules, "SELECT email FROM users WHERE id = 9 FOR UPDATE");
+        assert!(
+            c.is_err() && Arc::ptr_eq(&c, &d),
+            "one verdict for the shape"
+        );
+        let e = reads.plan(2, &rules, "SELECT email FROM users WHERE id = 9 FOR UPDATE");
+        assert!(!Arc::ptr_eq(&d, &e), "a new rules version plans again");
     }
 }
