@@ -177,12 +177,6 @@ async fn new_mode_answers_exactly_what_legacy_would_in_both_protocols() {
         );
     }
     let ext = format!("SELECT id, first_name, last_name, email FROM {t} WHERE id = $1");
-    for id in [1i64, 5, 9, 999] {
-        assert_eq!(
-            extended(&via, &ext, id).await.unwrap(),
-            extended(&direct, &ext, id).await.unwrap()
-        );
-    }
     // Prepared once, executed many times (Bind/Execute/Sync on a named statement).
     let stmt = via.prepare(&ext).await.unwrap();
     for id in 1..=20i64 {
@@ -197,8 +191,24 @@ async fn new_mode_answers_exactly_what_legacy_would_in_both_protocols() {
     let served = reads(&p, t, "new") - before;
     assert_eq!(
         served,
-        (SIMPLE_READS.len() + 4 + 20) as f64,
-        "every read was answered by new"
+        (SIMPLE_READS.len() + 20) as f64,
+        "every read was answered by new; fallbacks: {}",
+        p.shared().reads.render()
+    );
+    assert_eq!(fallbacks(&p, t), 0);
+    // One-shot statements (prepared, executed, closed by the driver): the close goes to
+    // legacy behind the read, so a read that arrives while legacy still owes its answer is
+    // relayed there; either way the answer is legacy's.
+    let one_shot = connect(port).await;
+    for id in [1i64, 5, 9, 999] {
+        assert_eq!(
+            extended(&one_shot, &ext, id).await.unwrap(),
+            extended(&direct, &ext, id).await.unwrap()
+        );
+    }
+    assert!(
+        reads(&p, t, "new") - before > served,
+        "one-shot reads reach new too"
     );
     assert_eq!(fallbacks(&p, t), 0);
 
@@ -281,13 +291,16 @@ async fn new_mode_with_the_new_database_stopped_is_served_by_legacy() {
         );
     }
     assert_eq!(reads(&p, t, "new"), before, "new answered nothing");
-    assert_eq!(fallbacks(&p, t), 3 * (SIMPLE_READS.len() as u64 + 1));
+    // Reads that arrived while legacy still owed the driver's statement close went to
+    // legacy directly; every other one was a fallback, for new being unavailable.
+    let fell_back = fallbacks(&p, t);
+    assert!(fell_back >= 2 * SIMPLE_READS.len() as u64, "{fell_back}");
     let unavailable = p
         .shared()
         .reads
         .table(&format!("public.{t}"))
         .fallback(pgdual::reads::Fallback::Unavailable);
-    assert_eq!(unavailable, 3 * (SIMPLE_READS.len() as u64 + 1));
+    assert_eq!(unavailable, fell_back);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -341,17 +354,19 @@ async fn shadow_counts_and_samples_a_row_corrupted_in_new_while_clients_get_lega
     let (code, body) = http_get(p.admin_addr().unwrap(), "/reads/mismatches", None);
     assert_eq!(code, 200);
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let sample = &v["samples"][0];
+    // The simple-protocol read's sample (shadow comparisons finish in any order).
+    let sample = v["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["fingerprint"].as_str().unwrap().contains("id = ?"))
+        .unwrap_or_else(|| panic!("{body}"));
     assert_eq!(sample["column"], "first_name", "{body}");
     assert_eq!(
         sample["legacy_value"], "<redacted>",
         "values are redacted by default"
     );
     assert_eq!(sample["key"], "<redacted>");
-    assert!(
-        sample["fingerprint"].as_str().unwrap().contains("id = ?"),
-        "{body}"
-    );
     assert!(!body.contains("Mallory"), "{body}");
     let (_, status) = http_get(p.admin_addr().unwrap(), "/status", None);
     let v: serde_json::Value = serde_json::from_str(&status).unwrap();

@@ -141,6 +141,9 @@ pub struct BackendConn {
     broken: bool,
     /// Statements this connection has prepared, by SQL and parameter types: their names.
     statements: HashMap<(Box<str>, Vec<u32>), Box<str>>,
+    /// Names handed out so far: a name is never reused, even when its Parse's outcome was
+    /// not recorded.
+    named: usize,
 }
 
 /// Named statements kept per connection; past this, statements run unnamed.
@@ -224,6 +227,7 @@ impl BackendConn {
             secret: Vec::new(),
             status: b'I',
             statements: HashMap::new(),
+            named: 0,
             broken: true,
         };
         let mut body = BytesMut::new();
@@ -602,9 +606,12 @@ impl BackendConn {
     /// A fresh name to prepare `sql` under, or `None` when the connection keeps enough
     /// statements already (run it unnamed). Call [`Self::prepared`] once the server said
     /// ParseComplete.
-    pub fn statement_name(&self) -> Option<String> {
-        (self.statements.len() < MAX_STATEMENTS)
-            .then(|| format!("pgdual_{}", self.statements.len()))
+    pub fn statement_name(&mut self) -> Option<String> {
+        if self.statements.len() >= MAX_STATEMENTS {
+            return None;
+        }
+        self.named += 1;
+        Some(format!("pgdual_{}", self.named))
     }
 
     /// Records that `sql` is prepared under `name`.

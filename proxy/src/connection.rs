@@ -123,8 +123,30 @@ async fn run(tcp: TcpStream, id: u64, shared: &Arc<Shared>) {
         )
         .await;
     }
+    let reads_routable = startup_fits_rules(&buf[..len], &shared.config.legacy.dbname);
     buf.advance(len);
-    relay_session(client, legacy, buf, id, shared).await;
+    relay_session(client, legacy, buf, id, reads_routable, shared).await;
+}
+
+/// Whether a session's reads may be routed: it connects to the database the rules describe
+/// (`legacy.dbname`) and sets no `options` (such as a search_path) that new would not share.
+fn startup_fits_rules(message: &[u8], dbname: &str) -> bool {
+    let mut params = message
+        .get(8..)
+        .unwrap_or_default()
+        .split(|&c| c == 0)
+        .map(|p| std::str::from_utf8(p).unwrap_or("\u{fffd}"));
+    let (mut user, mut database, mut options) = (None, None, false);
+    while let (Some(name), Some(value)) = (params.next(), params.next()) {
+        match name {
+            "" => break,
+            "user" => user = Some(value),
+            "database" => database = Some(value),
+            "options" => options = !value.trim().is_empty(),
+            _ => {}
+        }
+    }
+    !options && database.or(user) == Some(dbname)
 }
 
 /// The encryption negotiation and the startup packet, within `limits.connect_timeout_ms`.
@@ -185,10 +207,13 @@ async fn relay_session(
     legacy: crate::stream::LegacyStream,
     buf: BytesMut,
     id: u64,
+    reads_routable: bool,
     shared: &Arc<Shared>,
 ) {
     let key = shared.cancel.register();
-    let session = RefCell::new(Session::new(id));
+    let mut session = Session::new(id);
+    session.reads_routable = reads_routable;
+    let session = RefCell::new(session);
     let (mut cr, mut cw) = tokio::io::split(client);
     let (mut lr, mut lw) = tokio::io::split(legacy);
     let mut closing = shared.force_close.subscribe();
@@ -365,5 +390,53 @@ async fn forward_cancel(pid: i32, secret: &[u8], shared: &Shared) {
     {
         shared.metrics.error(ErrorSource::Legacy);
         warn!(error = %e, "could not forward CancelRequest");
+    }
+}
+
+#[cfg(test)]
+mod startup_tests {
+    use super::startup_fits_rules;
+
+    fn startup(params: &[(&str, &str)]) -> Vec<u8> {
+        let mut body = vec![0, 0, 0, 0, 0, 3, 0, 0];
+        for (k, v) in params {
+            body.extend_from_slice(k.as_bytes());
+            body.push(0);
+            body.extend_from_slice(v.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        body
+    }
+
+    #[test]
+    fn reads_route_only_for_the_rules_database_without_options() {
+        let cases: &[(&[(&str, &str)], bool)] = &[
+            (&[("user", "app"), ("database", "shop")], true),
+            (&[("user", "shop")], true),
+            (&[("user", "app")], false),
+            (&[("user", "app"), ("database", "other")], false),
+            (
+                &[
+                    ("user", "app"),
+                    ("database", "shop"),
+                    ("options", "-c search_path=t"),
+                ],
+                false,
+            ),
+            (
+                &[("user", "app"), ("database", "shop"), ("options", "")],
+                true,
+            ),
+            (&[("database", "shop"), ("application_name", "x")], true),
+        ];
+        for (params, fits) in cases {
+            assert_eq!(
+                startup_fits_rules(&startup(params), "shop"),
+                *fits,
+                "{params:?}"
+            );
+        }
+        assert!(!startup_fits_rules(b"\0\0", "shop"));
     }
 }

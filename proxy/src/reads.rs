@@ -521,6 +521,10 @@ async fn run_on_new(
     backend::checkin(&target, conn);
     let frames = result.map_err(|e| match e {
         BackendError::TooLarge(_) => Fallback::TooLarge,
+        BackendError::Protocol(e) => {
+            debug!(error = %e, "read on new failed");
+            Fallback::Error
+        }
         e => {
             debug!(error = %e, "read on new failed");
             Fallback::Unavailable
@@ -564,8 +568,15 @@ async fn align_settings(
         }
     }
     if !sql.is_empty() {
-        conn.round_trip(&backend::query_frame(&sql), 1 << 16, timeout)
+        let frames = conn
+            .round_trip(&backend::query_frame(&sql), 1 << 16, timeout)
             .await?;
+        if let Some(f) = frames.iter().find(|f| f.tag == b'E') {
+            let (code, message) = backend::error_fields(&f.body);
+            return Err(BackendError::Protocol(format!(
+                "new refused the session's settings: {code} {message}"
+            )));
+        }
     }
     Ok(())
 }

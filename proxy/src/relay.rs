@@ -257,7 +257,7 @@ where
                     _ => {}
                 }
             }
-            if s.wrote && s.tx == crate::session::TxStatus::Idle && !s.busy() {
+            if s.wrote && s.tx == crate::session::TxStatus::Idle && !s.busy() && !s.unsynced {
                 s.wrote = false;
                 s.last_write_done = Some(shared.reads.now());
                 nudge = true;

@@ -33,6 +33,8 @@ pub struct Prepared {
     pub param_types: Vec<u32>,
     /// Filled on first Execute, after the bytes went to legacy.
     pub analysis: OnceLock<Arc<Analysis>>,
+    /// Legacy answered its Parse with ParseComplete: the statement exists there.
+    pub confirmed: std::sync::atomic::AtomicBool,
 }
 
 /// A portal created by Bind: its statement and the raw Bind body (parameter format codes,
@@ -85,6 +87,17 @@ pub struct Session {
     pub last_write_done: Option<u64>,
     /// The session ran SET, RESET or the like: its settings may differ from new's.
     pub own_settings: bool,
+    /// Extended-protocol messages went to legacy since the last Sync: legacy is inside a
+    /// batch (an implicit transaction, perhaps an error to skip past) until one arrives.
+    pub unsynced: bool,
+    /// The session's database and startup options are those the rules describe.
+    pub reads_routable: bool,
+    /// Statements parsed and not yet confirmed or refused, in order, each with the number
+    /// of requests ending in ReadyForQuery (Sync, Query, FunctionCall) sent before it.
+    parsing: VecDeque<(u64, Arc<Prepared>)>,
+    /// Requests ending in ReadyForQuery sent to legacy, and ReadyForQuery received.
+    readies_sent: u64,
+    readies_seen: u64,
     /// Printing settings legacy reported (ParameterStatus), mirrored on new for routed reads.
     pub settings: crate::reads::Settings,
     /// A shadowed read whose answer from legacy is being captured.
@@ -103,6 +116,12 @@ impl Session {
             wrote: false,
             last_write_done: None,
             own_settings: false,
+            unsynced: false,
+            reads_routable: false,
+            parsing: VecDeque::new(),
+            // The startup phase ends in the first ReadyForQuery.
+            readies_sent: 1,
+            readies_seen: 0,
             settings: Vec::new(),
             shadow: None,
         }
@@ -115,6 +134,23 @@ impl Session {
 
     pub fn prepared(&self, name: &[u8]) -> Option<&Arc<Prepared>> {
         self.prepared.get(name)
+    }
+
+    /// The session's client_encoding (as legacy reported it) is UTF8.
+    pub fn utf8(&self) -> bool {
+        self.settings
+            .iter()
+            .any(|(n, v)| n == "client_encoding" && v.eq_ignore_ascii_case("UTF8"))
+    }
+
+    /// A named statement legacy has confirmed, as a routed Bind may use: the unnamed one is
+    /// replaced by any simple Query, so it is never trusted.
+    pub fn confirmed(&self, name: &[u8]) -> Option<&Arc<Prepared>> {
+        use std::sync::atomic::Ordering::Relaxed;
+        (!name.is_empty())
+            .then(|| self.prepared.get(name))
+            .flatten()
+            .filter(|p| p.confirmed.load(Relaxed))
     }
 
     pub fn portal(&self, name: &[u8]) -> Option<&Portal> {
@@ -132,10 +168,21 @@ impl Session {
         after: &mut Vec<AfterWrite>,
     ) {
         let body = &chunk[at + 5..at + len];
+        if matches!(tag, b'S' | b'Q' | b'F') {
+            self.readies_sent += 1;
+        }
+        self.unsynced = match tag {
+            b'P' | b'B' | b'E' | b'D' | b'C' | b'H' => true,
+            b'S' => false,
+            _ => self.unsynced,
+        };
         match tag {
             b'Q' => {
                 self.expected.push_back(Expected::SimpleQuery);
                 if let Some(sql) = frontend::query(body) {
+                    if drops_statements(sql) {
+                        self.prepared.clear();
+                    }
                     let start = at + 5;
                     after.push(AfterWrite::Query {
                         start,
@@ -146,20 +193,27 @@ impl Session {
             b'P' => {
                 self.expected.push_back(Expected::Parse);
                 if let Some((name, sql)) = frontend::parse(body) {
+                    if drops_statements(sql) {
+                        self.prepared.clear();
+                    }
                     // Drivers re-parse the same text into the unnamed statement again and
                     // again: keep the statement (and its analysis) when the text is unchanged.
                     let same = self
                         .prepared
                         .get(name)
-                        .is_some_and(|p| p.sql.as_bytes() == sql);
-                    if !same {
+                        .filter(|p| p.sql.as_bytes() == sql)
+                        .cloned();
+                    let stmt = same.unwrap_or_else(|| {
                         let stmt = Arc::new(Prepared {
                             sql: String::from_utf8_lossy(sql).into(),
                             param_types: crate::reads::parse_declared_types(body),
                             analysis: OnceLock::new(),
+                            confirmed: Default::default(),
                         });
-                        self.prepared.insert(name.into(), stmt);
-                    }
+                        self.prepared.insert(name.into(), stmt.clone());
+                        stmt
+                    });
+                    self.parsing.push_back((self.readies_sent, stmt));
                 }
             }
             b'B' => {
@@ -202,6 +256,17 @@ impl Session {
     pub fn on_backend(&mut self, tag: u8, body: &[u8]) {
         match tag {
             b'Z' => {
+                // Parses of the request this answers that were not confirmed by now were
+                // refused (or skipped after an error).
+                let done = self.readies_seen;
+                self.readies_seen += 1;
+                while self
+                    .parsing
+                    .front()
+                    .is_some_and(|(batch, _)| *batch <= done)
+                {
+                    self.parsing.pop_front();
+                }
                 self.tx = match body.first() {
                     Some(b'T') => TxStatus::InBlock,
                     Some(b'E') => TxStatus::Failed,
@@ -221,7 +286,13 @@ impl Session {
                     )
                 });
             }
-            b'1' => self.pop(|e| matches!(e, Expected::Parse)),
+            b'1' => {
+                if let Some((_, p)) = self.parsing.pop_front() {
+                    p.confirmed
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                self.pop(|e| matches!(e, Expected::Parse))
+            }
             b'2' => self.pop(|e| matches!(e, Expected::Bind)),
             b'3' => self.pop(|e| matches!(e, Expected::Close)),
             b'T' | b'n' if matches!(self.expected.front(), Some(Expected::Describe)) => {
@@ -283,6 +354,19 @@ impl Session {
     }
 }
 
+/// `DEALLOCATE` and `DISCARD` drop prepared statements that the session cannot name: after
+/// one, no statement is trusted to exist on legacy.
+fn drops_statements(sql: &[u8]) -> bool {
+    let start = sql
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(0);
+    let head = &sql[start..sql.len().min(start + 10)];
+    head.len() >= 7
+        && (head[..7].eq_ignore_ascii_case(b"DISCARD")
+            || head.len() >= 10 && head.eq_ignore_ascii_case(b"DEALLOCATE"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -333,6 +417,64 @@ mod tests {
             "portals end with the transaction"
         );
         assert!(s.prepared(b"s1").is_some(), "statements outlive it");
+    }
+
+    #[test]
+    fn routed_binds_trust_only_statements_legacy_confirmed_between_batches() {
+        let mut s = started();
+        feed_front(
+            &mut s,
+            &[
+                (b'P', b"s1\0SELECT 1\0\0\0"),
+                (b'P', b"s2\0SELECT nope\0\0\0"),
+                (b'P', b"\0SELECT 3\0\0\0"),
+            ],
+        );
+        assert!(s.unsynced, "inside a batch until Sync");
+        feed_front(&mut s, &[(b'S', b"")]);
+        assert!(!s.unsynced);
+        assert!(s.confirmed(b"s1").is_none(), "not before ParseComplete");
+        s.on_backend(b'1', b"");
+        s.on_backend(b'E', b"");
+        s.on_backend(b'Z', b"I");
+        assert!(s.confirmed(b"s1").is_some());
+        assert!(s.confirmed(b"s2").is_none(), "refused by legacy");
+        assert!(
+            s.confirmed(b"").is_none(),
+            "the unnamed statement is never trusted"
+        );
+        // A Flush leaves legacy inside the batch: nothing may answer in its place.
+        feed_front(&mut s, &[(b'B', b"\0s1\0\0\0\0\0\0\0"), (b'H', b"")]);
+        assert!(s.unsynced);
+        feed_front(&mut s, &[(b'S', b"")]);
+        s.on_backend(b'2', b"");
+        s.on_backend(b'Z', b"I");
+        // A Parse pipelined behind an earlier request: that request's ReadyForQuery does
+        // not settle it.
+        feed_front(
+            &mut s,
+            &[
+                (b'C', b"Ss1\0"),
+                (b'S', b""),
+                (b'P', b"s3\0SELECT 3\0\0\0"),
+                (b'S', b""),
+            ],
+        );
+        s.on_backend(b'3', b"");
+        s.on_backend(b'Z', b"I");
+        s.on_backend(b'1', b"");
+        s.on_backend(b'Z', b"I");
+        assert!(s.confirmed(b"s3").is_some());
+        assert!(s.confirmed(b"s1").is_none(), "closed");
+        feed_front(&mut s, &[(b'Q', b"  discard ALL\0")]);
+        assert!(
+            s.confirmed(b"s3").is_none(),
+            "DISCARD drops every statement"
+        );
+        assert!(
+            s.confirmed(b"s1").is_none(),
+            "DISCARD drops every statement"
+        );
     }
 
     #[test]

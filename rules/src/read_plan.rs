@@ -55,8 +55,8 @@ pub struct ReadPlan {
     /// When the WHERE clause's top-level AND chain pins every key column of the (single)
     /// table with `key = literal` or `key = $n`: the pinned values, in key order.
     pub key: Option<Vec<KeyRef>>,
-    /// The select list holds literal values (`SELECT 'a', id ...`), so texts with the same
-    /// fingerprint may differ in the result's shape.
+    /// The select list holds literal values or casts (`SELECT 'a', id::numeric(10,2) ...`),
+    /// so texts with the same fingerprint may differ in the result's shape.
     pub literal_output: bool,
 }
 
@@ -293,6 +293,8 @@ pub fn plan_read(sql: &str, rules: &RuleSet) -> Result<ReadPlan, NotRoutable> {
     let literal_output = select.projection.iter().any(|item| {
         sqlparser::ast::visit_expressions(item, |e| match e {
             Expr::Value(v) if !matches!(v.value, Value::Placeholder(_)) => ControlFlow::Break(()),
+            // A type modifier (`::numeric(10,2)`) reads as a literal to the fingerprint.
+            Expr::Cast { .. } | Expr::TypedString { .. } => ControlFlow::Break(()),
             _ => ControlFlow::Continue(()),
         })
         .is_break()

@@ -30,7 +30,7 @@ fn read_group(buf: &[u8], s: &Session) -> Option<(usize, Request)> {
         }
         b'B' => {
             let (portal, stmt) = frontend::bind(body)?;
-            let prepared = s.prepared(stmt)?;
+            let prepared = s.confirmed(stmt)?;
             let bind_rest = reads::bind_rest(&Bytes::copy_from_slice(body))?;
             let (mut at, mut tag, mut len) = it.next()?;
             let mut describe = false;
@@ -108,7 +108,9 @@ pub async fn route_group(
     }
     let (end, request, view, settings, conn_seed) = {
         let s = session.borrow();
-        if s.busy() {
+        // Only between batches (a Sync legacy needs must reach it), and only for UTF-8
+        // sessions: the statement text is handed to new as UTF-8.
+        if !s.reads_routable || s.busy() || s.unsynced || !s.utf8() {
             return None;
         }
         let (end, request) = read_group(buf, &s)?;
