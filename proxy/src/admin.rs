@@ -111,9 +111,13 @@ async fn put_rules(State(shared): State<Arc<Shared>>, body: String) -> Response 
         };
         return (StatusCode::CONFLICT, Json(outcome)).into_response();
     }
-    let outcome = shared.rules.apply(&shared, body, true).await;
+    reload_answer(shared.rules.apply(&shared, body, true).await)
+}
+
+/// 200 with the outcome, or 422 with every reason when the rules were rejected.
+fn reload_answer(outcome: crate::rules_store::ReloadOutcome) -> Response {
     let status = match outcome {
-        ReloadOutcome::Rejected { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        crate::rules_store::ReloadOutcome::Rejected { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         _ => StatusCode::OK,
     };
     (status, Json(outcome)).into_response()
@@ -153,11 +157,16 @@ async fn put_table_write(
         Ok(b) => b,
         Err(reason) => return reject(StatusCode::UNPROCESSABLE_ENTITY, reason),
     };
-    let text = match pgdual_rules::ruleset::set_write_mode(&snap.text, &table, body.mode) {
-        Ok(t) => t,
-        Err(reason) => return reject(StatusCode::NOT_FOUND, reason),
-    };
-    put_rules(State(shared), text).await
+    let edited = shared
+        .rules
+        .edit(&shared, |text| {
+            pgdual_rules::ruleset::set_write_mode(text, &table, body.mode)
+        })
+        .await;
+    match edited {
+        Ok(outcome) => reload_answer(outcome),
+        Err(reason) => reject(StatusCode::NOT_FOUND, reason),
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -191,8 +200,14 @@ async fn put_table_read(
             ),
         );
     }
-    match pgdual_rules::ruleset::set_read_mode(&snap.text, &table, body.mode, body.percent) {
-        Ok(text) => put_rules(State(shared), text).await,
+    let edited = shared
+        .rules
+        .edit(&shared, |text| {
+            pgdual_rules::ruleset::set_read_mode(text, &table, body.mode, body.percent)
+        })
+        .await;
+    match edited {
+        Ok(outcome) => reload_answer(outcome),
         Err(reason) => reject(StatusCode::NOT_FOUND, reason),
     }
 }

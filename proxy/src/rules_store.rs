@@ -68,10 +68,26 @@ impl RulesStore {
         let Some(path) = &self.path else {
             return self.rejected(vec!["no rules_file is configured".into()]);
         };
+        // Read under the lock: a file read before another change landed (an API change,
+        // written back) must not be applied after it and undo it.
+        let _one_at_a_time = self.reloading.lock().await;
         match tokio::fs::read_to_string(path).await {
-            Ok(text) => self.apply(shared, text, false).await,
+            Ok(text) => self.apply_locked(shared, text, false).await,
             Err(e) => self.rejected(vec![format!("cannot read {}: {e}", path.display())]),
         }
+    }
+
+    /// Edits the rules text in force with `edit` and applies the result with write-back,
+    /// all under the reload lock, so that no other change lands between reading the text
+    /// and swapping in its edit. `edit`'s error is returned as it is.
+    pub async fn edit<E>(
+        &self,
+        shared: &Shared,
+        edit: impl FnOnce(&str) -> Result<String, E>,
+    ) -> Result<ReloadOutcome, E> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let text = edit(&self.load().text)?;
+        Ok(self.apply_locked(shared, text, true).await)
     }
 
     fn rejected(&self, reasons: Vec<String>) -> ReloadOutcome {
@@ -84,6 +100,10 @@ impl RulesStore {
     /// `write_back`, the accepted text also replaces the rules file (atomically).
     pub async fn apply(&self, shared: &Shared, text: String, write_back: bool) -> ReloadOutcome {
         let _one_at_a_time = self.reloading.lock().await;
+        self.apply_locked(shared, text, write_back).await
+    }
+
+    async fn apply_locked(&self, shared: &Shared, text: String, write_back: bool) -> ReloadOutcome {
         let old = self.load();
         if old.text == text {
             return ReloadOutcome::Unchanged {
