@@ -141,6 +141,8 @@ pub struct Reads {
     mirrored_through: AtomicU64,
     /// New is not tried again before this instant (µs since epoch).
     new_down_until: AtomicU64,
+    /// When new last answered a round trip (µs since epoch).
+    new_answered_at: AtomicU64,
 }
 
 impl Reads {
@@ -155,6 +157,7 @@ impl Reads {
             epoch: Instant::now(),
             mirrored_through: AtomicU64::new(0),
             new_down_until: AtomicU64::new(0),
+            new_answered_at: AtomicU64::new(0),
         }
     }
 
@@ -246,9 +249,20 @@ impl Reads {
         self.now() < self.new_down_until.load(Relaxed)
     }
 
-    fn mark_new_down(&self, retry_after: Duration) {
-        self.new_down_until
-            .store(self.now() + retry_after.as_micros() as u64, Relaxed);
+    /// After a connection to new failed: reads skip new for `retry_after`, unless new
+    /// answered on another connection within that time (one slow connect under load is not
+    /// an outage; a connect that keeps failing is, once the answers stop). Returns whether
+    /// new is now considered down.
+    fn mark_new_down(&self, retry_after: Duration) -> bool {
+        let now = self.now();
+        let window = retry_after.as_micros() as u64;
+        if now.saturating_sub(self.new_answered_at.load(Relaxed)) < window
+            && self.new_answered_at.load(Relaxed) > 0
+        {
+            return false;
+        }
+        self.new_down_until.store(now + window, Relaxed);
+        true
     }
 
     /// Per-table read counters in the Prometheus text format.
@@ -474,10 +488,12 @@ async fn run_on_new(
     let mut conn = match backend::checkout(&target).await {
         Ok(c) => c,
         Err(e) => {
-            warn!(error = %e, "new is unreachable; reads fall back to legacy");
-            shared
-                .reads
-                .mark_new_down(Duration::from_millis(cfg.retry_after_ms));
+            let retry_after = Duration::from_millis(cfg.retry_after_ms);
+            if shared.reads.mark_new_down(retry_after) {
+                warn!(error = %e, "new is unreachable; reads fall back to legacy");
+            } else {
+                debug!(error = %e, "a connection to new failed; this read falls back");
+            }
             return Err(Fallback::Unavailable);
         }
     };
@@ -519,6 +535,12 @@ async fn run_on_new(
     }
     .await;
     backend::checkin(&target, conn);
+    if result.is_ok() {
+        shared
+            .reads
+            .new_answered_at
+            .store(shared.reads.now(), Relaxed);
+    }
     let frames = result.map_err(|e| match e {
         BackendError::TooLarge(_) => Fallback::TooLarge,
         BackendError::Protocol(e) => {
@@ -1119,4 +1141,17 @@ mod tests {
         let e = reads.plan(2, &rules, "SELECT email FROM users WHERE id = 9 FOR UPDATE");
         assert!(!Arc::ptr_eq(&d, &e), "a new rules version plans again");
     }
+
+    #[test]
+    fn one_failed_connect_is_an_outage_only_when_new_has_stopped_answering() {
+        let reads = Reads::new(1);
+        let window = Duration::from_secs(60);
+        reads.new_answered_at.store(reads.now().max(1), Relaxed);
+        assert!(!reads.mark_new_down(window), "new answered just now");
+        assert!(!reads.new_is_down());
+        reads.new_answered_at.store(0, Relaxed);
+        assert!(reads.mark_new_down(window), "never answered");
+        assert!(reads.new_is_down());
+    }
+
 }
