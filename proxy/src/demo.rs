@@ -1,6 +1,7 @@
 //! `pgdual demo`: throwaway legacy and new PostgreSQL servers, a `users` table in legacy and
-//! its reshaped successor in new, pgdual in front of legacy with dual-write on, and a short
-//! workload through the proxy, so a newcomer sees the relay and the mirror work end to end.
+//! its reshaped successor in new, pgdual in front of legacy with dual-write on, a short
+//! workload through the proxy, then the table's reads switched to new live, so a newcomer
+//! sees the relay, the mirror and read routing work end to end.
 
 use std::process::Command;
 use std::time::Duration;
@@ -47,6 +48,11 @@ customer_id = "id"
 full_name = "first_name || ' ' || last_name"
 email = "lower(email)"
 signed_up_at = "created_at"
+# How reads answered by new see legacy's columns (renames are read back on their own;
+# email was lower-cased on the way in, so reads of email stay on legacy).
+[table.read_back]
+first_name = "split_part(full_name, ' ', 1)"
+last_name = "substr(full_name, length(split_part(full_name, ' ', 1)) + 2)"
 "#;
 
 const LEGACY_VIEW: &str = "SELECT string_agg(concat_ws('|', id, first_name || ' ' || last_name, \
@@ -171,6 +177,10 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
         );
     }
 
+    if let Some(admin) = proxy.admin_addr() {
+        reads_on_new(&admin.to_string(), &url, &legacy)?;
+    }
+
     let drain = Duration::from_secs(5);
     if opts.once {
         proxy.shutdown(drain);
@@ -185,5 +195,44 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
     println!("\nStopping ...");
     proxy.shutdown(drain);
     drop((legacy, new));
+    Ok(())
+}
+
+/// Switches the table's reads to new through the admin API, as an operator would, and
+/// shows which reads new answered.
+fn reads_on_new(admin: &str, url: &str, legacy: &PgCluster) -> anyhow::Result<()> {
+    println!(
+        "\nReads of public.users switched to new, live (pgdual flags set public.users read new):"
+    );
+    crate::admin_client::set_read(admin, None, "public.users", "new", Some(100))?;
+    let out = Command::new(legacy.bin_dir().join("psql"))
+        .args(["-X", "-e", url])
+        .args([
+            "-c",
+            "SELECT id, first_name, last_name, created_at FROM users ORDER BY id",
+        ])
+        .args(["-c", "SELECT email FROM users WHERE id = 1"])
+        .output()?;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    anyhow::ensure!(
+        out.status.success(),
+        "the reads failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, metrics) = crate::admin_client::request(admin, "GET", "/metrics", None, None)?;
+    let count = |route: &str| {
+        let name = format!("pgdual_reads_total{{table=\"public.users\",route=\"{route}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&name))
+            .unwrap_or("0")
+            .to_string()
+    };
+    println!(
+        "Reads of public.users answered by new: {}, by legacy: {} (email has no read-back, so \
+         that read stayed on legacy).",
+        count("new"),
+        count("legacy")
+    );
     Ok(())
 }

@@ -17,7 +17,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use dashmap::DashMap;
 use pgdual_rules::read_plan::{KeyRef, NotRoutable, ReadPlan};
 use pgdual_rules::ruleset::TargetDatabase;
-use pgdual_rules::RuleSet;
+use pgdual_rules::{RuleSet, TableName};
 use serde::Serialize;
 use tracing::{debug, warn};
 
@@ -240,7 +240,11 @@ impl Reads {
 
     /// Counts one read for each of its tables.
     pub fn count(&self, plan: &ReadPlan, f: impl Fn(&TableReads)) {
-        for t in &plan.tables {
+        self.count_tables(&plan.tables, f)
+    }
+
+    pub fn count_tables(&self, tables: &[TableName], f: impl Fn(&TableReads)) {
+        for t in tables {
             f(&self.table(&t.to_string()));
         }
     }
@@ -1153,5 +1157,4 @@ mod tests {
         assert!(reads.mark_new_down(window), "never answered");
         assert!(reads.new_is_down());
     }
-
 }

@@ -202,6 +202,7 @@ async fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
 /// watching when dropped. Only events naming the file count, and a reload of unchanged text
 /// is a no-op, so the API's own write-back does not trigger a second reload.
 pub fn watch(shared: Arc<Shared>) -> Option<notify::RecommendedWatcher> {
+    use notify::event::ModifyKind;
     use notify::{EventKind, RecursiveMode, Watcher};
     let path = shared.rules.path()?.to_path_buf();
     let name = path.file_name()?.to_os_string();
@@ -213,8 +214,13 @@ pub fn watch(shared: Arc<Shared>) -> Option<notify::RecommendedWatcher> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
-        let relevant = matches!(event.kind, EventKind::Create(_) | EventKind::Modify(_))
-            && event.paths.iter().any(|p| p.file_name() == Some(&name));
+        // Content changes and renames onto the file; not metadata (an unlink changes the
+        // link count, a backup tool touches times).
+        let relevant = matches!(
+            event.kind,
+            EventKind::Create(_)
+                | EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Name(_) | ModifyKind::Any)
+        ) && event.paths.iter().any(|p| p.file_name() == Some(&name));
         if relevant {
             let _ = tx.send(());
         }
@@ -235,7 +241,14 @@ pub fn watch(shared: Arc<Shared>) -> Option<notify::RecommendedWatcher> {
                 while rx.recv().await.is_some() {
                     // Editors write in several steps: let them settle, then read once.
                     tokio::time::sleep(Duration::from_millis(100)).await;
-                    while rx.try_recv().is_ok() {}
+                    loop {
+                        match rx.try_recv() {
+                            Ok(()) => {}
+                            Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
+                            // The watcher is gone: pgdual is stopping.
+                            Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => return,
+                        }
+                    }
                     shared.rules.reload_file(&shared).await;
                 }
             });

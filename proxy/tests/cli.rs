@@ -334,7 +334,7 @@ fn rules_check_offline_and_against_the_catalog() {
 }
 
 #[test]
-fn demo_once_mirrors_the_workload_to_the_new_schema() {
+fn demo_once_mirrors_the_workload_and_routes_reads_to_new() {
     let out = pgdual()
         .args(["demo", "--once", "--listen", "127.0.0.1:0"])
         .output()
@@ -352,6 +352,18 @@ fn demo_once_mirrors_the_workload_to_the_new_schema() {
         msg.contains("Alan Turing"),
         "the rolled-back delete left Turing in new: {msg}"
     );
+    // Then the table's reads move to new, live: the name read back from new's full_name
+    // comes out as legacy's two columns, and the read of email stays on legacy.
+    assert!(
+        msg.contains("public.users: read new 100% (rules version 2)"),
+        "{msg}"
+    );
+    assert!(msg.contains(" Grace      | Hopper-Murray |"), "{msg}");
+    assert!(
+        msg.contains("answered by new: 1, by legacy: 1"),
+        "{msg}"
+    );
+    assert!(!msg.contains("WARN"), "a clean run logs no warning: {msg}");
 }
 
 #[test]

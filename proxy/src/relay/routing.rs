@@ -79,19 +79,25 @@ fn table_of(name: &str) -> Option<TableName> {
     }
 }
 
-/// A cheap first look (the analysis is cached by fingerprint): one read statement touching
-/// a table whose reads are routed.
-fn may_route(shared: &Shared, rules: &RuleSet, sql: &str) -> bool {
+/// A cheap first look (the analysis is cached by fingerprint): when the text is one read
+/// statement touching tables whose reads are routed, those tables.
+fn routed_tables(shared: &Shared, rules: &RuleSet, sql: &str) -> Vec<TableName> {
     let analysis = shared.cache.get(sql);
     let [one] = &analysis.statements[..] else {
-        return false;
+        return Vec::new();
     };
-    one.kind == StatementKind::Read
-        && one.tables.iter().any(|t| {
-            table_of(t)
-                .and_then(|t| rules.table(&t))
+    if one.kind != StatementKind::Read {
+        return Vec::new();
+    }
+    one.tables
+        .iter()
+        .filter_map(|t| table_of(t))
+        .filter(|t| {
+            rules
+                .table(t)
                 .is_some_and(|r| r.read != pgdual_rules::ReadMode::Legacy)
         })
+        .collect()
 }
 
 /// Routes the group at the head of `buf`. When new answered, returns the group's length and
@@ -121,7 +127,8 @@ pub async fn route_group(
         };
         (end, request, view, s.settings.clone(), s.id)
     };
-    if !may_route(shared, &snap.rules, request.sql()) {
+    let routed = routed_tables(shared, &snap.rules, request.sql());
+    if routed.is_empty() {
         return None;
     }
     let plan = shared.reads.plan(snap.version, &snap.rules, request.sql());
@@ -147,6 +154,10 @@ pub async fn route_group(
     };
     let decision = route(&plan, &snap.rules, view, stick);
     let Ok(p) = plan.as_ref() else {
+        // A read of routed tables that new cannot answer: legacy's, and counted so.
+        shared.reads.count_tables(&routed, |t| {
+            t.legacy.fetch_add(1, Relaxed);
+        });
         return None;
     };
     let reads = &shared.reads;
