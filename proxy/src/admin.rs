@@ -157,15 +157,22 @@ async fn put_table_write(
         Ok(b) => b,
         Err(reason) => return reject(StatusCode::UNPROCESSABLE_ENTITY, reason),
     };
-    let edited = shared
-        .rules
-        .edit(&shared, |text| {
-            pgdual_rules::ruleset::set_write_mode(text, &table, body.mode)
-        })
-        .await;
-    match edited {
+    edit_rules(&shared, snap.version, |text| {
+        pgdual_rules::ruleset::set_write_mode(text, &table, body.mode)
+    })
+    .await
+}
+
+/// Applies `edit` to the rules in force (whole validation, swap, write-back); 404 when the
+/// edit itself fails (no rule for the table).
+async fn edit_rules(
+    shared: &Shared,
+    version: u64,
+    edit: impl FnOnce(&str) -> Result<String, String>,
+) -> Response {
+    match shared.rules.edit(shared, edit).await {
         Ok(outcome) => reload_answer(outcome),
-        Err(reason) => reject(StatusCode::NOT_FOUND, reason),
+        Err(reason) => rejected(StatusCode::NOT_FOUND, version, reason),
     }
 }
 
@@ -200,16 +207,10 @@ async fn put_table_read(
             ),
         );
     }
-    let edited = shared
-        .rules
-        .edit(&shared, |text| {
-            pgdual_rules::ruleset::set_read_mode(text, &table, body.mode, body.percent)
-        })
-        .await;
-    match edited {
-        Ok(outcome) => reload_answer(outcome),
-        Err(reason) => reject(StatusCode::NOT_FOUND, reason),
-    }
+    edit_rules(&shared, snap.version, |text| {
+        pgdual_rules::ruleset::set_read_mode(text, &table, body.mode, body.percent)
+    })
+    .await
 }
 
 /// The latest shadow comparisons that differed, oldest first.

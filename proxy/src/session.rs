@@ -471,10 +471,6 @@ mod tests {
             s.confirmed(b"s3").is_none(),
             "DISCARD drops every statement"
         );
-        assert!(
-            s.confirmed(b"s1").is_none(),
-            "DISCARD drops every statement"
-        );
     }
 
     #[test]

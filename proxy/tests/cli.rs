@@ -359,10 +359,7 @@ fn demo_once_mirrors_the_workload_and_routes_reads_to_new() {
         "{msg}"
     );
     assert!(msg.contains(" Grace      | Hopper-Murray |"), "{msg}");
-    assert!(
-        msg.contains("answered by new: 1, by legacy: 1"),
-        "{msg}"
-    );
+    assert!(msg.contains("answered by new: 1, by legacy: 1"), "{msg}");
     assert!(!msg.contains("WARN"), "a clean run logs no warning: {msg}");
 }
 
