@@ -645,14 +645,18 @@ impl BackendConn {
         &self.addr
     }
 
-    /// Whether the connection can go back to a pool: not broken, outside a transaction, and
-    /// the server has sent nothing since (such as a FATAL error before closing).
+    /// Whether the connection can go back to a pool: not broken, outside a transaction, with
+    /// nothing left unread.
     fn reusable(&self) -> bool {
-        if self.broken || self.status != b'I' || !self.buf.is_empty() {
-            return false;
-        }
+        !self.broken && self.status == b'I' && self.buf.is_empty()
+    }
+
+    /// Reusable, and the server has sent nothing since (such as a FATAL error before
+    /// closing): one non-blocking read, paid when the connection leaves the pool.
+    fn still_usable(&self) -> bool {
         let mut probe = [0u8; 1];
-        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        self.reusable()
+            && matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 }
 
@@ -814,7 +818,7 @@ pub async fn checkout(target: &Target) -> Result<BackendConn, BackendError> {
             .ok()
             .flatten();
         match idle {
-            Some(conn) if conn.reusable() => return Ok(conn),
+            Some(conn) if conn.still_usable() => return Ok(conn),
             Some(_) => continue,
             None => return target.connect().await,
         }
