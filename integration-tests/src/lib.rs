@@ -94,6 +94,15 @@ pub fn proxy() -> Proxy {
 }
 
 /// A tokio-postgres connection string for `port`.
+/// psql (from the harness's PostgreSQL) as `postgres` on database `postgres` at
+/// 127.0.0.1:`port`, without the user's psqlrc; add `-c`, `-f` or other arguments.
+pub fn psql_to(port: u16) -> std::process::Command {
+    let mut cmd = std::process::Command::new(legacy().bin_dir().join("psql"));
+    cmd.args(["-X", "-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-U", "postgres", "-d", "postgres"]);
+    cmd
+}
+
 pub fn conn_str(port: u16, user: &str, password: Option<&str>) -> String {
     let mut s = format!("host=127.0.0.1 port={port} user={user} dbname=postgres");
     if let Some(p) = password {

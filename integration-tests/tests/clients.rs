@@ -53,22 +53,7 @@ fn psql_script(port: u16, dir: &Path) -> String {
         SCRIPT.replace("PEOPLE_CSV", &csv.display().to_string()),
     )
     .unwrap();
-    let out = tool("psql")
-        .args([
-            "-X",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-        ])
-        .arg("-f")
-        .arg(&script)
-        .output()
-        .unwrap();
+    let out = psql_to(port).arg("-f").arg(&script).output().unwrap();
     format!(
         "{}\n--- stderr ---\n{}",
         String::from_utf8_lossy(&out.stdout),

@@ -216,22 +216,7 @@ async fn new_mode_answers_exactly_what_legacy_would_in_both_protocols() {
     for sql in SIMPLE_READS.iter().take(4) {
         let sql = sql.replace("{t}", t);
         let run = |port: u16| {
-            let out = std::process::Command::new(legacy().bin_dir().join("psql"))
-                .args([
-                    "-X",
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    &port.to_string(),
-                    "-U",
-                    "postgres",
-                    "-d",
-                    "postgres",
-                    "-c",
-                    &sql,
-                ])
-                .output()
-                .unwrap();
+            let out = psql_to(port).args(["-c", &sql]).output().unwrap();
             assert!(
                 out.status.success(),
                 "{}",
