@@ -9,28 +9,39 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use pgdual_rules::read_plan::KeyRef;
 use pgdual_rules::route::{bucket, route, Route, SessionView};
-use pgdual_rules::{RuleSet, StatementKind, TableName};
+use pgdual_rules::{Analysis, RuleSet, StatementKind, TableName};
 
 use crate::codec::{frames, frontend};
 use crate::proxy::Shared;
 use crate::reads::{self, Request, ShadowJob};
 use crate::session::{Session, TxStatus};
 
-/// The first request group of `buf` when it is a read new could answer: a simple Query, or
-/// Bind, optional Describe of that portal, Execute (all rows) and Sync. Returns the group's
-/// length and the request.
-fn read_group(buf: &[u8], s: &Session) -> Option<(usize, Request)> {
+/// The first request group of `buf` when it is a read of tables whose reads are routed: a
+/// simple Query, or Bind, optional Describe of that portal, Execute (all rows) and Sync.
+/// Returns the group's length, the request and those tables. The analysis comes from the
+/// cache by fingerprint, or from the prepared statement itself, before anything is copied.
+fn read_group(
+    buf: &[u8],
+    s: &Session,
+    shared: &Shared,
+    rules: &RuleSet,
+) -> Option<(usize, Request, Vec<TableName>)> {
     let mut it = frames(buf, 0, buf.len());
     let (at, tag, len) = it.next()?;
     let body = &buf[at + 5..at + len];
     match tag {
         b'Q' => {
             let sql = std::str::from_utf8(frontend::query(body)?).ok()?;
-            Some((at + len, Request::Simple { sql: sql.into() }))
+            let routed = routed_tables(&shared.cache.get(sql), rules)?;
+            Some((at + len, Request::Simple { sql: sql.into() }, routed))
         }
         b'B' => {
             let (portal, stmt) = frontend::bind(body)?;
             let prepared = s.confirmed(stmt)?;
+            let analysis = prepared
+                .analysis
+                .get_or_init(|| shared.cache.get(&prepared.sql));
+            let routed = routed_tables(analysis, rules)?;
             let bind_rest = reads::bind_rest(&Bytes::copy_from_slice(body))?;
             let (mut at, mut tag, mut len) = it.next()?;
             let mut describe = false;
@@ -61,6 +72,7 @@ fn read_group(buf: &[u8], s: &Session) -> Option<(usize, Request)> {
                     bind_rest,
                     describe,
                 },
+                routed,
             ))
         }
         _ => None,
@@ -79,17 +91,17 @@ fn table_of(name: &str) -> Option<TableName> {
     }
 }
 
-/// A cheap first look (the analysis is cached by fingerprint): when the text is one read
-/// statement touching tables whose reads are routed, those tables.
-fn routed_tables(shared: &Shared, rules: &RuleSet, sql: &str) -> Vec<TableName> {
-    let analysis = shared.cache.get(sql);
+/// When the analysis is of one read statement touching tables whose reads are routed,
+/// those tables.
+fn routed_tables(analysis: &Analysis, rules: &RuleSet) -> Option<Vec<TableName>> {
     let [one] = &analysis.statements[..] else {
-        return Vec::new();
+        return None;
     };
     if one.kind != StatementKind::Read {
-        return Vec::new();
+        return None;
     }
-    one.tables
+    let routed: Vec<TableName> = one
+        .tables
         .iter()
         .filter_map(|t| table_of(t))
         .filter(|t| {
@@ -97,7 +109,8 @@ fn routed_tables(shared: &Shared, rules: &RuleSet, sql: &str) -> Vec<TableName> 
                 .table(t)
                 .is_some_and(|r| r.read != pgdual_rules::ReadMode::Legacy)
         })
-        .collect()
+        .collect();
+    (!routed.is_empty()).then_some(routed)
 }
 
 /// Routes the group at the head of `buf`. When new answered, returns the group's length and
@@ -112,25 +125,21 @@ pub async fn route_group(
     if !snap.rules.routes_reads() {
         return None;
     }
-    let (end, request, view, settings, conn_seed) = {
+    let (end, request, routed, view, settings, conn_seed) = {
         let s = session.borrow();
         // Only between batches (a Sync legacy needs must reach it), and only for UTF-8
         // sessions: the statement text is handed to new as UTF-8.
         if !s.reads_routable || s.busy() || s.unsynced || !s.utf8() {
             return None;
         }
-        let (end, request) = read_group(buf, &s)?;
+        let (end, request, routed) = read_group(buf, &s, shared, &snap.rules)?;
         let view = SessionView {
             in_block: s.tx != TxStatus::Idle,
             unmirrored_write: shared.reads.unmirrored(s.last_write_done),
             own_settings: s.own_settings,
         };
-        (end, request, view, s.settings.clone(), s.id)
+        (end, request, routed, view, s.settings.clone(), s.id)
     };
-    let routed = routed_tables(shared, &snap.rules, request.sql());
-    if routed.is_empty() {
-        return None;
-    }
     let plan = shared.reads.plan(snap.version, &snap.rules, request.sql());
     let stick = match plan.as_ref() {
         Ok(p) => match &p.key {
