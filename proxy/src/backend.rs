@@ -135,7 +135,6 @@ pub struct BackendConn {
     addr: String,
     params: HashMap<String, String>,
     pid: i32,
-    secret: Vec<u8>,
     /// Transaction status of the last ReadyForQuery: `I`, `T` or `E`.
     status: u8,
     broken: bool,
@@ -224,7 +223,6 @@ impl BackendConn {
             addr: addr.to_string(),
             params: HashMap::new(),
             pid: 0,
-            secret: Vec::new(),
             status: b'I',
             statements: HashMap::new(),
             named: 0,
@@ -375,9 +373,8 @@ impl BackendConn {
             match f.tag {
                 b'S' => self.set_parameter(&f.body)?,
                 b'K' => {
-                    let mut b = &f.body[..];
-                    self.pid = read_i32(&mut b).ok_or_else(|| protocol("short BackendKeyData"))?;
-                    self.secret = b.to_vec();
+                    self.pid = read_i32(&mut &f.body[..])
+                        .ok_or_else(|| protocol("short BackendKeyData"))?;
                 }
                 b'Z' => {
                     self.set_status(&f.body)?;
@@ -627,11 +624,6 @@ impl BackendConn {
     /// The server process id (BackendKeyData).
     pub fn backend_pid(&self) -> i32 {
         self.pid
-    }
-
-    /// The cancel secret key (BackendKeyData).
-    pub fn secret_key(&self) -> &[u8] {
-        &self.secret
     }
 
     /// Transaction status of the last ReadyForQuery: `b'I'` idle, `b'T'` in a transaction,
