@@ -8,7 +8,15 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use pgdual_rules::bounds::Exceeded;
 use pgdual_rules::{AnalysisCache, StatementKind};
+
+fn skipped_index(why: Exceeded) -> usize {
+    match why {
+        Exceeded::Length(_) => 0,
+        Exceeded::Depth => 1,
+    }
+}
 
 /// Where a failure came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,6 +160,8 @@ pub struct Metrics {
     errors: [AtomicU64; ErrorSource::ALL.len()],
     pub legacy_error_responses_total: AtomicU64,
     pub parse_failures_total: AtomicU64,
+    /// Statements over the analysis bounds, never parsed: too long, too deep.
+    analysis_skipped: [AtomicU64; 2],
     /// Time a chunk of bytes spends inside pgdual, from the read that completed it to the
     /// end of the write that forwarded it, in either direction.
     pub added_latency: Histogram,
@@ -171,6 +181,7 @@ impl Default for Metrics {
             errors: Default::default(),
             legacy_error_responses_total: AtomicU64::new(0),
             parse_failures_total: AtomicU64::new(0),
+            analysis_skipped: Default::default(),
             added_latency: Histogram::latency(),
             mirror: MirrorMetrics::default(),
         }
@@ -184,6 +195,11 @@ impl Metrics {
 
     pub fn statements(&self, kind: StatementKind) -> u64 {
         self.statements[kind.index()].load(Relaxed)
+    }
+
+    /// Counts a statement that was over the analysis bounds.
+    pub fn analysis_skipped(&self, why: Exceeded) {
+        self.analysis_skipped[skipped_index(why)].fetch_add(1, Relaxed);
     }
 
     pub fn error(&self, source: ErrorSource) {
@@ -258,6 +274,19 @@ impl Metrics {
             "SQL texts in the analysis cache.",
             cache.len() as i64,
         );
+        let _ = writeln!(
+            out,
+            "# HELP pgdual_analysis_skipped_total Statements over the analysis bounds, relayed unchanged without being parsed (kind=unknown).\n\
+             # TYPE pgdual_analysis_skipped_total counter"
+        );
+        for why in [Exceeded::Length(0), Exceeded::Depth] {
+            let _ = writeln!(
+                out,
+                "pgdual_analysis_skipped_total{{reason=\"{}\"}} {}",
+                why.reason(),
+                load(&self.analysis_skipped[skipped_index(why)])
+            );
+        }
         let _ = writeln!(
             out,
             "# HELP pgdual_relayed_bytes_total Bytes relayed, by direction.\n\

@@ -138,11 +138,15 @@ impl Proxy {
             n => n,
         };
         let mut threads = Vec::new();
+        // Statement analysis is bounded to trees that fit in a sixteenth of this (see
+        // `pgdual_rules::bounds`); the rest is headroom for the relay's own frames.
+        const WORKER_STACK_BYTES: usize = 8 << 20;
         for i in 0..workers {
             let listener = listener.try_clone().map_err(StartError::Runtime)?;
             let (shared, stop) = (shared.clone(), stop_rx.clone());
             let t = std::thread::Builder::new()
                 .name(format!("pgdual-worker-{i}"))
+                .stack_size(WORKER_STACK_BYTES)
                 .spawn(move || worker(listener, shared, stop))
                 .map_err(StartError::Runtime)?;
             threads.push(t);

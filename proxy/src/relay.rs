@@ -176,14 +176,20 @@ fn analyze_after_write(done: AfterWrite, chunk: &[u8], shared: &Shared, seen: &m
                 s.kind,
                 StatementKind::Write | StatementKind::Unknown | StatementKind::Other
             );
-            seen.settings |= s.kind == StatementKind::Session;
+            // A text pgdual could not read may have changed settings or the role (SET ROLE,
+            // set_config): its session's reads stay on legacy.
+            seen.settings |= matches!(s.kind, StatementKind::Session | StatementKind::Unknown);
             shared.metrics.statement(s.kind);
-            if s.kind == StatementKind::Unknown {
+        }
+        match a.exceeded {
+            Some(why) => shared.metrics.analysis_skipped(why),
+            None if a.is_unknown() => {
                 shared
                     .metrics
                     .parse_failures_total
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
+            None => {}
         }
     };
     match done {

@@ -9,8 +9,8 @@ use std::ops::ControlFlow;
 use sqlparser::ast::{
     CopySource, Expr, ObjectName, ObjectNamePart, Query, SetExpr, Statement as Ast,
 };
-use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::parser::Parser;
+
+use crate::bounds::{self, BoundedError, Exceeded};
 
 /// The kind of one statement, as the metrics and (later) the router see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -79,31 +79,43 @@ pub struct StatementInfo {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Analysis {
     pub statements: Vec<StatementInfo>,
-    /// sqlparser's message when the text did not parse.
+    /// sqlparser's message when the text did not parse, or why it was not parsed.
     pub parse_error: Option<String>,
+    /// Set when the text was over the analysis bounds and so never parsed.
+    pub exceeded: Option<Exceeded>,
 }
 
 impl Analysis {
-    /// True when the text did not parse.
+    /// True when the text did not parse (or was not parsed).
     pub fn is_unknown(&self) -> bool {
         self.parse_error.is_some()
     }
-}
 
-/// Analyzes a SQL text. Never fails: unparsable text is one `Unknown` statement.
-pub fn analyze(sql: &str) -> Analysis {
-    match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
-        Ok(stmts) => Analysis {
-            statements: stmts.iter().map(statement_info).collect(),
-            parse_error: None,
-        },
-        Err(e) => Analysis {
+    fn unknown(error: String, exceeded: Option<Exceeded>) -> Analysis {
+        Analysis {
             statements: vec![StatementInfo {
                 kind: StatementKind::Unknown,
                 tables: Vec::new(),
             }],
-            parse_error: Some(e.to_string()),
+            parse_error: Some(error),
+            exceeded,
+        }
+    }
+}
+
+/// Analyzes a SQL text. Never fails: text that does not parse, or is too long or too deep
+/// to parse within `bounds`, is one `Unknown` statement.
+pub fn analyze(sql: &str) -> Analysis {
+    match bounds::parse(sql) {
+        Ok(stmts) => Analysis {
+            statements: stmts.iter().map(statement_info).collect(),
+            parse_error: None,
+            exceeded: None,
         },
+        Err(e @ BoundedError::Exceeded(exceeded)) => {
+            Analysis::unknown(e.to_string(), Some(exceeded))
+        }
+        Err(BoundedError::Parse(e)) => Analysis::unknown(e, None),
     }
 }
 

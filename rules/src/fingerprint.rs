@@ -62,7 +62,7 @@ pub fn fingerprint(sql: &str) -> String {
     out
 }
 
-fn is_ident(c: u8) -> bool {
+pub(crate) fn is_ident(c: u8) -> bool {
     c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80
 }
 
@@ -71,7 +71,7 @@ fn count(b: &[u8], from: usize, f: impl Fn(u8) -> bool) -> usize {
 }
 
 /// Index just past the closing quote of a string literal whose body starts at `from`.
-fn string_end(b: &[u8], mut i: usize, escapes: bool) -> usize {
+pub(crate) fn string_end(b: &[u8], mut i: usize, escapes: bool) -> usize {
     while i < b.len() {
         match b[i] {
             b'\\' if escapes => i += 2,
@@ -84,7 +84,7 @@ fn string_end(b: &[u8], mut i: usize, escapes: bool) -> usize {
 }
 
 /// Index just past the first `end` at or after `from` (or the end of input).
-fn skip_until(b: &[u8], from: usize, end: &[u8]) -> usize {
+pub(crate) fn skip_until(b: &[u8], from: usize, end: &[u8]) -> usize {
     if from >= b.len() {
         return b.len();
     }
@@ -95,7 +95,7 @@ fn skip_until(b: &[u8], from: usize, end: &[u8]) -> usize {
 }
 
 /// For a `$` at `i` opening a dollar quote (`$$` or `$tag$`), the index past the opening tag.
-fn dollar_tag(b: &[u8], i: usize) -> Option<usize> {
+pub(crate) fn dollar_tag(b: &[u8], i: usize) -> Option<usize> {
     let body = &b[i + 1..];
     let n = body
         .iter()
@@ -107,7 +107,7 @@ fn dollar_tag(b: &[u8], i: usize) -> Option<usize> {
     (body.get(n) == Some(&b'$')).then_some(i + n + 2)
 }
 
-fn number_end(b: &[u8], mut i: usize) -> usize {
+pub(crate) fn number_end(b: &[u8], mut i: usize) -> usize {
     let digits = |i: usize| i + count(b, i, |c| c.is_ascii_digit() || c == b'_');
     // Hex, octal and binary integers (PostgreSQL 16).
     if b[i] == b'0' && matches!(b.get(i + 1), Some(b'x' | b'X' | b'o' | b'O' | b'b' | b'B')) {

@@ -4,6 +4,7 @@
 //! Pure: no I/O, no async runtime, no clocks. The proxy calls in here; nothing here calls out.
 
 pub mod analysis;
+pub mod bounds;
 pub mod cache;
 pub mod capture_sql;
 pub mod copy_sql;

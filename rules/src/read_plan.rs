@@ -38,9 +38,8 @@ use sqlparser::ast::{
     Statement, TableAlias, TableFactor, UnaryOperator, Value, Visit, Visitor,
     WildcardAdditionalOptions,
 };
-use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::parser::Parser;
 
+use crate::bounds::{BoundedError, Exceeded};
 use crate::ruleset::{quote_ident, ReadBack, RuleSet, TableName, TableRule, TargetDatabase};
 
 /// A read the new schema can answer.
@@ -105,6 +104,8 @@ pub enum NotRoutable {
     MixedDatabases,
     /// The text is longer than [`MAX_SQL_LEN`] bytes.
     TooLong(usize),
+    /// The text nests deeper than the analysis bounds allow (`bounds::MAX_DEPTH`).
+    TooDeep,
     /// Some other construct the planner does not rewrite.
     Unsupported(String),
 }
@@ -128,6 +129,7 @@ impl NotRoutable {
             NotRoutable::Star(_) => "star",
             NotRoutable::MixedDatabases => "mixed_databases",
             NotRoutable::TooLong(_) => "too_long",
+            NotRoutable::TooDeep => "too_deep",
             NotRoutable::Unsupported(_) => "unsupported",
         }
     }
@@ -180,6 +182,11 @@ impl fmt::Display for NotRoutable {
             NotRoutable::TooLong(n) => write!(
                 f,
                 "the text is {n} bytes long; texts over {MAX_SQL_LEN} bytes are not routed"
+            ),
+            NotRoutable::TooDeep => write!(
+                f,
+                "the text nests deeper than {} levels and is not parsed",
+                crate::bounds::MAX_DEPTH
             ),
             NotRoutable::Unsupported(what) => write!(f, "{what} is not routed"),
         }
@@ -241,9 +248,8 @@ const ALLOWED_FUNCTIONS: &[&str] = &[
     "row_to_json",
 ];
 
-/// Longest SQL text planned, in bytes. Longer texts are not routed: a long chain of binary
-/// operators parses into an expression tree as deep as the chain is long, and walking it
-/// recurses once per level.
+/// Longest SQL text planned, in bytes (tighter than the analysis bound: a plan is kept per
+/// text). Deep texts are refused by `bounds::check` before they are parsed.
 pub const MAX_SQL_LEN: usize = 32 * 1024;
 
 /// Plans one client SQL text as a read on the new schema, or says why it cannot be.
@@ -251,8 +257,11 @@ pub fn plan_read(sql: &str, rules: &RuleSet) -> Result<ReadPlan, NotRoutable> {
     if sql.len() > MAX_SQL_LEN {
         return Err(NotRoutable::TooLong(sql.len()));
     }
-    let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, sql)
-        .map_err(|e| NotRoutable::Parse(e.to_string()))?;
+    let mut statements = crate::bounds::parse(sql).map_err(|e| match e {
+        BoundedError::Exceeded(Exceeded::Length(n)) => NotRoutable::TooLong(n),
+        BoundedError::Exceeded(Exceeded::Depth) => NotRoutable::TooDeep,
+        BoundedError::Parse(e) => NotRoutable::Parse(e),
+    })?;
     if statements.len() > 1 {
         return Err(NotRoutable::MultipleStatements(statements.len()));
     }
@@ -1218,6 +1227,8 @@ fn column_of(e: &Expr, scope: &Scope) -> Option<String> {
 mod tests {
     use super::*;
     use crate::ruleset::parse_rules;
+    use sqlparser::dialect::PostgreSqlDialect;
+    use sqlparser::parser::Parser;
 
     const RULES: &str = r#"
         [[table]]
@@ -1827,12 +1838,12 @@ mod tests {
     fn long_texts_are_not_routed_and_deep_chains_do_not_overflow() {
         let set = rules();
         let head = "SELECT email FROM users WHERE id = 1";
-        let terms = (MAX_SQL_LEN - head.len()) / 2;
-        let deepest = format!("{head}{}", "+1".repeat(terms));
-        assert!(deepest.len() <= MAX_SQL_LEN);
+        let deepest = format!("{head}{}", "+1".repeat(crate::bounds::MAX_DEPTH - 8));
         assert!(plan_read(&deepest, &set).is_ok());
-        let err = plan_read(&format!("{deepest} + 1"), &set).unwrap_err();
-        assert_eq!(err.reason(), "too_long", "{err}");
+        let deep = format!("{head}{}", "+1".repeat(crate::bounds::MAX_DEPTH));
+        assert_eq!(plan_read(&deep, &set).unwrap_err().reason(), "too_deep");
+        let long = format!("{head}{}", " OR id = 1".repeat(MAX_SQL_LEN / 10));
+        assert_eq!(plan_read(&long, &set).unwrap_err().reason(), "too_long");
     }
 
     #[test]
@@ -1853,6 +1864,7 @@ mod tests {
             NotRoutable::Star(users()),
             NotRoutable::MixedDatabases,
             NotRoutable::TooLong(MAX_SQL_LEN + 1),
+            NotRoutable::TooDeep,
             NotRoutable::Unsupported("this".into()),
         ];
         let reasons: HashSet<&str> = all.iter().map(|e| e.reason()).collect();
