@@ -4,8 +4,8 @@
 //! validation, so one listing covers both.
 
 use pgdual_config::Config;
-use pgdual_rules::ruleset::{RuleProblem, TargetDatabase};
-use pgdual_rules::{RuleSet, TableName, TableRule};
+use pgdual_rules::ruleset::{RuleProblem, TargetDatabase, WriteMode};
+use pgdual_rules::{ReadMode, RuleSet, TableName, TableRule};
 use tokio_postgres::{Client, NoTls};
 
 /// How long pgdual's own connections may take to open.
@@ -48,20 +48,26 @@ pub async fn connect_legacy(config: &Config) -> Result<Client, String> {
         })
 }
 
-/// pgdual's own connections to legacy and (when configured) new.
-pub async fn connect_both(config: &Config) -> Result<(Client, Option<Client>), String> {
-    let legacy = connect_legacy(config).await?;
+/// pgdual's own connection to new (which must be configured).
+async fn connect_new(config: &Config) -> Result<Client, String> {
     let n = &config.new;
-    let new = if n.host.is_empty() {
-        None
-    } else {
-        let c = connect(&n.host, n.port, &n.user, n.password.as_deref(), &n.dbname).await;
-        Some(c.map_err(|e| {
+    connect(&n.host, n.port, &n.user, n.password.as_deref(), &n.dbname)
+        .await
+        .map_err(|e| {
             format!(
                 "cannot connect to new at {}:{} as {}: {e}",
                 n.host, n.port, n.user
             )
-        })?)
+        })
+}
+
+/// pgdual's own connections to legacy and (when configured) new.
+pub async fn connect_both(config: &Config) -> Result<(Client, Option<Client>), String> {
+    let legacy = connect_legacy(config).await?;
+    let new = if config.new.host.is_empty() {
+        None
+    } else {
+        Some(connect_new(config).await?)
     };
     Ok((legacy, new))
 }
@@ -142,18 +148,98 @@ pub async fn check(rules: &RuleSet, legacy: &Client, new: Option<&Client>) -> Ve
 /// Legacy tables' columns, in table order, as learned from the catalog.
 pub type LegacyColumns = Vec<(TableName, Vec<String>)>;
 
+/// Whether a rule needs the new database: its new table lives there and its writes are
+/// mirrored or its reads routed.
+pub fn uses_new(rule: &TableRule) -> bool {
+    rule.database == TargetDatabase::New
+        && (rule.write == WriteMode::On || rule.read != ReadMode::Legacy)
+}
+
+/// Whether `rule` must be checked against new on a reload, given the rule for the same
+/// table in rules already checked against both catalogs (`previous`). Only what uses new
+/// needs it, and only when its use grew: a new table, a changed mapping, writes turned on,
+/// reads turned to shadow or new. Less use of new (reads back to legacy, writes off, a
+/// table removed, a smaller percentage) never needs new, so the way back works while new
+/// is down.
+pub fn needs_new_check(rule: &TableRule, previous: Option<&TableRule>) -> bool {
+    if !uses_new(rule) {
+        return false;
+    }
+    let Some(old) = previous.filter(|o| uses_new(o)) else {
+        return true;
+    };
+    // The mapping itself, without the modes and what the catalog taught.
+    let mapping = |r: &TableRule| TableRule {
+        write: WriteMode::Off,
+        read: ReadMode::Legacy,
+        read_percent: 0,
+        fallback_on_empty: false,
+        legacy_columns: Vec::new(),
+        ..r.clone()
+    };
+    let writes_covered = rule.write == WriteMode::Off || old.write == WriteMode::On;
+    let reads_covered = rule.read == ReadMode::Legacy || old.read != ReadMode::Legacy;
+    !(writes_covered && reads_covered && mapping(old) == mapping(rule))
+}
+
+/// The catalog check of a rules reload: every table against legacy (which also teaches each
+/// legacy table's columns), and against new only the tables [`needs_new_check`] names, with
+/// `previous` the rules in force when they were checked against both catalogs. Without such
+/// tables pgdual does not connect to new at all. `Err` when a needed database is unreachable.
+pub async fn check_reload(
+    config: &Config,
+    rules: &RuleSet,
+    previous: Option<&RuleSet>,
+) -> Result<(Vec<RuleProblem>, LegacyColumns), String> {
+    let needing: Vec<String> = rules
+        .tables()
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| needs_new_check(r, previous.and_then(|p| p.table(&r.legacy))))
+        .map(|(i, r)| format!("table[{i}] ({})", r.legacy))
+        .collect();
+    let legacy = connect_legacy(config).await?;
+    let new = if needing.is_empty() || config.new.host.is_empty() {
+        None
+    } else {
+        let new = connect_new(config).await.map_err(|e| {
+            format!(
+                "{e}; new is needed to check {}, whose writes or reads would use it",
+                needing.join(", ")
+            )
+        })?;
+        Some(new)
+    };
+    Ok(check_tables(rules, &legacy, new.as_ref(), |r| {
+        needs_new_check(r, previous.and_then(|p| p.table(&r.legacy)))
+    })
+    .await)
+}
+
 /// Every catalog problem of `rules`, and each legacy table's columns.
 pub async fn check_and_learn(
     rules: &RuleSet,
     legacy: &Client,
     new: Option<&Client>,
 ) -> (Vec<RuleProblem>, LegacyColumns) {
+    check_tables(rules, legacy, new, |_| true).await
+}
+
+/// Checks every table against legacy, and against its target database the tables for which
+/// `check_new` holds (tables whose target is legacy itself are always checked whole).
+async fn check_tables(
+    rules: &RuleSet,
+    legacy: &Client,
+    new: Option<&Client>,
+    check_new: impl Fn(&TableRule) -> bool,
+) -> (Vec<RuleProblem>, LegacyColumns) {
     let mut problems = Vec::new();
     let mut learned = Vec::new();
     for (i, rule) in rules.tables().iter().enumerate() {
         let target = match rule.database {
-            TargetDatabase::Legacy => Some(legacy),
-            TargetDatabase::New => new,
+            TargetDatabase::Legacy => Some(Some(legacy)),
+            TargetDatabase::New if check_new(rule) => Some(new),
+            TargetDatabase::New => None,
         };
         if let Err(e) = check_table(i, rule, legacy, target, &mut problems, &mut learned).await {
             problems.push(RuleProblem {
@@ -165,11 +251,13 @@ pub async fn check_and_learn(
     (problems, learned)
 }
 
+/// One table's checks. `target` is `None` when its target database is not to be checked,
+/// `Some(None)` when it should be but is not configured.
 async fn check_table(
     i: usize,
     rule: &TableRule,
     legacy: &Client,
-    target: Option<&Client>,
+    target: Option<Option<&Client>>,
     problems: &mut Vec<RuleProblem>,
     learned: &mut LegacyColumns,
 ) -> Result<(), tokio_postgres::Error> {
@@ -233,6 +321,9 @@ async fn check_table(
             }
         }
     }
+    let Some(target) = target else {
+        return Ok(());
+    };
     let Some(target) = target else {
         bad(
             "database",

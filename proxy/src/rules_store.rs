@@ -1,7 +1,8 @@
 //! The rules in force, and how they change while pgdual runs.
 //!
 //! One `ArcSwap` holds one snapshot (version, rule set, text). A new rule set is validated
-//! whole, offline and against both databases' catalogs, before the single swap; a rejected
+//! whole, offline and against legacy's catalog (and new's, for what it newly uses of new:
+//! moving tables off new never needs new), before the single swap; a rejected
 //! one leaves the old snapshot serving and reports every reason. Reloads come from the file
 //! (watched, and on SIGHUP) and from the admin API, which also writes the accepted text back to
 //! the file atomically so a restart keeps it. Reloads are serialized; readers never wait.
@@ -23,6 +24,9 @@ pub struct RulesSnapshot {
     pub version: u64,
     pub rules: Arc<RuleSet>,
     pub text: String,
+    /// These rules passed the catalog checks against both databases (the rules pgdual
+    /// started with are checked by the mirror; until then, only offline).
+    pub checked: bool,
 }
 
 /// What a reload did.
@@ -48,6 +52,7 @@ impl RulesStore {
                 version: 1,
                 rules: Arc::new(initial),
                 text,
+                checked: false,
             }),
             path,
             reloading: tokio::sync::Mutex::new(()),
@@ -121,13 +126,14 @@ impl RulesStore {
             }
             Err(e) => return self.rejected(vec![e.to_string()]),
         };
-        match crate::catalog::connect_both(&shared.config).await {
+        // New is asked only about what the new rules use of it beyond what the rules in
+        // force were checked for: the way back to legacy never needs new.
+        let previous = old.checked.then_some(&*old.rules);
+        match crate::catalog::check_reload(&shared.config, &rules, previous).await {
             Err(e) => {
                 return self.rejected(vec![format!("cannot check against the catalogs: {e}")])
             }
-            Ok((legacy, new)) => {
-                let (problems, learned) =
-                    crate::catalog::check_and_learn(&rules, &legacy, new.as_ref()).await;
+            Ok((problems, learned)) => {
                 if !problems.is_empty() {
                     return self.rejected(problems.iter().map(|p| p.to_string()).collect());
                 }
@@ -148,6 +154,7 @@ impl RulesStore {
             version,
             rules: Arc::new(rules),
             text,
+            checked: true,
         }));
         shared.reads.forget_descriptions();
         info!(version, "rules reloaded");
@@ -158,12 +165,28 @@ impl RulesStore {
 
 impl RulesStore {
     /// Records the legacy tables' columns learned from the catalog for the rules at `version`
-    /// (the rules pgdual started with were only checked offline). Same version, same rules.
+    /// (the rules pgdual started with were only checked offline), which have now passed the
+    /// checks against both catalogs. Same version, same rules.
     pub fn learn_columns(&self, version: u64, learned: crate::catalog::LegacyColumns) {
         let old = self.load();
         if old.version != version {
             return;
         }
+        if !old.checked {
+            self.current.rcu(|cur| {
+                if cur.version == version && !cur.checked {
+                    Arc::new(RulesSnapshot {
+                        version,
+                        rules: cur.rules.clone(),
+                        text: cur.text.clone(),
+                        checked: true,
+                    })
+                } else {
+                    cur.clone()
+                }
+            });
+        }
+        let old = self.load();
         let mut rules = (*old.rules).clone();
         let mut changed = false;
         for (table, columns) in learned {
@@ -182,6 +205,7 @@ impl RulesStore {
                         version,
                         rules: Arc::new(rules.clone()),
                         text: cur.text.clone(),
+                        checked: cur.checked,
                     })
                 } else {
                     cur.clone()
