@@ -137,16 +137,19 @@ fn startup_fits_rules(message: &[u8], dbname: &str) -> bool {
         .split(|&c| c == 0)
         .map(|p| std::str::from_utf8(p).unwrap_or("\u{fffd}"));
     let (mut user, mut database, mut options) = (None, None, false);
+    let mut role = false;
     while let (Some(name), Some(value)) = (params.next(), params.next()) {
         match name {
             "" => break,
             "user" => user = Some(value),
             "database" => database = Some(value),
             "options" => options = !value.trim().is_empty(),
+            // Another role than the one legacy authenticates, whose privileges routing checks.
+            "role" | "session_authorization" => role = true,
             _ => {}
         }
     }
-    !options && database.or(user) == Some(dbname)
+    !options && !role && database.or(user) == Some(dbname)
 }
 
 /// The encryption negotiation and the startup packet, within `limits.connect_timeout_ms`.

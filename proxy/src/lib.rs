@@ -16,6 +16,7 @@ pub mod demo;
 pub mod legacy;
 pub mod metrics;
 pub mod mirror;
+pub mod privileges;
 pub mod proxy;
 pub mod reads;
 pub mod relay;

@@ -44,6 +44,8 @@ pub struct Shared {
     pub mirror_nudge: Notify,
     /// Read routing: plans, legacy's statement descriptions, counters, mismatch samples.
     pub reads: crate::reads::Reads,
+    /// What each client role may read on legacy, for read routing.
+    pub privileges: crate::privileges::Privileges,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -129,6 +131,7 @@ impl Proxy {
             rules,
             mirror_nudge: Notify::new(),
             reads: crate::reads::Reads::new(config.reads.shadow_concurrency),
+            privileges: Default::default(),
             config,
         });
         let addr = listener.local_addr().map_err(StartError::Runtime)?;
@@ -169,6 +172,9 @@ impl Proxy {
             let mirror = crate::mirror::start(shared.clone(), stop_rx.clone())
                 .map_err(StartError::Runtime)?;
             threads.push(mirror);
+            let privileges = crate::privileges::start(shared.clone(), stop_rx.clone())
+                .map_err(StartError::Runtime)?;
+            threads.push(privileges);
             watcher = crate::rules_store::watch(shared.clone());
         }
         info!(%addr, legacy = %shared.legacy, workers, admin = ?admin_addr, "pgdual listening");

@@ -72,6 +72,49 @@ impl Fallback {
     }
 }
 
+/// Why a read that new or a shadow could have taken stayed on legacy because of the
+/// client's role (the `reason` of `pgdual_reads_kept_on_legacy_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeptForRole {
+    /// The role lacks SELECT on a table or column the read touches.
+    Privilege,
+    /// The role's privileges were being looked up.
+    PrivilegeUnchecked,
+    /// A table the read touches has row-level security on legacy.
+    RowSecurity,
+    /// The session may have changed its role.
+    Role,
+}
+
+impl KeptForRole {
+    pub const ALL: [KeptForRole; 4] = [
+        KeptForRole::Privilege,
+        KeptForRole::PrivilegeUnchecked,
+        KeptForRole::RowSecurity,
+        KeptForRole::Role,
+    ];
+
+    pub fn of(why: pgdual_rules::route::Why) -> Option<KeptForRole> {
+        use pgdual_rules::route::Why;
+        match why {
+            Why::Privilege => Some(KeptForRole::Privilege),
+            Why::PrivilegeUnchecked => Some(KeptForRole::PrivilegeUnchecked),
+            Why::RowSecurity => Some(KeptForRole::RowSecurity),
+            Why::Role => Some(KeptForRole::Role),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeptForRole::Privilege => "privilege",
+            KeptForRole::PrivilegeUnchecked => "privilege_unchecked",
+            KeptForRole::RowSecurity => "rls",
+            KeptForRole::Role => "role",
+        }
+    }
+}
+
 /// Read counters of one legacy table.
 #[derive(Debug, Default)]
 pub struct TableReads {
@@ -79,6 +122,8 @@ pub struct TableReads {
     pub new: AtomicU64,
     pub shadow: AtomicU64,
     pub fallbacks: [AtomicU64; Fallback::ALL.len()],
+    /// Reads kept on legacy for the client's role, by [`KeptForRole`].
+    pub kept_for_role: [AtomicU64; KeptForRole::ALL.len()],
     pub shadow_matches: AtomicU64,
     pub shadow_mismatches: AtomicU64,
     pub shadow_errors: AtomicU64,
@@ -300,6 +345,21 @@ impl Reads {
                     (
                         format!("table=\"{t}\",reason=\"{}\"", f.as_str()),
                         r.fallback(f),
+                    )
+                })
+            }),
+        );
+        family(
+            "pgdual_reads_kept_on_legacy_total",
+            "Reads new or a shadow would have taken that legacy answered alone because of the \
+             client's role: privilege (no SELECT on a table or column read), privilege_unchecked \
+             (the role's privileges were being looked up), rls (row-level security), role (the \
+             session changed its role).",
+            &mut tables.iter().flat_map(|(t, r)| {
+                KeptForRole::ALL.map(|k| {
+                    (
+                        format!("table=\"{t}\",reason=\"{}\"", k.as_str()),
+                        r.kept_for_role[k as usize].load(Relaxed),
                     )
                 })
             }),

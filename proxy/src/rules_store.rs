@@ -157,6 +157,7 @@ impl RulesStore {
             checked: true,
         }));
         shared.reads.forget_descriptions();
+        shared.privileges.rules_changed();
         info!(version, "rules reloaded");
         shared.mirror_nudge.notify_one();
         ReloadOutcome::Reloaded { version }

@@ -9,6 +9,7 @@ pub mod cache;
 pub mod capture_sql;
 pub mod copy_sql;
 pub mod fingerprint;
+pub mod privilege;
 pub mod read_plan;
 pub mod route;
 pub mod ruleset;

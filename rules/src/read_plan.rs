@@ -57,6 +57,10 @@ pub struct ReadPlan {
     /// The select list holds literal values or casts (`SELECT 'a', id::numeric(10,2) ...`),
     /// so texts with the same fingerprint may differ in the result's shape.
     pub literal_output: bool,
+    /// Each legacy table read (as in `tables`) with the legacy columns the query references
+    /// anywhere (select list with `*` expanded, WHERE, JOIN, GROUP BY, HAVING, ORDER BY,
+    /// function arguments), sorted: what the client's role needs SELECT on, on legacy.
+    pub columns: Vec<(TableName, Vec<String>)>,
 }
 
 /// A key column's pinned value.
@@ -310,6 +314,12 @@ pub fn plan_read(sql: &str, rules: &RuleSet) -> Result<ReadPlan, NotRoutable> {
     });
     // The select list as it will be: expansions of `*`, aliases for column references.
     let projection = plan_projection(&select.projection, &scope)?;
+    // Legacy columns referenced, by source: `*` expansions here, every other reference
+    // when it is substituted below.
+    let mut touched: Vec<(usize, String)> = projection
+        .iter()
+        .flat_map(|p| p.expanded.iter().cloned())
+        .collect();
     let output_names: Vec<Option<String>> = projection
         .iter()
         .flat_map(|p| p.names.iter().cloned())
@@ -377,11 +387,15 @@ pub fn plan_read(sql: &str, rules: &RuleSet) -> Result<ReadPlan, NotRoutable> {
             Expr::CompoundIdentifier(ids) => ids.as_slice(),
             _ => return ControlFlow::Continue(()),
         };
-        match scope.substitute(parts) {
-            Ok(new) => {
-                *e = new;
-                ControlFlow::Continue(())
-            }
+        match scope.resolve(parts) {
+            Ok((index, column)) => match scope.read_back(index, &column) {
+                Ok(new) => {
+                    *e = new;
+                    touched.push((index, column));
+                    ControlFlow::Continue(())
+                }
+                Err(err) => ControlFlow::Break(err),
+            },
             Err(err) => ControlFlow::Break(err),
         }
     });
@@ -411,13 +425,38 @@ pub fn plan_read(sql: &str, rules: &RuleSet) -> Result<ReadPlan, NotRoutable> {
 
     // Not parsed again here: a rewrite new cannot run is a fallback, counted as an error.
     let sql = query.to_string();
+    let columns = columns_by_table(&tables, &scope, touched);
     Ok(ReadPlan {
         sql,
         tables,
         ordered,
         key,
         literal_output,
+        columns,
     })
+}
+
+/// The referenced legacy columns grouped by legacy table (a table read twice under two
+/// aliases is one entry), sorted and deduplicated, one entry per table even when none of
+/// its columns is referenced (`SELECT count(*)`).
+fn columns_by_table(
+    tables: &[TableName],
+    scope: &Scope,
+    touched: Vec<(usize, String)>,
+) -> Vec<(TableName, Vec<String>)> {
+    let mut out: Vec<(TableName, Vec<String>)> =
+        tables.iter().map(|t| (t.clone(), Vec::new())).collect();
+    for (index, column) in touched {
+        let table = &scope.sources[index].rule.legacy;
+        if let Some((_, cols)) = out.iter_mut().find(|(t, _)| t == table) {
+            cols.push(column);
+        }
+    }
+    for (_, cols) in &mut out {
+        cols.sort();
+        cols.dedup();
+    }
+    out
 }
 
 /// The first word of a statement, for messages: `INSERT`, `UPDATE`, ...
@@ -956,12 +995,6 @@ impl<'r> Scope<'r> {
         })
     }
 
-    /// The new-side expression for a column reference.
-    fn substitute(&self, parts: &[Ident]) -> Result<Expr, NotRoutable> {
-        let (index, column) = self.resolve(parts)?;
-        self.read_back(index, &column)
-    }
-
     /// A legacy column's read-back expression over the table's alias, parenthesized unless
     /// it is a plain column.
     fn read_back(&self, index: usize, column: &str) -> Result<Expr, NotRoutable> {
@@ -1023,6 +1056,8 @@ struct ItemPlan {
     alias: Option<String>,
     /// For `*` and `t.*`: the items replacing it.
     expansion: Vec<SelectItem>,
+    /// For `*` and `t.*`: the (source, legacy column) pairs it stands for.
+    expanded: Vec<(usize, String)>,
 }
 
 /// The output name PostgreSQL gives an unnamed item that is a (cast, collated,
@@ -1057,12 +1092,14 @@ fn plan_projection(items: &[SelectItem], scope: &Scope) -> Result<Vec<ItemPlan>,
                     names: vec![name],
                     alias: column,
                     expansion: Vec::new(),
+                    expanded: Vec::new(),
                 }
             }
             SelectItem::ExprWithAlias { alias, .. } => ItemPlan {
                 names: vec![Some(fold(alias))],
                 alias: None,
                 expansion: Vec::new(),
+                expanded: Vec::new(),
             },
             SelectItem::Wildcard(options) => {
                 plain_wildcard(options)?;
@@ -1070,6 +1107,7 @@ fn plan_projection(items: &[SelectItem], scope: &Scope) -> Result<Vec<ItemPlan>,
                     names: Vec::new(),
                     alias: None,
                     expansion: Vec::new(),
+                    expanded: Vec::new(),
                 };
                 for i in 0..scope.sources.len() {
                     expand(scope, i, &mut plan)?;
@@ -1095,6 +1133,7 @@ fn plan_projection(items: &[SelectItem], scope: &Scope) -> Result<Vec<ItemPlan>,
                     names: Vec::new(),
                     alias: None,
                     expansion: Vec::new(),
+                    expanded: Vec::new(),
                 };
                 expand(scope, i, &mut plan)?;
                 plan
@@ -1132,6 +1171,7 @@ fn expand(scope: &Scope, index: usize, plan: &mut ItemPlan) -> Result<(), NotRou
             alias: ident(column),
         });
         plan.names.push(Some(column.clone()));
+        plan.expanded.push((index, column.clone()));
     }
     Ok(())
 }
@@ -1481,6 +1521,55 @@ mod tests {
         }
         for sql in ["SELECT label FROM \"Items\"", "SELECT id FROM items"] {
             assert!(plan_read(sql, &set).is_err(), "{sql}");
+        }
+    }
+
+    #[test]
+    fn columns_are_every_legacy_column_referenced_anywhere() {
+        type TableColumns = (String, Vec<String>);
+        let set = rules_with_created_at();
+        let cols = |sql: &str| -> Vec<TableColumns> {
+            plan(sql, &set)
+                .columns
+                .into_iter()
+                .map(|(t, c)| (t.to_string(), c))
+                .collect()
+        };
+        let users = |c: &[&str]| {
+            (
+                "public.users".to_string(),
+                c.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            )
+        };
+        let orders = |c: &[&str]| {
+            (
+                "public.orders".to_string(),
+                c.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            )
+        };
+        #[rustfmt::skip]
+        let cases: &[(&str, Vec<TableColumns>)] = &[
+            ("SELECT email FROM users", vec![users(&["email"])]),
+            ("SELECT count(*) FROM users", vec![users(&[])]),
+            ("SELECT * FROM users", vec![users(&["created_at", "email", "first_name", "id", "last_name"])]),
+            ("SELECT u.* FROM users u WHERE u.id = 1", vec![users(&["created_at", "email", "first_name", "id", "last_name"])]),
+            ("SELECT id FROM users WHERE email = $1", vec![users(&["email", "id"])]),
+            ("SELECT id FROM users ORDER BY last_name", vec![users(&["id", "last_name"])]),
+            ("SELECT id AS x FROM users ORDER BY x", vec![users(&["id"])]),
+            ("SELECT lower(first_name) FROM users GROUP BY first_name HAVING count(email) > 1", vec![users(&["email", "first_name"])]),
+            ("SELECT DISTINCT ON (last_name) id FROM users", vec![users(&["id", "last_name"])]),
+            ("SELECT coalesce(email, first_name) FROM users", vec![users(&["email", "first_name"])]),
+            (
+                "SELECT u.email FROM users u JOIN orders o ON o.user_id = u.id WHERE o.amount > 3",
+                vec![users(&["email", "id"]), orders(&["amount", "user_id"])],
+            ),
+            (
+                "SELECT a.email, b.first_name FROM users a JOIN users b ON a.id = b.id",
+                vec![users(&["email", "first_name", "id"])],
+            ),
+        ];
+        for (sql, want) in cases {
+            assert_eq!(&cols(sql), want, "{sql}");
         }
     }
 

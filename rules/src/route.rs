@@ -5,6 +5,7 @@
 //! for the same key value, and any other read in the bucket of its client connection, so that
 //! raising a table's percentage only ever moves more keys (or connections) to the mode.
 
+use crate::privilege::Access;
 use crate::read_plan::{NotRoutable, ReadPlan};
 use crate::ruleset::{ReadMode, RuleSet};
 
@@ -17,6 +18,9 @@ pub struct SessionView {
     pub unmirrored_write: bool,
     /// The session changed settings (SET, RESET, ...) that new would not share.
     pub own_settings: bool,
+    /// Whether the session's role may read, on legacy, everything this read touches
+    /// ([`crate::privilege::access`]); new and shadow need `Allowed`.
+    pub access: Access,
 }
 
 /// Where a read goes.
@@ -42,6 +46,14 @@ pub enum Why {
     OwnWrite,
     /// The session's settings differ from new's.
     Settings,
+    /// The session's role lacks SELECT on a table or column the read touches.
+    Privilege,
+    /// The session's role's privileges are being looked up.
+    PrivilegeUnchecked,
+    /// A table the read touches has row-level security on legacy.
+    RowSecurity,
+    /// The session may have changed its role.
+    Role,
     /// The statement cannot be answered by new; the label says why.
     Statement(&'static str),
 }
@@ -54,6 +66,10 @@ impl Why {
             Why::Transaction => "transaction",
             Why::OwnWrite => "own_write",
             Why::Settings => "settings",
+            Why::Privilege => "privilege",
+            Why::PrivilegeUnchecked => "privilege_unchecked",
+            Why::RowSecurity => "rls",
+            Why::Role => "role",
             Why::Statement(s) => s,
         }
     }
@@ -104,6 +120,14 @@ pub fn route(
     }
     if stick >= percent {
         return Route::Legacy(Why::Ramp);
+    }
+    // Nothing runs on new, not even a shadow, that the role may not read on legacy.
+    match session.access {
+        Access::Allowed => {}
+        Access::Unchecked => return Route::Legacy(Why::PrivilegeUnchecked),
+        Access::Denied => return Route::Legacy(Why::Privilege),
+        Access::RowSecurity => return Route::Legacy(Why::RowSecurity),
+        Access::RoleChanged => return Route::Legacy(Why::Role),
     }
     if mode == ReadMode::Shadow {
         // Shadowing costs the client nothing: compare whatever legacy answers, except inside
@@ -165,6 +189,7 @@ mod tests {
         in_block: false,
         unmirrored_write: false,
         own_settings: false,
+        access: Access::Allowed,
     };
 
     #[test]
@@ -182,6 +207,13 @@ mod tests {
             own_settings: true,
             ..IDLE
         };
+        let with = |access| SessionView { access, ..IDLE };
+        let (denied, unchecked, rls, role) = (
+            with(Access::Denied),
+            with(Access::Unchecked),
+            with(Access::RowSecurity),
+            with(Access::RoleChanged),
+        );
         let join = "SELECT u.email FROM users u JOIN orders o ON o.user_id = u.id";
         #[rustfmt::skip]
         let cases: &[(&str, &str, &str, SessionView, u8, Route)] = &[
@@ -206,6 +238,15 @@ mod tests {
             ("read = \"new\"", "read = \"new\"", join, IDLE, 0, New),
             ("read = \"new\"", "read = \"shadow\"", join, IDLE, 0, Shadow),
             ("read = \"new\"", "read = \"new\"\nread_percent = 10", join, IDLE, 50, Legacy(Why::Ramp)),
+            ("read = \"new\"", "", "SELECT email FROM users", denied, 0, Legacy(Why::Privilege)),
+            ("read = \"shadow\"", "", "SELECT email FROM users", denied, 0, Legacy(Why::Privilege)),
+            ("read = \"new\"", "", "SELECT email FROM users", unchecked, 0, Legacy(Why::PrivilegeUnchecked)),
+            ("read = \"shadow\"", "", "SELECT email FROM users", unchecked, 0, Legacy(Why::PrivilegeUnchecked)),
+            ("read = \"new\"", "", "SELECT email FROM users", rls, 0, Legacy(Why::RowSecurity)),
+            ("read = \"shadow\"", "", "SELECT email FROM users", rls, 0, Legacy(Why::RowSecurity)),
+            ("read = \"new\"", "", "SELECT email FROM users", role, 0, Legacy(Why::Role)),
+            ("read = \"shadow\"", "", "SELECT email FROM users", role, 0, Legacy(Why::Role)),
+            ("", "", "SELECT email FROM users", denied, 0, Legacy(Why::Rules)),
         ];
         for (i, (users, orders, sql, session, stick, want)) in cases.iter().enumerate() {
             let set = rules(users, orders);

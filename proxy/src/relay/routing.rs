@@ -7,9 +7,10 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use pgdual_rules::privilege::Access;
 use pgdual_rules::read_plan::KeyRef;
 use pgdual_rules::route::{bucket, route, Route, SessionView};
-use pgdual_rules::{Analysis, RuleSet, StatementKind, TableName};
+use pgdual_rules::{Analysis, ReadPlan, RuleSet, StatementKind, TableName};
 
 use crate::codec::{frames, frontend};
 use crate::proxy::Shared;
@@ -113,6 +114,37 @@ fn routed_tables(analysis: &Analysis, rules: &RuleSet) -> Option<Vec<TableName>>
     (!routed.is_empty()).then_some(routed)
 }
 
+/// Who legacy runs the session's statements as, for the privilege check of a read.
+struct Who {
+    role: Option<Arc<str>>,
+    superuser: bool,
+    role_changed: bool,
+}
+
+impl Who {
+    fn of(s: &Session) -> Who {
+        Who {
+            role: s.role.clone(),
+            superuser: s.superuser,
+            role_changed: s.role_changed,
+        }
+    }
+
+    /// Whether new (or a shadow) may answer `plan` for this session. Legacy exempts a
+    /// superuser from privileges and row-level security; any other role needs its
+    /// privileges on legacy, from the cache (a miss stays on legacy and fills it).
+    fn access(&self, shared: &Shared, version: u64, plan: &ReadPlan) -> Access {
+        if self.role_changed {
+            return Access::RoleChanged;
+        }
+        match &self.role {
+            None => Access::RoleChanged,
+            Some(_) if self.superuser => Access::Allowed,
+            Some(role) => shared.privileges.access(role, version, plan),
+        }
+    }
+}
+
 /// Routes the group at the head of `buf`. When new answered, returns the group's length and
 /// the answer for the client; otherwise the group goes to legacy (for a shadowed read, with
 /// its answer captured for comparison).
@@ -125,7 +157,7 @@ pub async fn route_group(
     if !snap.rules.routes_reads() {
         return None;
     }
-    let (end, request, routed, view, settings, conn_seed) = {
+    let (end, request, routed, mut view, settings, conn_seed, who) = {
         let s = session.borrow();
         // Only between batches (a Sync legacy needs must reach it), and only for UTF-8
         // sessions: the statement text is handed to new as UTF-8.
@@ -137,8 +169,17 @@ pub async fn route_group(
             in_block: s.tx != TxStatus::Idle,
             unmirrored_write: shared.reads.unmirrored(s.last_write_done),
             own_settings: s.own_settings,
+            access: Access::Unchecked,
         };
-        (end, request, routed, view, s.settings.clone(), s.id)
+        (
+            end,
+            request,
+            routed,
+            view,
+            s.settings.clone(),
+            s.id,
+            Who::of(&s),
+        )
     };
     let plan = shared.reads.plan(snap.version, &snap.rules, request.sql());
     let stick = match plan.as_ref() {
@@ -161,6 +202,9 @@ pub async fn route_group(
         },
         Err(_) => 0,
     };
+    if let Ok(p) = plan.as_ref() {
+        view.access = who.access(shared, snap.version, p);
+    }
     let decision = route(&plan, &snap.rules, view, stick);
     let Ok(p) = plan.as_ref() else {
         // A read of routed tables that new cannot answer: legacy's, and counted so.
@@ -173,8 +217,12 @@ pub async fn route_group(
     match decision {
         Route::Legacy(why) => {
             tracing::trace!(reason = why.as_str(), "read stays on legacy");
+            let kept = reads::KeptForRole::of(why);
             reads.count(p, |t| {
                 t.legacy.fetch_add(1, Relaxed);
+                if let Some(k) = kept {
+                    t.kept_for_role[k as usize].fetch_add(1, Relaxed);
+                }
             });
             None
         }

@@ -1,0 +1,270 @@
+//! What each client role may read on legacy, for read routing: looked up on pgdual's own
+//! connection to legacy by a thread of its own, cached per (role, rules version), refreshed
+//! after every rules change and every [`REFRESH`].
+//!
+//! Never on the client's path: a read whose role is not in the cache (or only for an older
+//! rules version) goes to legacy and asks for the look-up; it never waits for it. Anything
+//! unknown is a refusal: a role that cannot be looked up stays on legacy.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use pgdual_rules::privilege::{Access, TableAccess};
+use pgdual_rules::{ReadMode, ReadPlan, TableName};
+use tokio::sync::{watch, Notify};
+use tracing::{debug, warn};
+
+use crate::proxy::Shared;
+
+/// How often every cached role is looked up again: a REVOKE on legacy reaches routing
+/// within this long (or at the next rules change).
+pub const REFRESH: Duration = Duration::from_secs(60);
+/// Entries older than this (a refresh kept failing) are not trusted.
+const TRUSTED_FOR: Duration = Duration::from_secs(180);
+/// Roles cached at most; reads of further roles stay on legacy.
+const MAX_ROLES: usize = 1024;
+/// Pause after the catalog connection failed.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// One role's access to the routed tables, for one rules version.
+#[derive(Debug)]
+struct RoleAccess {
+    version: u64,
+    fetched: Instant,
+    /// Legacy gives the role another role at login (`ALTER ROLE ... SET role`).
+    default_role: bool,
+    tables: HashMap<TableName, TableAccess>,
+}
+
+/// The cache, shared by every session; the look-ups run on [`start`]'s thread.
+#[derive(Default)]
+pub struct Privileges {
+    roles: RwLock<HashMap<String, Arc<RoleAccess>>>,
+    /// Roles a read asked about that are not cached yet.
+    wanted: Mutex<HashSet<String>>,
+    wake: Notify,
+}
+
+impl Privileges {
+    /// Whether `role` may read on legacy everything `plan` touches, under the rules at
+    /// `version`; when not known yet, `Unchecked`, and the look-up is asked for.
+    pub fn access(&self, role: &str, version: u64, plan: &ReadPlan) -> Access {
+        let cached = self
+            .roles
+            .read()
+            .ok()
+            .and_then(|r| r.get(role).cloned())
+            .filter(|r| r.version == version && r.fetched.elapsed() < TRUSTED_FOR);
+        match cached {
+            Some(r) if r.default_role => Access::RoleChanged,
+            Some(r) => pgdual_rules::privilege::access(plan, |t| r.tables.get(t)),
+            None => {
+                self.want(role);
+                Access::Unchecked
+            }
+        }
+    }
+
+    /// True once `role`'s privileges for the rules at `version` are cached.
+    pub fn knows(&self, role: &str, version: u64) -> bool {
+        self.roles
+            .read()
+            .ok()
+            .and_then(|r| r.get(role).map(|a| a.version == version))
+            .unwrap_or(false)
+    }
+
+    fn want(&self, role: &str) {
+        let Ok(mut wanted) = self.wanted.lock() else {
+            return;
+        };
+        let cached = self.roles.read().map_or(MAX_ROLES, |r| r.len());
+        if cached + wanted.len() < MAX_ROLES && wanted.insert(role.to_string()) {
+            self.wake.notify_one();
+        }
+    }
+
+    /// The rules changed: every cached role is looked up again for the new version.
+    pub fn rules_changed(&self) {
+        self.wake.notify_one();
+    }
+
+    fn store(&self, role: String, access: RoleAccess) {
+        if let Ok(mut roles) = self.roles.write() {
+            roles.insert(role, Arc::new(access));
+        }
+    }
+
+    /// Roles to look up for `version`: the ones asked for, plus every cached role when
+    /// `all` or when its entry is for another version.
+    fn due(&self, version: u64, all: bool) -> Vec<String> {
+        let mut due: HashSet<String> = self
+            .wanted
+            .lock()
+            .map(|mut w| w.drain().collect())
+            .unwrap_or_default();
+        if let Ok(roles) = self.roles.read() {
+            due.extend(
+                roles
+                    .iter()
+                    .filter(|(_, a)| all || a.version != version)
+                    .map(|(r, _)| r.clone()),
+            );
+        }
+        due.into_iter().collect()
+    }
+
+    fn retry_later(&self, roles: impl IntoIterator<Item = String>) {
+        if let Ok(mut w) = self.wanted.lock() {
+            w.extend(roles);
+        }
+    }
+}
+
+/// Starts the thread that looks privileges up until `stop` is set.
+pub fn start(
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("pgdual-privileges".into())
+        .spawn(move || {
+            let Some(rt) = crate::runtime::current_thread("privileges") else {
+                return;
+            };
+            rt.block_on(run(shared, stop));
+        })
+}
+
+async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let privileges = &shared.privileges;
+    let mut client: Option<tokio_postgres::Client> = None;
+    let mut refreshed = Instant::now();
+    loop {
+        tokio::select! {
+            _ = privileges.wake.notified() => {}
+            _ = tokio::time::sleep_until((refreshed + REFRESH).into()) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let snap = shared.rules.load();
+        let all = refreshed.elapsed() >= REFRESH;
+        let roles = privileges.due(snap.version, all);
+        if all {
+            refreshed = Instant::now();
+        }
+        if roles.is_empty() {
+            continue;
+        }
+        let tables: Vec<TableName> = snap
+            .rules
+            .tables()
+            .iter()
+            .filter(|t| t.read != ReadMode::Legacy)
+            .map(|t| t.legacy.clone())
+            .collect();
+        let mut pending = roles.into_iter();
+        while let Some(role) = pending.next() {
+            let c = match &client {
+                Some(c) if !c.is_closed() => c,
+                _ => match crate::catalog::connect_legacy(&shared.config).await {
+                    Ok(c) => client.insert(c),
+                    Err(e) => {
+                        warn!(error = %e, "cannot look up client roles' privileges; their reads stay on legacy");
+                        privileges.retry_later(std::iter::once(role).chain(pending));
+                        break;
+                    }
+                },
+            };
+            match look_up(c, &role, &tables).await {
+                Ok((default_role, tables)) => privileges.store(
+                    role,
+                    RoleAccess {
+                        version: snap.version,
+                        fetched: Instant::now(),
+                        default_role,
+                        tables,
+                    },
+                ),
+                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_OBJECT) => {
+                    // The role is gone from legacy: it may read nothing.
+                    debug!(error = %e, "client role not found on legacy");
+                    privileges.store(
+                        role,
+                        RoleAccess {
+                            version: snap.version,
+                            fetched: Instant::now(),
+                            default_role: false,
+                            tables: HashMap::new(),
+                        },
+                    );
+                }
+                Err(e) => {
+                    warn!(error = %e, "privilege look-up failed; the role's reads stay on legacy");
+                    client = None;
+                    privileges.retry_later(std::iter::once(role).chain(pending));
+                    break;
+                }
+            }
+        }
+        if privileges.wanted.lock().is_ok_and(|w| !w.is_empty()) {
+            tokio::select! {
+                _ = tokio::time::sleep(RETRY) => privileges.wake.notify_one(),
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+}
+
+/// What `role` may read of each of `tables` on legacy (its schema's USAGE, table SELECT,
+/// the columns it may SELECT, row-level security), and whether legacy gives it another role
+/// at login in this database.
+async fn look_up(
+    c: &tokio_postgres::Client,
+    role: &str,
+    tables: &[TableName],
+) -> Result<(bool, HashMap<TableName, TableAccess>), tokio_postgres::Error> {
+    let names: Vec<String> = tables.iter().map(|t| t.to_string()).collect();
+    let default_role: bool = c
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_db_role_setting s, unnest(s.setconfig) AS c(setting) \
+               WHERE s.setdatabase IN (0, (SELECT oid FROM pg_database WHERE datname = current_database())) \
+                 AND s.setrole IN (0, (SELECT oid FROM pg_roles WHERE rolname = $1::text)) \
+                 AND (c.setting LIKE 'role=%' OR c.setting LIKE 'session\\_authorization=%'))",
+            &[&role],
+        )
+        .await?
+        .get(0);
+    let rows = c
+        .query(
+            "SELECT t.i, coalesce(c.relrowsecurity, false), \
+                    coalesce(has_schema_privilege(($1::text)::name, c.relnamespace, 'USAGE'), false), \
+                    coalesce(has_table_privilege(($1::text)::name, c.oid, 'SELECT'), false), \
+                    ARRAY(SELECT a.attname::text FROM pg_attribute a \
+                          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+                            AND has_column_privilege(($1::text)::name, c.oid, a.attnum, 'SELECT')) \
+             FROM unnest($2::text[]) WITH ORDINALITY AS t(name, i) \
+             LEFT JOIN pg_class c ON c.oid = to_regclass(t.name)",
+            &[&role, &names],
+        )
+        .await?;
+    let mut out = HashMap::new();
+    for row in rows {
+        let i: i64 = row.get(0);
+        let Some(table) = usize::try_from(i - 1).ok().and_then(|i| tables.get(i)) else {
+            continue;
+        };
+        let mut columns: Vec<String> = row.get(4);
+        columns.sort();
+        out.insert(
+            table.clone(),
+            TableAccess {
+                row_security: row.get(1),
+                usage: row.get(2),
+                select: row.get(3),
+                columns,
+            },
+        );
+    }
+    Ok((default_role, out))
+}
