@@ -261,3 +261,139 @@ async fn rules_that_do_not_fit_the_catalogs_capture_nothing_and_clients_carry_on
         "no capture triggers for rules that do not fit"
     );
 }
+
+/// An application role as production has them: may log in, is not a superuser, does not own
+/// the table, and holds only the table's write privileges and its sequence's USAGE.
+#[tokio::test]
+async fn an_ordinary_application_role_writes_every_kind_of_statement_with_capture_on() {
+    let t = "dw_app_role";
+    let role = "dw_app_writer";
+    create(t).await;
+    let l = connect(legacy().port).await;
+    l.batch_execute(&format!(
+        "CREATE ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE;
+         GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON {t} TO {role};
+         GRANT USAGE ON SEQUENCE {t}_id_seq TO {role};"
+    ))
+    .await
+    .unwrap();
+    // A capture function as an older pgdual created it (the writer's rights, no pinned
+    // search_path): starting pgdual must replace it.
+    for attempt in 0.. {
+        let old = l
+            .batch_execute(&format!(
+                "CREATE SCHEMA IF NOT EXISTS pgdual;
+                 CREATE OR REPLACE FUNCTION pgdual.capture_public_{t}() RETURNS trigger
+                     LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$;"
+            ))
+            .await;
+        match old {
+            Ok(()) => break,
+            // Other tests' pgdual may be creating the schema at this moment.
+            Err(e) if attempt < 5 => eprintln!("retrying: {e}"),
+            Err(e) => panic!("{e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (p, _dir) = proxy_with_rules(&rules(t), new_db());
+    wait_mirror_ready(&p).await;
+    let function = text_rows(
+        legacy().port,
+        &format!(
+            "SELECT concat_ws('|', prosecdef, pg_get_userbyid(proowner), array_to_string(proconfig, ','), \
+             has_function_privilege('{role}', oid, 'EXECUTE')) \
+             FROM pg_proc WHERE oid = 'pgdual.capture_public_{t}()'::regprocedure"
+        ),
+    )
+    .await;
+    assert_eq!(function, ["t|postgres|search_path=pg_catalog, pg_temp|f"]);
+
+    let c = connect_as(p.local_addr().port(), role, None).await.unwrap();
+    // Autocommit, simple protocol: single and multi-row inserts, update, upsert, delete.
+    c.batch_execute(&format!(
+        "INSERT INTO {t} (first_name, last_name, email) VALUES ('Ada', 'Lovelace', 'ada@x.org');
+         INSERT INTO {t} (first_name, last_name, email) VALUES ('Alan', 'Turing', 'alan@x.org'), ('Grace', 'Hopper', 'grace@x.org');
+         UPDATE {t} SET last_name = 'Updated' WHERE first_name = 'Alan';
+         INSERT INTO {t} (first_name, last_name, email) VALUES ('Ada', 'King', 'ada@x.org')
+             ON CONFLICT (email) DO UPDATE SET last_name = EXCLUDED.last_name;
+         DELETE FROM {t} WHERE first_name = 'Grace';"
+    ))
+    .await
+    .expect("autocommit writes as an application role");
+    // Extended protocol with parameters, autocommit.
+    c.execute(
+        &format!("INSERT INTO {t} (first_name, last_name, email) VALUES ($1, $2, $3)"),
+        &[&"Ext", &"Param", &"ext@x.org"],
+    )
+    .await
+    .expect("extended insert");
+    c.execute(
+        &format!("UPDATE {t} SET first_name = $1 WHERE email = $2"),
+        &[&"Extended", &"ext@x.org"],
+    )
+    .await
+    .expect("extended update");
+    // COPY FROM STDIN.
+    let sink = c
+        .copy_in(&format!(
+            "COPY {t} (first_name, last_name, email) FROM STDIN WITH (FORMAT csv)"
+        ))
+        .await
+        .expect("copy as an application role");
+    futures_util::pin_mut!(sink);
+    sink.send(Bytes::from_static(
+        b"Copy,One,c1@x.org\nCopy,Two,c2@x.org\n",
+    ))
+    .await
+    .unwrap();
+    sink.finish().await.unwrap();
+    // The same kinds inside an explicit transaction.
+    c.batch_execute(&format!(
+        "BEGIN;
+         INSERT INTO {t} (first_name, last_name, email) VALUES ('Tx', 'One', 'tx1@x.org'), ('Tx', 'Two', 'tx2@x.org');
+         UPDATE {t} SET last_name = 'Tx' WHERE first_name = 'Copy';
+         INSERT INTO {t} (first_name, last_name, email) VALUES ('Tx', 'Again', 'tx1@x.org')
+             ON CONFLICT (email) DO UPDATE SET last_name = EXCLUDED.last_name;
+         DELETE FROM {t} WHERE email = 'c2@x.org';
+         COMMIT;"
+    ))
+    .await
+    .expect("transaction of writes as an application role");
+    let rows = assert_converges(new_db(), &legacy_view(t), &new_view(t), 30).await;
+    assert_eq!(rows.len(), 6, "{rows:?}");
+    // TRUNCATE, in a transaction with an insert after it, then in autocommit.
+    c.batch_execute(&format!(
+        "BEGIN; TRUNCATE {t}; INSERT INTO {t} (first_name, last_name, email) VALUES ('After', 'Truncate', 'a@t.org'); COMMIT;"
+    ))
+    .await
+    .expect("truncate in a transaction");
+    let rows = assert_converges(new_db(), &legacy_view(t), &new_view(t), 30).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    c.batch_execute(&format!("TRUNCATE {t}"))
+        .await
+        .expect("truncate in autocommit");
+    let rows = assert_converges(new_db(), &legacy_view(t), &new_view(t), 30).await;
+    assert!(rows.is_empty(), "{rows:?}");
+    assert_eq!(
+        p.shared()
+            .metrics
+            .mirror
+            .dead_letters_total
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+
+    // The changelog and the capture function stay closed to the application role.
+    for sql in [
+        "SELECT count(*) FROM pgdual.changes".to_string(),
+        "INSERT INTO pgdual.changes (tbl) VALUES ('x')".to_string(),
+        "DELETE FROM pgdual.changes".to_string(),
+    ] {
+        let err = c.batch_execute(&sql).await.expect_err(&sql);
+        assert_eq!(
+            err.code(),
+            Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+            "{sql}: {err}"
+        );
+    }
+}

@@ -6,6 +6,12 @@
 //! rolls back (including rolled-back savepoints), whatever statement or client made it, and
 //! the record is as durable as the write itself. The mirror then copies those keys' row
 //! images to new. One generated function per table keeps the SQL static, so its plans cache.
+//!
+//! The trigger functions run as pgdual's role (`SECURITY DEFINER`, owned by `legacy.user`)
+//! with a pinned `search_path` and every name schema-qualified, so any role that may write a
+//! mapped table can, with no grant on `pgdual`: the changelog stays closed to every other role.
+//! PostgreSQL checks no EXECUTE privilege when a trigger fires, so EXECUTE is revoked from
+//! PUBLIC (and nobody can call a trigger function directly anyway).
 
 use crate::ruleset::{quote_ident, TableRule};
 
@@ -20,6 +26,9 @@ CREATE TABLE IF NOT EXISTS pgdual.changes (
     at    timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 CREATE INDEX IF NOT EXISTS changes_txid ON pgdual.changes (txid);
+REVOKE ALL ON SCHEMA pgdual FROM PUBLIC;
+REVOKE ALL ON TABLE pgdual.changes FROM PUBLIC;
+REVOKE ALL ON SEQUENCE pgdual.changes_id_seq FROM PUBLIC;
 ";
 
 fn literal(s: &str) -> String {
@@ -44,17 +53,19 @@ fn keys_object(rule: &TableRule, alias: &str) -> String {
         .map(|k| format!("{}, {alias}.{}", literal(k), quote_ident(k)))
         .collect::<Vec<_>>()
         .join(", ");
-    format!("jsonb_build_object({pairs})")
+    format!("pg_catalog.jsonb_build_object({pairs})")
 }
 
-/// Creates (or replaces) the capture function and triggers of one table.
+/// Creates (or replaces, so an install by an older pgdual is upgraded) the capture function
+/// and triggers of one table.
 pub fn install_capture(rule: &TableRule) -> String {
     let table = rule.legacy.to_string();
     let tbl = literal(&table);
     let func = function_name(rule);
     let (old, new) = (keys_object(rule, "o"), keys_object(rule, "n"));
     format!(
-        "CREATE OR REPLACE FUNCTION {func}() RETURNS trigger LANGUAGE plpgsql AS $pgdual$
+        "CREATE OR REPLACE FUNCTION {func}() RETURNS trigger LANGUAGE plpgsql
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $pgdual$
 BEGIN
     IF TG_OP = 'INSERT' THEN
         INSERT INTO pgdual.changes (tbl, keys) SELECT {tbl}, {new} FROM pgdual_new n;
@@ -69,6 +80,7 @@ BEGIN
     RETURN NULL;
 END
 $pgdual$;
+REVOKE ALL ON FUNCTION {func}() FROM PUBLIC;
 CREATE OR REPLACE TRIGGER pgdual_capture_insert AFTER INSERT ON {table}
     REFERENCING NEW TABLE AS pgdual_new FOR EACH STATEMENT EXECUTE FUNCTION {func}();
 CREATE OR REPLACE TRIGGER pgdual_capture_update AFTER UPDATE ON {table}
@@ -118,10 +130,14 @@ mod tests {
         let sql = install_capture(&rule());
         assert!(sql.contains("CREATE OR REPLACE FUNCTION pgdual.capture_public_order_lines()"));
         assert!(sql.contains(
-            "SELECT 'public.order_lines', jsonb_build_object('order_id', n.order_id, 'line', n.line) FROM pgdual_new n"
+            "SELECT 'public.order_lines', pg_catalog.jsonb_build_object('order_id', n.order_id, 'line', n.line) FROM pgdual_new n"
         ));
         assert!(sql.contains("AFTER TRUNCATE ON public.order_lines"));
         assert_eq!(sql.matches("CREATE OR REPLACE TRIGGER").count(), 4);
+        assert!(sql.contains("SECURITY DEFINER SET search_path = pg_catalog, pg_temp"));
+        assert!(
+            sql.contains("REVOKE ALL ON FUNCTION pgdual.capture_public_order_lines() FROM PUBLIC")
+        );
     }
 
     #[test]
