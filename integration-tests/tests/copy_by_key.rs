@@ -61,6 +61,8 @@ async fn clients() -> (Client, Client) {
     )
     .await
     .unwrap();
+    pgdual::copy::pin_session(&legacy).await.unwrap();
+    pgdual::copy::pin_session(&new).await.unwrap();
     (legacy, new)
 }
 
@@ -90,16 +92,19 @@ async fn both(legacy: &Client, new: &Client) -> (Vec<String>, Vec<String>) {
     (l, n)
 }
 
-fn plan(i: usize) -> CopyPlan {
+/// The copy plan of rule `i`, cast to the tables' column types as the databases have them.
+async fn plan(i: usize, legacy: &Client, new: &Client) -> CopyPlan {
     let rules = pgdual_rules::parse_rules(RULES, "test").unwrap();
-    CopyPlan::new(&rules.tables()[i])
+    CopyPlan::learn(&rules.tables()[i], legacy, new)
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
 async fn rows_copy_exactly_and_deletes_follow() {
     let _serial = SERIAL.lock().await;
     let (legacy, mut new) = clients().await;
-    let users = plan(0);
+    let users = plan(0, &legacy, &new).await;
     legacy
         .batch_execute(
             "INSERT INTO cbk_users (first_name, last_name, email, avatar) VALUES
@@ -156,7 +161,7 @@ async fn rows_copy_exactly_and_deletes_follow() {
 async fn composite_keys_and_typed_transforms() {
     let _serial = SERIAL.lock().await;
     let (legacy, new) = clients().await;
-    let lines = plan(1);
+    let lines = plan(1, &legacy, &new).await;
     legacy
         .batch_execute(
             "INSERT INTO cbk_lines VALUES (1, 1, 9.99), (1, 2, 0.01), (2, 1, 1000000.50)",
@@ -197,7 +202,8 @@ async fn a_new_side_error_names_the_table_and_carries_its_sqlstate() {
         .batch_execute("INSERT INTO cbk_users (first_name, last_name) VALUES ('a', 'b')")
         .await
         .unwrap();
-    let err = plan(0)
+    let err = plan(0, &legacy, &new)
+        .await
         .copy(&legacy, &new, &json!([{"id": 1}]).to_string())
         .await
         .unwrap_err();

@@ -124,16 +124,20 @@ async fn unique_on(
     Ok(row.get(0))
 }
 
-/// Whether a value of type `from` is assignable to a column of type `to` on this server.
+/// Whether a value of type `from` is assignable to a column of type `to` on this server. A
+/// domain takes what its base type takes (legacy describes a domain column by its base type);
+/// a type name this server does not know is not assignable.
 async fn assignable(c: &Client, from: &str, to: &str) -> Result<bool, tokio_postgres::Error> {
     if from == to || from == "unknown" {
         return Ok(true);
     }
     let row = c
         .query_one(
-            "SELECT to_regtype($1) = to_regtype($2) OR EXISTS (SELECT 1 FROM pg_cast \
-               WHERE castsource = to_regtype($1) AND casttarget = to_regtype($2) \
-               AND castcontext IN ('a', 'i'))",
+            "WITH RECURSIVE t(oid) AS (SELECT to_regtype($2) \
+               UNION SELECT p.typbasetype FROM pg_type p JOIN t ON p.oid = t.oid WHERE p.typtype = 'd') \
+             SELECT coalesce(bool_or(t.oid = to_regtype($1) OR EXISTS (SELECT 1 FROM pg_cast \
+               WHERE castsource = to_regtype($1) AND casttarget = t.oid \
+               AND castcontext IN ('a', 'i'))), false) FROM t",
             &[&from, &to],
         )
         .await?;

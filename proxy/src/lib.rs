@@ -19,6 +19,7 @@ pub mod mirror;
 pub mod privileges;
 pub mod proxy;
 pub mod reads;
+pub mod redact;
 pub mod relay;
 pub mod rules_store;
 pub mod runtime;

@@ -24,8 +24,9 @@ use tokio_postgres::{Client, GenericClient};
 use tracing::{debug, error, info, warn};
 
 use crate::catalog;
-use crate::copy::{CopyError, CopyPlan};
+use crate::copy::{self, CopyError, CopyPlan};
 use crate::proxy::Shared;
+use crate::redact;
 
 /// Whole transactions from the front of the backlog of our tables (`$2`), at most about `$1`
 /// changes. Another pgdual with the same rules waits on the row locks; one with other rules
@@ -71,6 +72,8 @@ enum MirrorError {
     Connect(String),
     #[error("the rules do not fit the databases, so nothing is captured yet:\n  - {}", .0.join("\n  - "))]
     Rules(Vec<String>),
+    #[error("a target table's column types changed; reconnecting to learn them")]
+    TypesChanged,
 }
 
 /// Errors worth retrying: the connection, serialization and deadlocks, resources,
@@ -92,12 +95,29 @@ impl MirrorError {
         match self {
             MirrorError::Legacy(e) | MirrorError::New(e) => e.code().map(|c| c.code()),
             MirrorError::Copy(e) => e.code(),
-            MirrorError::Connect(_) | MirrorError::Rules(_) => None,
+            MirrorError::Connect(_) | MirrorError::Rules(_) | MirrorError::TypesChanged => None,
         }
     }
 
     fn is_transient(&self) -> bool {
         transient(self.code())
+    }
+
+    /// The error for the log: no row values unless `show_values` (see [`crate::redact`]).
+    fn for_log(&self, show_values: bool) -> String {
+        match self {
+            MirrorError::Legacy(e) => format!("legacy: {}", redact::pg_error(e, show_values)),
+            MirrorError::New(e) => format!("new: {}", redact::pg_error(e, show_values)),
+            MirrorError::Copy(CopyError::Legacy { table, source }) => format!(
+                "reading {table} from legacy: {}",
+                redact::pg_error(source, show_values)
+            ),
+            MirrorError::Copy(CopyError::New { table, source }) => format!(
+                "writing {table} in new: {}",
+                redact::pg_error(source, show_values)
+            ),
+            other => other.to_string(),
+        }
     }
 }
 
@@ -116,21 +136,38 @@ pub fn start(
         })
 }
 
-fn targets(rules: &RuleSet) -> HashMap<String, Target> {
+/// The tables of `rules` as the backlog names them.
+fn table_names(rules: &RuleSet) -> Vec<String> {
     rules
         .tables()
         .iter()
-        .map(|r| {
-            (
-                r.legacy.to_string(),
-                Target {
-                    plan: CopyPlan::new(r),
-                    database: r.database,
-                    new_table: r.new.to_string(),
-                },
-            )
-        })
+        .map(|r| r.legacy.to_string())
         .collect()
+}
+
+/// The targets of `rules`, each copy plan casting to its table's column types as the
+/// database holding it has them now.
+async fn targets(
+    rules: &RuleSet,
+    legacy: &Client,
+    new: Option<&Client>,
+) -> Result<HashMap<String, Target>, MirrorError> {
+    let mut out = HashMap::new();
+    for r in rules.tables() {
+        let plan = match (r.database, new) {
+            (TargetDatabase::Legacy, _) => CopyPlan::learn(r, legacy, legacy).await?,
+            (TargetDatabase::New, Some(n)) => CopyPlan::learn(r, legacy, n).await?,
+            // Nothing to learn from: applying a change of this table fails and says why.
+            (TargetDatabase::New, None) => CopyPlan::new(r, Default::default(), Default::default()),
+        };
+        let target = Target {
+            plan,
+            database: r.database,
+            new_table: r.new.to_string(),
+        };
+        out.insert(r.legacy.to_string(), target);
+    }
+    Ok(out)
 }
 
 async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
@@ -140,11 +177,17 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut installed: Option<Arc<crate::rules_store::RulesSnapshot>> = None;
     while !*stop.borrow() {
         let snapshot = shared.rules.load();
-        let targets = targets(&snapshot.rules);
+        let tables = table_names(&snapshot.rules);
         let attempt = async {
             let (legacy, new) = catalog::connect_both(&shared.config)
                 .await
                 .map_err(MirrorError::Connect)?;
+            copy::pin_session(&legacy)
+                .await
+                .map_err(MirrorError::Legacy)?;
+            if let Some(n) = &new {
+                copy::pin_session(n).await.map_err(MirrorError::New)?;
+            }
             if installed.as_ref().map(|s| s.version) != Some(snapshot.version) {
                 // A rule that does not fit the catalogs would dead-letter every change:
                 // refuse to capture until the rules and the databases agree.
@@ -172,11 +215,12 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                     .rules_version
                     .store(snapshot.version as i64, Relaxed);
             }
+            let targets = targets(&snapshot.rules, &legacy, new.as_ref()).await?;
             let mut worker = Worker {
                 legacy,
                 new,
                 targets: &targets,
-                tables: targets.keys().map(String::as_str).collect(),
+                tables: tables.iter().map(String::as_str).collect(),
                 shared: &shared,
             };
             worker.serve(snapshot.version).await
@@ -192,11 +236,16 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             Err(e) => {
                 shared.metrics.mirror.retries_total.fetch_add(1, Relaxed);
                 // Keep the backlog gauge true while new is away: it is what operators watch.
-                let tables: Vec<&str> = targets.keys().map(String::as_str).collect();
+                let tables: Vec<&str> = tables.iter().map(String::as_str).collect();
                 if let Some(n) = backlog(&shared, &tables).await {
                     shared.metrics.mirror.backlog.store(n, Relaxed);
                 }
-                warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "mirror interrupted; the backlog waits in legacy");
+                let error = e.for_log(shared.config.reads.log_values);
+                warn!(
+                    error,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "mirror interrupted; the backlog waits in legacy"
+                );
                 tokio::select! {
                     _ = tokio::time::sleep(jitter(delay)) => {}
                     _ = stop.wait_for(|s| *s) => break,
@@ -335,7 +384,13 @@ impl Worker<'_> {
             }
             Err(e) if e.is_transient() => return Err(e),
             Err(e) => {
-                debug!(error = %e, "batch refused; isolating the failing changes");
+                // Casts to column types new no longer has would dead-letter every change:
+                // learn the types again and retry instead.
+                if stale_plans(self.targets, self.new.as_ref(), &legacy_tx).await? {
+                    return Err(MirrorError::TypesChanged);
+                }
+                let error = e.for_log(self.shared.config.reads.log_values);
+                debug!(error, "batch refused; isolating the failing changes");
                 for op in &ops {
                     isolate(
                         &mut legacy_tx,
@@ -361,6 +416,25 @@ impl Worker<'_> {
         m.changes_total.fetch_add(ids.len() as u64, Relaxed);
         Ok(ids.len())
     }
+}
+
+/// Whether any target table's column types changed since its plan was made.
+async fn stale_plans(
+    targets: &HashMap<String, Target>,
+    new: Option<&Client>,
+    legacy_tx: &tokio_postgres::Transaction<'_>,
+) -> Result<bool, MirrorError> {
+    for t in targets.values() {
+        let stale = match (t.database, new) {
+            (TargetDatabase::Legacy, _) => t.plan.is_stale(legacy_tx, legacy_tx).await?,
+            (TargetDatabase::New, Some(n)) => t.plan.is_stale(legacy_tx, n).await?,
+            (TargetDatabase::New, None) => false,
+        };
+        if stale {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Applies an op key by key; what new refuses for good goes to the dead-letter file.
