@@ -509,3 +509,67 @@ fn flags_cli_shows_and_sets_write_and_read_modes_live() {
     sigterm(&child);
     assert!(wait_exit(&mut child, Duration::from_secs(10)).success());
 }
+
+#[test]
+fn flags_set_read_legacy_works_with_the_new_database_stopped() {
+    let legacy = PgCluster::start(ClusterOptions::default()).unwrap();
+    let new = PgCluster::start(ClusterOptions::default()).unwrap();
+    legacy
+        .psql("CREATE TABLE items (id int PRIMARY KEY, name text); INSERT INTO items VALUES (1, 'bolt')")
+        .unwrap();
+    new.psql(
+        "CREATE SCHEMA v2; CREATE TABLE v2.items (item_id int PRIMARY KEY, name text);
+         INSERT INTO v2.items VALUES (1, 'bolt')",
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        "[[table]]\nlegacy = \"public.items\"\nnew = \"v2.items\"\nkeys = [\"id\"]\n\
+         write = \"on\"\nread = \"new\"\n[table.columns]\nitem_id = \"id\"\nname = \"name\"\n",
+    )
+    .unwrap();
+    let admin = format!("127.0.0.1:{}", free_port().unwrap());
+    let extra = format!(
+        "rules_file = {:?}\n[mirror]\ndead_letter_file = {:?}\n[new]\nhost = \"127.0.0.1\"\nport = {}",
+        rules.display().to_string(),
+        dir.path().join("dead.jsonl").display().to_string(),
+        new.port
+    );
+    let (mut child, port, _cfg_dir) = serve(&legacy, &extra, &["--admin-listen", &admin]);
+    let flags = |args: &[&str]| {
+        let out = pgdual()
+            .arg("flags")
+            .args(args)
+            .args(["--admin", &admin])
+            .output()
+            .unwrap();
+        (out.status.success(), text(&out))
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !flags(&["status"]).1.contains("ready=true") {
+        assert!(Instant::now() < deadline, "the mirror never became ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    new.stop();
+    let (ok, msg) = flags(&["set", "public.items", "read", "legacy"]);
+    assert!(ok, "{msg}");
+    assert!(
+        msg.contains("public.items: read legacy (rules version 2)"),
+        "{msg}"
+    );
+    assert!(std::fs::read_to_string(&rules)
+        .unwrap()
+        .contains("read = \"legacy\""));
+    let out = psql(&legacy, port, "SELECT name FROM items WHERE id = 1")
+        .output()
+        .unwrap();
+    assert_eq!(text(&out).trim(), "bolt");
+    // Back onto new while new is down: refused, saying why.
+    let (ok, msg) = flags(&["set", "public.items", "read", "new"]);
+    assert!(!ok && msg.contains("cannot connect to new"), "{msg}");
+    assert!(msg.contains("rules version 2 stays"), "{msg}");
+    sigterm(&child);
+    assert!(wait_exit(&mut child, Duration::from_secs(10)).success());
+}
