@@ -151,8 +151,58 @@ fn load(path: Option<&PathBuf>, flags: &[(&str, Option<&String>)]) -> anyhow::Re
     Ok(config)
 }
 
+/// The filter pgdual logs with, from `log.level`. A bare level (`debug`, `trace`) applies to
+/// pgdual's own crates only; every other crate stays at `info` unless a directive names it
+/// (`debug,tokio_postgres=debug`). Dependencies cannot redact: sqlparser logs each statement
+/// it parses with its literals, and tokio-postgres each query with its parameters, at debug.
+fn log_filter(level: &str) -> String {
+    const OWN: &str = "pgdual"; // a target prefix: also pgdual_rules, pgdual_config
+    let directives = split_directives(level);
+    // A directive for `pgdual` itself is the user's choice; narrower ones (`pgdual::mirror`)
+    // win over ours anyway, being more specific.
+    let names_own = directives.iter().any(|d| {
+        d.split(['=', '['])
+            .next()
+            .is_some_and(|t| t.trim() == OWN && d.contains('='))
+    });
+    let mut out = Vec::new();
+    for d in directives {
+        let bare = d.trim();
+        let verbose = ["debug", "trace"]
+            .iter()
+            .any(|l| bare.eq_ignore_ascii_case(l));
+        if verbose {
+            out.push("info".to_string());
+            if !names_own {
+                out.push(format!("{OWN}={bare}"));
+            }
+        } else {
+            out.push(d.to_string());
+        }
+    }
+    out.join(",")
+}
+
+/// Splits a filter at the commas between directives, not those inside a span's `[{...}]`.
+fn split_directives(filter: &str) -> Vec<&str> {
+    let (mut parts, mut depth, mut start) = (Vec::new(), 0i32, 0);
+    for (i, c) in filter.char_indices() {
+        match c {
+            '[' | '{' => depth += 1,
+            ']' | '}' => depth -= 1,
+            ',' if depth <= 0 => {
+                parts.push(&filter[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&filter[start..]);
+    parts.into_iter().filter(|p| !p.trim().is_empty()).collect()
+}
+
 fn init_logging(level: &str, format: LogFormat) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
+    let filter = tracing_subscriber::EnvFilter::try_new(log_filter(level))
         .with_context(|| format!("log.level: invalid filter {level:?}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -314,6 +364,35 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("pgdual: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter;
+
+    #[test]
+    fn a_bare_verbose_level_is_pgdual_s_alone() {
+        for (given, used) in [
+            ("info", "info"),
+            ("warn", "warn"),
+            ("debug", "info,pgdual=debug"),
+            ("TRACE", "info,pgdual=TRACE"),
+            // Named crates are honoured, own and others.
+            (
+                "debug,tokio_postgres=debug",
+                "info,pgdual=debug,tokio_postgres=debug",
+            ),
+            (
+                "pgdual::mirror=trace,debug",
+                "pgdual::mirror=trace,info,pgdual=debug",
+            ),
+            ("pgdual=info,debug", "pgdual=info,info"),
+            ("sqlparser=trace", "sqlparser=trace"),
+            ("info,[conn{peer=a,b}]=debug", "info,[conn{peer=a,b}]=debug"),
+        ] {
+            assert_eq!(log_filter(given), used, "{given}");
         }
     }
 }
