@@ -446,3 +446,50 @@ fn pg_type_name(name: &str) -> String {
         None => name.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(extra: &str) -> TableRule {
+        let text = format!(
+            "[[table]]\nlegacy = \"public.t\"\nnew = \"app.t\"\nkeys = [\"id\"]\n{extra}\n\
+             [table.columns]\nid = \"id\"\nname = \"name\"\n"
+        );
+        pgdual_rules::parse_rules(&text, "t").unwrap().tables()[0].clone()
+    }
+
+    #[test]
+    fn only_growing_use_of_new_needs_new() {
+        let legacy_db = "database = \"legacy\"\nwrite = \"on\"\nread = \"new\"";
+        #[rustfmt::skip]
+        let cases: &[(&str, Option<&str>, bool)] = &[
+            // the rule, the rule checked before (None: a new table), needs new
+            ("read = \"legacy\"", Some("read = \"new\""), false),
+            ("write = \"on\"", Some("write = \"on\"\nread = \"new\""), false),
+            ("", Some("write = \"on\"\nread = \"new\""), false),
+            ("read = \"new\"\nread_percent = 10", Some("read = \"new\""), false),
+            ("read = \"shadow\"", Some("read = \"new\""), false),
+            ("read = \"new\"", Some("read = \"shadow\""), false),
+            ("read = \"new\"\nfallback_on_empty = true", Some("read = \"new\""), false),
+            ("read = \"new\"", Some("read = \"legacy\""), true),
+            ("read = \"new\"", Some("write = \"on\""), true),
+            ("write = \"on\"", Some("read = \"new\""), true),
+            ("read = \"new\"", None, true),
+            ("read = \"legacy\"", None, false),
+            (legacy_db, None, false),
+        ];
+        for (now, before, want) in cases {
+            let before = before.map(rule);
+            assert_eq!(
+                needs_new_check(&rule(now), before.as_ref()),
+                *want,
+                "{now:?} after {before:?}"
+            );
+        }
+        // A changed mapping is checked again, whatever the modes.
+        let mut changed = rule("read = \"new\"");
+        changed.new.name = "t2".into();
+        assert!(needs_new_check(&changed, Some(&rule("read = \"new\""))));
+    }
+}
