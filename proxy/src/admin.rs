@@ -228,6 +228,14 @@ fn reads_json(shared: &Shared) -> serde_json::Value {
             .iter()
             .map(|f| (f.as_str().to_string(), r.fallback(*f).into()))
             .collect();
+        let kept_for_role: serde_json::Map<String, serde_json::Value> =
+            crate::reads::KeptForRole::ALL
+                .iter()
+                .map(|k| {
+                    let n = r.kept_for_role[*k as usize].load(Relaxed);
+                    (k.as_str().to_string(), n.into())
+                })
+                .collect();
         out.insert(
             table,
             serde_json::json!({
@@ -235,6 +243,7 @@ fn reads_json(shared: &Shared) -> serde_json::Value {
                 "new": r.new.load(Relaxed),
                 "shadow": r.shadow.load(Relaxed),
                 "fallbacks": fallbacks,
+                "kept_on_legacy_for_role": kept_for_role,
                 "shadow_matches": r.shadow_matches.load(Relaxed),
                 "shadow_mismatches": r.shadow_mismatches.load(Relaxed),
                 "shadow_errors": r.shadow_errors.load(Relaxed),
