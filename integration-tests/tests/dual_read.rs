@@ -571,3 +571,46 @@ async fn modes_flipped_under_load_cost_clients_nothing() {
         "the flips took effect"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_log_values_a_sample_shows_a_binary_key_decoded() {
+    let t = "dr_sample_key";
+    let new = new_db();
+    create(t, new).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rules.toml");
+    std::fs::write(&path, rules(t, "read = \"shadow\"")).unwrap();
+    let p = proxy_with(|c| {
+        c.rules_file = Some(path);
+        c.new.host = "127.0.0.1".into();
+        c.new.port = new.port;
+        c.mirror.poll_interval_ms = 50;
+        c.mirror.dead_letter_file = dir.path().join("dead.jsonl");
+        c.reads.log_values = true;
+    });
+    ready(&p).await;
+    let port = p.local_addr().port();
+    fill(t, port, new, 3).await;
+    connect(new.port)
+        .await
+        .batch_execute(&format!(
+            "UPDATE {t}.customers SET full_name = 'Mallory Last2' WHERE customer_id = 2"
+        ))
+        .await
+        .unwrap();
+    let via = connect(port).await;
+    // tokio-postgres sends the bigint parameter in binary: 8 bytes, not the text "2".
+    let ext = format!("SELECT id, first_name, last_name, email FROM {t} WHERE id = $1");
+    assert_eq!(extended(&via, &ext, 2).await.unwrap()[0].1, "First2");
+    let table = p.shared().reads.table(&format!("public.{t}"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while table.shadow_mismatches.load(Relaxed) < 1 {
+        assert!(Instant::now() < deadline, "the mismatch was never seen");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, body) = http_get(p.admin_addr().unwrap(), "/reads/mismatches", None);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let sample = &v["samples"][0];
+    assert_eq!(sample["key"], "2", "{body}");
+    assert_eq!(sample["legacy_value"], "First2", "{body}");
+}

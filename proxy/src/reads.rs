@@ -430,6 +430,20 @@ impl Request {
             Request::Extended { bind_rest, .. } => bind_param(bind_rest, n),
         }
     }
+
+    /// Whether parameter `n` (from 1) was sent in binary format (Bind's format codes: none
+    /// means all text, one applies to all, else one per parameter).
+    fn param_binary(&self, n: usize) -> bool {
+        let Request::Extended { bind_rest, .. } = self else {
+            return false;
+        };
+        let at = match be_i16(bind_rest, 0) {
+            Some(1) => 2,
+            Some(nf) if nf > 1 && n >= 1 => 2 * n,
+            _ => return false,
+        };
+        be_i16(bind_rest, at) == Some(1)
+    }
 }
 
 /// The connection settings of a session that new must share.
@@ -783,6 +797,7 @@ pub fn spawn_shadow(shared: Arc<Shared>, job: ShadowJob) {
                 &job.settings,
             )
             .await
+            .map(|new| (new, described))
         }
         .await;
         let reads = &shared.reads;
@@ -793,7 +808,7 @@ pub fn spawn_shadow(shared: Arc<Shared>, job: ShadowJob) {
                     t.shadow_errors.fetch_add(1, Relaxed);
                 });
             }
-            Ok(new) => match compare(&job.capture, &new, plan.ordered) {
+            Ok((new, described)) => match compare(&job.capture, &new, plan.ordered) {
                 None => reads.count(plan, |t| {
                     t.shadow_matches.fetch_add(1, Relaxed);
                 }),
@@ -801,7 +816,7 @@ pub fn spawn_shadow(shared: Arc<Shared>, job: ShadowJob) {
                     reads.count(plan, |t| {
                         t.shadow_mismatches.fetch_add(1, Relaxed);
                     });
-                    let sample = sample(&shared, plan, &job, &new, diff);
+                    let sample = sample(&shared, plan, &job, &new, diff, &described.params);
                     warn!(
                         tables = ?sample.tables,
                         fingerprint = %sample.fingerprint,
@@ -850,6 +865,7 @@ fn sample(
     job: &ShadowJob,
     new: &NewAnswer,
     diff: Diff,
+    param_types: &[u32],
 ) -> Sample {
     let show = shared.config.reads.log_values;
     let redact = |v: Option<&[u8]>| -> String {
@@ -863,7 +879,14 @@ fn sample(
         keys.iter()
             .map(|k| match k {
                 KeyRef::Literal(v) => redact(Some(v.as_bytes())),
-                KeyRef::Param(n) => redact(job.request.param(*n).as_deref()),
+                // Binary-format parameters decoded by their type, not shown as raw bytes.
+                KeyRef::Param(n) => {
+                    let text = job.request.param(*n).map(|raw| {
+                        let ty = param_types.get(n.wrapping_sub(1)).copied().unwrap_or(0);
+                        crate::redact::param_text(&raw, job.request.param_binary(*n), ty)
+                    });
+                    redact(text.as_deref().map(str::as_bytes))
+                }
             })
             .collect::<Vec<_>>()
             .join(",")
