@@ -154,3 +154,35 @@ async fn reads_go_back_to_legacy_with_new_stopped_by_api_cli_and_file() {
     );
     reads_work(port, &tables).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_go_back_to_legacy_after_a_start_with_new_already_down() {
+    let tables = ["wb_start"];
+    let new = tokio::task::spawn_blocking(|| PgCluster::start(ClusterOptions::default()))
+        .await
+        .unwrap()
+        .unwrap();
+    create(&tables, &new).await;
+    let new = std::sync::Arc::new(new);
+    let stopping = new.clone();
+    tokio::task::spawn_blocking(move || stopping.stop())
+        .await
+        .unwrap();
+    // pgdual starts with reads on new while new is down: its mirror cannot check the rules.
+    let (p, _dir) = proxy_with_rules(&rule("wb_start"), &new);
+    let port = p.local_addr().port();
+    let admin = p.admin_addr().unwrap();
+    reads_work(port, &tables).await;
+    let (status, body) = tokio::task::spawn_blocking(move || {
+        http_put(
+            admin,
+            "/tables/public.wb_start/read",
+            r#"{"mode": "legacy"}"#,
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(read_mode(&p, "wb_start"), ReadMode::Legacy);
+    reads_work(port, &tables).await;
+}

@@ -160,11 +160,10 @@ pub fn uses_new(rule: &TableRule) -> bool {
 }
 
 /// Whether `rule` must be checked against new on a reload, given the rule for the same
-/// table in rules already checked against both catalogs (`previous`). Only what uses new
-/// needs it, and only when its use grew: a new table, a changed mapping, writes turned on,
-/// reads turned to shadow or new. Less use of new (reads back to legacy, writes off, a
-/// table removed, a smaller percentage) never needs new, so the way back works while new
-/// is down.
+/// table in the rules in force (`previous`). Only what uses new needs it, and only when its
+/// use grew: a new table, a changed mapping, writes turned on, reads turned to shadow or
+/// new. Less use of new (reads back to legacy, writes off, a table removed, a smaller
+/// percentage) never needs new, so the way back works while new is down.
 pub fn needs_new_check(rule: &TableRule, previous: Option<&TableRule>) -> bool {
     if !uses_new(rule) {
         return false;
@@ -188,8 +187,8 @@ pub fn needs_new_check(rule: &TableRule, previous: Option<&TableRule>) -> bool {
 
 /// The catalog check of a rules reload: every table against legacy (which also teaches each
 /// legacy table's columns), and against new only the tables [`needs_new_check`] names, with
-/// `previous` the rules in force when they were checked against both catalogs. Without such
-/// tables pgdual does not connect to new at all. `Err` when a needed database is unreachable.
+/// `previous` the rules in force. Without such tables pgdual does not connect to new at
+/// all. `Err` when a needed database is unreachable.
 pub async fn check_reload(
     config: &Config,
     rules: &RuleSet,

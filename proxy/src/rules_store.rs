@@ -24,9 +24,6 @@ pub struct RulesSnapshot {
     pub version: u64,
     pub rules: Arc<RuleSet>,
     pub text: String,
-    /// These rules passed the catalog checks against both databases (the rules pgdual
-    /// started with are checked by the mirror; until then, only offline).
-    pub checked: bool,
 }
 
 /// What a reload did.
@@ -52,7 +49,6 @@ impl RulesStore {
                 version: 1,
                 rules: Arc::new(initial),
                 text,
-                checked: false,
             }),
             path,
             reloading: tokio::sync::Mutex::new(()),
@@ -126,10 +122,11 @@ impl RulesStore {
             }
             Err(e) => return self.rejected(vec![e.to_string()]),
         };
-        // New is asked only about what the new rules use of it beyond what the rules in
-        // force were checked for: the way back to legacy never needs new.
-        let previous = old.checked.then_some(&*old.rules);
-        match crate::catalog::check_reload(&shared.config, &rules, previous).await {
+        // New is asked only about what the new rules use of it beyond the rules in force
+        // (checked when they came in; those pgdual started with are checked by the mirror,
+        // which captures nothing until they pass): the way back to legacy never needs new,
+        // not even right after a start with new down.
+        match crate::catalog::check_reload(&shared.config, &rules, Some(&old.rules)).await {
             Err(e) => {
                 return self.rejected(vec![format!("cannot check against the catalogs: {e}")])
             }
@@ -154,7 +151,6 @@ impl RulesStore {
             version,
             rules: Arc::new(rules),
             text,
-            checked: true,
         }));
         shared.reads.forget_descriptions();
         shared.privileges.rules_changed();
@@ -166,28 +162,12 @@ impl RulesStore {
 
 impl RulesStore {
     /// Records the legacy tables' columns learned from the catalog for the rules at `version`
-    /// (the rules pgdual started with were only checked offline), which have now passed the
-    /// checks against both catalogs. Same version, same rules.
+    /// (the rules pgdual started with were only checked offline). Same version, same rules.
     pub fn learn_columns(&self, version: u64, learned: crate::catalog::LegacyColumns) {
         let old = self.load();
         if old.version != version {
             return;
         }
-        if !old.checked {
-            self.current.rcu(|cur| {
-                if cur.version == version && !cur.checked {
-                    Arc::new(RulesSnapshot {
-                        version,
-                        rules: cur.rules.clone(),
-                        text: cur.text.clone(),
-                        checked: true,
-                    })
-                } else {
-                    cur.clone()
-                }
-            });
-        }
-        let old = self.load();
         let mut rules = (*old.rules).clone();
         let mut changed = false;
         for (table, columns) in learned {
@@ -206,7 +186,6 @@ impl RulesStore {
                         version,
                         rules: Arc::new(rules.clone()),
                         text: cur.text.clone(),
-                        checked: cur.checked,
                     })
                 } else {
                     cur.clone()
