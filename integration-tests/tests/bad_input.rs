@@ -59,10 +59,11 @@ async fn malformed_frames_get_08p01() {
     let mut c = RawClient::startup(port);
     c.send(&[b'P', 0xff, 0xff, 0xff, 0xf0]);
     expect_fatal(&mut c, "08P01");
-    // A startup packet with an impossible length.
+    // A startup packet with an impossible length: closed without an answer, as PostgreSQL
+    // does (relay_hardening.rs compares more of these with legacy directly).
     let mut c = RawClient::connect(port);
     c.send(&[0, 0, 0, 3, 1, 2, 3]);
-    expect_fatal(&mut c, "08P01");
+    assert_eq!(c.read_message(), None);
     // A startup packet whose parameters are not terminated.
     let mut c = RawClient::connect(port);
     c.send(&[0, 0, 0, 12, 0, 3, 0, 0, b'u', b's', b'e', b'r']);

@@ -17,6 +17,8 @@ pub const GSSENC_REQUEST_CODE: i32 = 80_877_104;
 pub const CANCEL_REQUEST_CODE: i32 = 80_877_102;
 /// PostgreSQL rejects startup packets above this size (`MAX_STARTUP_PACKET_LENGTH`).
 pub const MAX_STARTUP_LEN: usize = 10_000;
+/// Longest cancel secret: protocol 3.2 (PostgreSQL 18) allows up to 256 bytes.
+pub const MAX_CANCEL_SECRET: usize = 256;
 
 /// A framing error: the peer sent bytes that are not the protocol.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -29,9 +31,21 @@ pub enum CodecError {
     Malformed { what: &'static str },
     #[error("invalid startup packet length {len}")]
     BadStartupLength { len: i64 },
+    #[error("invalid length of cancel request packet: {len}")]
+    BadCancelLength { len: usize },
 }
 
 impl CodecError {
+    /// PostgreSQL closes the connection without an answer for these (it reports them with
+    /// `COMMERROR`, to its log only): a client that sent something that is not a startup
+    /// packet at all, such as a Terminate before its StartupMessage, gets no error to read.
+    pub fn closes_silently(&self) -> bool {
+        matches!(
+            self,
+            CodecError::BadStartupLength { .. } | CodecError::BadCancelLength { .. }
+        )
+    }
+
     pub fn sqlstate(&self) -> SqlState {
         match self {
             CodecError::TooLarge { .. } => SqlState::PROGRAM_LIMIT_EXCEEDED,
@@ -169,7 +183,9 @@ pub fn initial(buf: &[u8]) -> Result<Option<(Initial, usize)>, CodecError> {
         return Ok(None);
     }
     let len = i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
-    if !(8..=MAX_STARTUP_LEN as i32).contains(&len) {
+    // As PostgreSQL's ProcessStartupPacket: the length minus itself, at least a protocol
+    // code, at most MAX_STARTUP_PACKET_LENGTH.
+    if !(8..=MAX_STARTUP_LEN as i32 + 4).contains(&len) {
         return Err(CodecError::BadStartupLength { len: len as i64 });
     }
     let len = len as usize;
@@ -182,10 +198,9 @@ pub fn initial(buf: &[u8]) -> Result<Option<(Initial, usize)>, CodecError> {
         SSL_REQUEST_CODE => Initial::SslRequest,
         GSSENC_REQUEST_CODE => Initial::GssEncRequest,
         CANCEL_REQUEST_CODE => {
-            if body.len() < 8 {
-                return Err(CodecError::Malformed {
-                    what: "CancelRequest",
-                });
+            // A process ID and a secret of 4 bytes (protocol 3.0) up to 256 (3.2).
+            if !(8..=4 + MAX_CANCEL_SECRET).contains(&body.len()) {
+                return Err(CodecError::BadCancelLength { len });
             }
             Initial::Cancel {
                 pid: i32::from_be_bytes([body[0], body[1], body[2], body[3]]),

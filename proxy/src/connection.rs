@@ -213,7 +213,7 @@ async fn relay_session(
     reads_routable: bool,
     shared: &Arc<Shared>,
 ) {
-    let key = shared.cancel.register();
+    let key = RefCell::new(None);
     let mut session = Session::new(id);
     session.reads_routable = reads_routable;
     let session = RefCell::new(session);
@@ -221,7 +221,7 @@ async fn relay_session(
     let (mut lr, mut lw) = tokio::io::split(legacy);
     let mut closing = shared.force_close.subscribe();
     let outcome = tokio::select! {
-        r = relay(&mut cr, &mut cw, &mut lr, &mut lw, &session, shared, key, buf) => Some(r),
+        r = relay(&mut cr, &mut cw, &mut lr, &mut lw, &session, shared, &key, buf) => Some(r),
         _ = closing.wait_for(|closing| *closing) => None,
     };
     let busy = session.borrow().busy();
@@ -253,15 +253,18 @@ async fn relay_session(
     }
     // A query still running on legacy for a client that is gone would hold its backend
     // (and locks) until it finished: cancel it.
-    if busy {
-        if let Some((pid, secret)) = shared.cancel.lookup(key.pid, &key.secret) {
+    let key = key.into_inner();
+    if let (true, Some(key)) = (busy, &key) {
+        if let Some(secret) = shared.cancel.lookup(key.pid, &key.secret) {
             let timeout = Duration::from_millis(shared.config.limits.connect_timeout_ms);
-            if let Err(e) = shared.legacy.cancel(pid, &secret, timeout).await {
+            if let Err(e) = shared.legacy.cancel(key.pid, &secret, timeout).await {
                 debug!(error = %e, "could not cancel the abandoned query");
             }
         }
     }
-    shared.cancel.remove(key);
+    if let Some(key) = &key {
+        shared.cancel.remove(key);
+    }
     let _ = lw.shutdown().await;
 }
 
@@ -279,6 +282,11 @@ async fn startup_failed<W: AsyncWrite + Unpin, T>(
     shared: &Shared,
 ) -> Option<T> {
     match e {
+        StartupError::Codec(e) if e.closes_silently() => {
+            shared.metrics.error(ErrorSource::Client);
+            debug!(error = %e, "not a startup packet; closing as PostgreSQL does");
+            let _ = w.shutdown().await;
+        }
         StartupError::Codec(e) => {
             shared.metrics.error(ErrorSource::Client);
             warn!(error = %e, "invalid startup packet");
@@ -381,16 +389,12 @@ async fn startup(
 }
 
 async fn forward_cancel(pid: i32, secret: &[u8], shared: &Shared) {
-    let Some((legacy_pid, legacy_secret)) = shared.cancel.lookup(pid, secret) else {
+    let Some(legacy_secret) = shared.cancel.lookup(pid, secret) else {
         debug!(pid, "CancelRequest with an unknown key ignored");
         return;
     };
     let timeout = Duration::from_millis(shared.config.limits.connect_timeout_ms);
-    if let Err(e) = shared
-        .legacy
-        .cancel(legacy_pid, &legacy_secret, timeout)
-        .await
-    {
+    if let Err(e) = shared.legacy.cancel(pid, &legacy_secret, timeout).await {
         shared.metrics.error(ErrorSource::Legacy);
         warn!(error = %e, "could not forward CancelRequest");
     }

@@ -15,7 +15,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use pgdual_rules::{Analysis, StatementKind};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::cancel::ProxyKey;
+use crate::cancel::ClientKey;
 use crate::codec::{frames, scan, CodecError};
 use crate::proxy::Shared;
 use crate::session::{AfterWrite, Session};
@@ -72,7 +72,7 @@ pub async fn relay<CR, CW, LR, LW>(
     legacy_w: &mut LW,
     session: &RefCell<Session>,
     shared: &Arc<Shared>,
-    key: ProxyKey,
+    key: &RefCell<Option<ClientKey>>,
     pending: BytesMut,
 ) -> Result<RelayEnd, RelayError>
 where
@@ -92,7 +92,16 @@ where
     }
 }
 
+/// Capacity above which an emptied buffer is given back, so a session that once sent or
+/// received one large message does not keep its memory while idle.
+const SHRINK_ABOVE: usize = 64 * 1024;
+
 fn make_room(buf: &mut BytesMut, want: usize) {
+    // An empty buffer near the end of its allocation would reclaim the whole allocation on
+    // `reserve`, however large a past message made it: start a fresh one instead.
+    if buf.is_empty() && !(MIN_READ_ROOM..=SHRINK_ABOVE).contains(&buf.capacity()) {
+        *buf = BytesMut::with_capacity(READ_SIZE);
+    }
     if want > buf.len() {
         buf.reserve((want - buf.len()).min(MAX_GROWTH));
     }
@@ -208,7 +217,7 @@ async fn legacy_to_client<R, W>(
     w: &tokio::sync::Mutex<&mut W>,
     session: &RefCell<Session>,
     shared: &Arc<Shared>,
-    key: ProxyKey,
+    key: &RefCell<Option<ClientKey>>,
 ) -> Result<RelayEnd, RelayError>
 where
     R: AsyncRead + Unpin,
@@ -259,7 +268,8 @@ where
                             .legacy_error_responses_total
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
-                    b'K' if len == 13 => key_at = Some(at + 5),
+                    // Process ID and a secret of 4 bytes (3.0) or more (3.2).
+                    b'K' if len >= 13 => key_at = Some((at + 5, at + len)),
                     _ => {}
                 }
             }
@@ -275,8 +285,8 @@ where
         if nudge && shared.config.rules_file.is_some() {
             shared.mirror_nudge.notify_one();
         }
-        if let Some(at) = key_at {
-            replace_backend_key(&mut buf[at..at + 8], key, shared);
+        if let Some((at, end)) = key_at {
+            *key.borrow_mut() = Some(replace_backend_secret(&mut buf[at..end], shared));
         }
         w.lock()
             .await
@@ -320,13 +330,14 @@ fn capture(
     None
 }
 
-/// Swaps legacy's BackendKeyData (process id, secret) for pgdual's key, remembering legacy's
-/// so that a CancelRequest sent to pgdual reaches the right backend.
-fn replace_backend_key(body: &mut [u8], key: ProxyKey, shared: &Shared) {
+/// Keeps legacy's process ID in its BackendKeyData and swaps its secret for pgdual's (of the
+/// same length), remembering legacy's so that a CancelRequest sent to pgdual reaches the
+/// right backend.
+fn replace_backend_secret(body: &mut [u8], shared: &Shared) -> ClientKey {
     let legacy_pid = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
-    shared.cancel.set_legacy(key, legacy_pid, &body[4..8]);
-    body[..4].copy_from_slice(&key.pid.to_be_bytes());
-    body[4..8].copy_from_slice(&key.secret);
+    let key = shared.cancel.register(legacy_pid, &body[4..]);
+    body[4..].copy_from_slice(&key.secret);
+    key
 }
 
 /// Reads until the read buffer holds at least one byte more; used by the startup phase.

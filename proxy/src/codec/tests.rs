@@ -78,6 +78,52 @@ fn initial_rejects_bad_lengths_and_unterminated_params() {
 }
 
 #[test]
+fn cancel_requests_take_secrets_of_protocol_3_0_and_3_2_and_nothing_else() {
+    for len in [4usize, 32, MAX_CANCEL_SECRET] {
+        let mut body = vec![0, 0, 0, 9];
+        body.extend(std::iter::repeat_n(7u8, len));
+        let mut b = BytesMut::new();
+        put_initial(&mut b, CANCEL_REQUEST_CODE, &body);
+        let (m, n) = initial(&b).unwrap().unwrap();
+        assert_eq!(n, b.len());
+        assert_eq!(
+            m,
+            Initial::Cancel {
+                pid: 9,
+                secret: vec![7; len]
+            }
+        );
+    }
+    for len in [0usize, 3, MAX_CANCEL_SECRET + 1] {
+        let mut body = vec![0, 0, 0, 9];
+        body.extend(std::iter::repeat_n(7u8, len));
+        let mut b = BytesMut::new();
+        put_initial(&mut b, CANCEL_REQUEST_CODE, &body);
+        let err = initial(&b).unwrap_err();
+        assert!(err.closes_silently(), "{len}: {err}");
+    }
+}
+
+#[test]
+fn a_terminate_before_the_startup_message_is_not_a_startup_packet() {
+    // `'X' 0 0 0 4` read as a startup length is 0x58000000: PostgreSQL closes silently.
+    let err = initial(&msg(b'X', b"")).unwrap_err();
+    assert_eq!(err, CodecError::BadStartupLength { len: 0x5800_0000 });
+    assert!(err.closes_silently());
+    // The largest packet PostgreSQL takes (10,000 bytes after the length) is read.
+    let mut b = BytesMut::new();
+    let mut params = b"user\0bob\0application_name\0".to_vec();
+    params.resize(MAX_STARTUP_LEN - 4 - 2, b'a');
+    params.extend_from_slice(b"\0\0");
+    put_initial(&mut b, PROTOCOL_3_0, &params);
+    assert_eq!(b.len(), MAX_STARTUP_LEN + 4);
+    assert!(matches!(
+        initial(&b),
+        Ok(Some((Initial::Startup { .. }, _)))
+    ));
+}
+
+#[test]
 fn error_fields_are_found() {
     let mut b = BytesMut::new();
     put_error(&mut b, "FATAL", SqlState::TOO_MANY_CONNECTIONS, "too many");
@@ -124,6 +170,53 @@ proptest! {
         let _ = frontend::parse(&bytes);
         let _ = frontend::bind(&bytes);
         let _ = frontend::target(&bytes);
+    }
+
+    /// The startup phase: any StartupMessage with any parameters decodes back to them, in
+    /// any split of its bytes
+    /// (`Ok(None)` until whole), and arbitrary bytes after it are left alone.
+    #[test]
+    fn startup_messages_decode_back_in_any_split(
+        params in proptest::collection::vec(("[a-z_]{1,20}", "[^\\x00]{0,200}"), 0..40),
+        version in prop_oneof![Just(PROTOCOL_3_0), Just(196_610), any::<i32>()],
+        split in 0usize..12_000,
+        trailer in proptest::collection::vec(any::<u8>(), 0..64),
+    ) {
+        let mut body = Vec::new();
+        for (k, v) in &params {
+            body.extend_from_slice(k.as_bytes());
+            body.push(0);
+            body.extend_from_slice(v.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        let mut b = BytesMut::new();
+        put_initial(&mut b, version, &body);
+        let packet = b.len();
+        b.extend_from_slice(&trailer);
+        let cut = split.min(b.len());
+        match initial(&b[..cut]) {
+            Ok(None) => prop_assert!(cut < packet || packet < 4),
+            Ok(Some((_, n))) => prop_assert_eq!(n, packet),
+            Err(_) => {}
+        }
+        match initial(&b) {
+            Ok(Some((Initial::Startup { params: got, .. }, n))) => {
+                prop_assert_eq!(n, packet);
+                let want: Vec<(String, String)> =
+                    params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                prop_assert_eq!(got, want);
+            }
+            Ok(Some((other, _))) => prop_assert!(
+                [SSL_REQUEST_CODE, GSSENC_REQUEST_CODE, CANCEL_REQUEST_CODE].contains(&version),
+                "{other:?}"
+            ),
+            Ok(None) => prop_assert!(false, "a whole packet is not incomplete"),
+            Err(e) => prop_assert!(
+                packet > MAX_STARTUP_LEN + 4 || version == CANCEL_REQUEST_CODE,
+                "{e}"
+            ),
+        }
     }
 
     #[test]
