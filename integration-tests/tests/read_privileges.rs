@@ -366,3 +366,31 @@ async fn a_session_that_changes_its_role_is_answered_as_legacy() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_that_legacy_gives_another_role_at_login_is_answered_as_legacy() {
+    let t = "rp_dflt";
+    setup(t).await;
+    let dflt = format!("{t}_login");
+    connect(legacy().port)
+        .await
+        .batch_execute(&format!(
+            "CREATE ROLE {dflt} LOGIN; GRANT SELECT ON {t} TO {dflt};
+             GRANT {t}_none TO {dflt}; ALTER ROLE {dflt} SET role = '{t}_none';"
+        ))
+        .await
+        .unwrap();
+    let (p, _dir) = proxy_with_rules(&rules(t, "legacy"), new_db());
+    wait_mirror_ready(&p).await;
+    fill(t, p.local_addr().port()).await;
+    set_mode(&p, t, "new", std::slice::from_ref(&dflt)).await;
+    let read = format!("SELECT first_name, email FROM {t} WHERE id > 0");
+    let before = on_new(&p, t);
+    same_answers(&p, &dflt, &[&read]).await;
+    let c = connect_as(p.local_addr().port(), &dflt, None)
+        .await
+        .unwrap();
+    assert_eq!(simple(&c, &read).await.unwrap_err().0, "42501");
+    assert_eq!(on_new(&p, t), before, "ran on new");
+    assert!(kept(&p, t, "role") > 0.0);
+}
