@@ -26,6 +26,8 @@ const TRUSTED_FOR: Duration = Duration::from_secs(180);
 const MAX_ROLES: usize = 1024;
 /// Pause after the catalog connection failed.
 const RETRY: Duration = Duration::from_secs(1);
+/// Longest one role's look-up may take before the connection is dropped and retried.
+const LOOK_UP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One role's access to the routed tables, for one rules version.
 #[derive(Debug)]
@@ -156,61 +158,72 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         if roles.is_empty() {
             continue;
         }
-        let tables: Vec<TableName> = snap
-            .rules
-            .tables()
-            .iter()
-            .filter(|t| t.read != ReadMode::Legacy)
-            .map(|t| t.legacy.clone())
-            .collect();
-        let mut pending = roles.into_iter();
-        while let Some(role) = pending.next() {
-            let c = match &client {
-                Some(c) if !c.is_closed() => c,
-                _ => match crate::catalog::connect_legacy(&shared.config).await {
-                    Ok(c) => client.insert(c),
-                    Err(e) => {
-                        warn!(error = %e, "cannot look up client roles' privileges; their reads stay on legacy");
-                        privileges.retry_later(std::iter::once(role).chain(pending));
-                        break;
-                    }
-                },
-            };
-            match look_up(c, &role, &tables).await {
-                Ok((default_role, tables)) => privileges.store(
-                    role,
-                    RoleAccess {
-                        version: snap.version,
-                        fetched: Instant::now(),
-                        default_role,
-                        tables,
-                    },
-                ),
-                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_OBJECT) => {
-                    // The role is gone from legacy: it may read nothing.
-                    debug!(error = %e, "client role not found on legacy");
-                    privileges.store(
-                        role,
-                        RoleAccess {
-                            version: snap.version,
-                            fetched: Instant::now(),
-                            default_role: false,
-                            tables: HashMap::new(),
-                        },
-                    );
-                }
-                Err(e) => {
-                    warn!(error = %e, "privilege look-up failed; the role's reads stay on legacy");
-                    client = None;
-                    privileges.retry_later(std::iter::once(role).chain(pending));
-                    break;
-                }
-            }
+        // Stopping never waits on a look-up.
+        tokio::select! {
+            _ = refresh(&shared, &mut client, roles, snap.version, &snap.rules) => {}
+            _ = stop.wait_for(|s| *s) => return,
         }
         if privileges.wanted.lock().is_ok_and(|w| !w.is_empty()) {
             tokio::select! {
                 _ = tokio::time::sleep(RETRY) => privileges.wake.notify_one(),
                 _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+}
+
+/// Looks `roles` up for the rules at `version`; the roles it could not look up are asked
+/// for again.
+async fn refresh(
+    shared: &Shared,
+    client: &mut Option<tokio_postgres::Client>,
+    roles: Vec<String>,
+    version: u64,
+    rules: &pgdual_rules::RuleSet,
+) {
+    let privileges = &shared.privileges;
+    let tables: Vec<TableName> = rules
+        .tables()
+        .iter()
+        .filter(|t| t.read != ReadMode::Legacy)
+        .map(|t| t.legacy.clone())
+        .collect();
+    let mut pending = roles.into_iter();
+    while let Some(role) = pending.next() {
+        let c = match client {
+            Some(c) if !c.is_closed() => c,
+            _ => match crate::catalog::connect_legacy(&shared.config).await {
+                Ok(c) => client.insert(c),
+                Err(e) => {
+                    warn!(error = %e, "cannot look up client roles' privileges; their reads stay on legacy");
+                    privileges.retry_later(std::iter::once(role).chain(pending));
+                    return;
+                }
+            },
+        };
+        let found = tokio::time::timeout(LOOK_UP_TIMEOUT, look_up(c, &role, &tables)).await;
+        let access = |default_role, tables| RoleAccess {
+            version,
+            fetched: Instant::now(),
+            default_role,
+            tables,
+        };
+        match found {
+            Ok(Ok((default_role, tables))) => privileges.store(role, access(default_role, tables)),
+            Ok(Err(e)) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_OBJECT) => {
+                // The role is gone from legacy: it may read nothing.
+                debug!(error = %e, "client role not found on legacy");
+                privileges.store(role, access(false, HashMap::new()));
+            }
+            failed => {
+                let error = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "timed out".to_string(),
+                };
+                warn!(%error, "privilege look-up failed; the role's reads stay on legacy");
+                *client = None;
+                privileges.retry_later(std::iter::once(role).chain(pending));
+                return;
             }
         }
     }
