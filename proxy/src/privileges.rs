@@ -281,3 +281,51 @@ async fn look_up(
     }
     Ok((default_role, out))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_miss_asks_for_the_role_and_a_hit_is_for_its_rules_version_only() {
+        let mut rules = pgdual_rules::parse_rules(
+            "[[table]]\nlegacy = \"public.t\"\nnew = \"app.t\"\nkeys = [\"id\"]\nread = \"new\"\n\
+             [table.columns]\nid = \"id\"\nname = \"name\"\n",
+            "t",
+        )
+        .unwrap();
+        let t = rules.tables()[0].legacy.clone();
+        rules.set_legacy_columns(&t, vec!["id".into(), "name".into()]);
+        let plan = pgdual_rules::plan_read("SELECT name FROM t", &rules).unwrap();
+        let p = Privileges::default();
+        assert_eq!(p.access("app", 1, &plan), Access::Unchecked);
+        assert_eq!(p.due(1, false), vec!["app".to_string()]);
+        let grants = |columns: &[&str], default_role| RoleAccess {
+            version: 1,
+            fetched: Instant::now(),
+            default_role,
+            tables: HashMap::from([(
+                t.clone(),
+                TableAccess {
+                    usage: true,
+                    select: false,
+                    columns: columns.iter().map(|c| c.to_string()).collect(),
+                    row_security: false,
+                },
+            )]),
+        };
+        p.store("app".into(), grants(&["name"], false));
+        assert!(p.knows("app", 1));
+        assert_eq!(p.access("app", 1, &plan), Access::Allowed);
+        assert_eq!(
+            p.access("app", 2, &plan),
+            Access::Unchecked,
+            "another version"
+        );
+        assert_eq!(p.due(2, false), vec!["app".to_string()]);
+        p.store("app".into(), grants(&["id"], false));
+        assert_eq!(p.access("app", 1, &plan), Access::Denied);
+        p.store("app".into(), grants(&["name"], true));
+        assert_eq!(p.access("app", 1, &plan), Access::RoleChanged);
+    }
+}
