@@ -13,6 +13,7 @@ pub mod codec;
 pub mod connection;
 pub mod copy;
 pub mod demo;
+pub mod grants;
 pub mod legacy;
 pub mod metrics;
 pub mod mirror;

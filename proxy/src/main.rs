@@ -73,7 +73,8 @@ enum ConfigCmd {
 #[derive(Subcommand)]
 enum RulesCmd {
     /// Validate a rules file, then check it against the catalogs of the configured legacy
-    /// and new databases; list every problem.
+    /// and new databases and the grants pgdual's roles hold there; list every problem and
+    /// every missing grant.
     Check {
         file: PathBuf,
         /// pgdual config naming the databases (legacy.user, [new], ...).
@@ -288,8 +289,29 @@ fn rules_check(file: &PathBuf, config: Option<&PathBuf>, offline: bool) -> anyho
             .await
             .map_err(anyhow::Error::msg)?;
         let problems = pgdual::catalog::check(&rules, &legacy, new.as_ref()).await;
+        let missing = pgdual::grants::missing(&rules, &legacy, new.as_ref())
+            .await
+            .context("cannot look up the grants of pgdual's roles")?;
+        let mut report = Vec::new();
         if !problems.is_empty() {
-            return Err(pgdual_rules::RulesError::Invalid { origin, problems }.into());
+            report.push(
+                pgdual_rules::RulesError::Invalid {
+                    origin: origin.clone(),
+                    problems,
+                }
+                .to_string(),
+            );
+        }
+        if !missing.is_empty() {
+            let lines: Vec<String> = missing.iter().map(|m| format!("  - {m}")).collect();
+            report.push(format!(
+                "{} missing grant(s) for pgdual's roles:\n{}",
+                missing.len(),
+                lines.join("\n")
+            ));
+        }
+        if !report.is_empty() {
+            anyhow::bail!("{}", report.join("\n"));
         }
         println!(
             "{origin}: ok ({} tables, checked against legacy{})",

@@ -1,0 +1,121 @@
+//! `pgdual rules check` run as pgdual's own roles that are not superusers: one line per
+//! grant the rules need and the role lacks, with the statement that gives it, and a pass
+//! once those statements ran.
+
+use std::process::{Command, Output};
+
+use pgdual::cluster::{ClusterOptions, PgCluster};
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+const RULES: &str = r#"
+[[table]]
+legacy = "shop.items"
+new = "app.items"
+keys = ["id"]
+write = "on"
+read = "new"
+[table.columns]
+id = "id"
+name = "lower(name)"
+"#;
+
+#[test]
+fn missing_grants_are_listed_one_per_line_and_granting_them_passes() {
+    let legacy = PgCluster::start(ClusterOptions::default()).unwrap();
+    let new = PgCluster::start(ClusterOptions::default()).unwrap();
+    // The application owns its table; pgdual's role may use the schema and read one column.
+    legacy
+        .psql(
+            "CREATE ROLE gr_app; CREATE ROLE gr_pgdual LOGIN;
+             CREATE SCHEMA shop AUTHORIZATION gr_app;
+             CREATE TABLE shop.items (id int PRIMARY KEY, name text, secret text);
+             ALTER TABLE shop.items OWNER TO gr_app;
+             GRANT USAGE ON SCHEMA shop TO gr_pgdual;
+             GRANT SELECT (id, secret) ON shop.items TO gr_pgdual;",
+        )
+        .unwrap();
+    new.psql(
+        "CREATE ROLE gr_pgdual LOGIN; CREATE SCHEMA app;
+         CREATE TABLE app.items (id int PRIMARY KEY, name text);
+         GRANT USAGE ON SCHEMA app TO gr_pgdual;
+         GRANT SELECT, INSERT ON app.items TO gr_pgdual;",
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pgdual.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[legacy]\nport = {}\nuser = \"gr_pgdual\"\n\
+             [new]\nhost = \"127.0.0.1\"\nport = {}\nuser = \"gr_pgdual\"\n",
+            legacy.port, new.port
+        ),
+    )
+    .unwrap();
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(&rules, RULES).unwrap();
+    let check = || {
+        Command::new(env!("CARGO_BIN_EXE_pgdual"))
+            .args(["rules", "check", "--config"])
+            .arg(&config)
+            .arg(&rules)
+            .output()
+            .unwrap()
+    };
+
+    let out = check();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let msg = text(&out);
+    let expect = [
+        "legacy: database postgres: missing CREATE; fix: GRANT CREATE ON DATABASE postgres TO gr_pgdual;",
+        "legacy: table shop.items: missing ownership (owned by gr_app); fix: GRANT gr_app TO gr_pgdual;",
+        "legacy: table shop.items: missing SELECT (name); fix: GRANT SELECT (name) ON TABLE shop.items TO gr_pgdual;",
+        "new: table app.items: missing UPDATE; fix: GRANT UPDATE ON TABLE app.items TO gr_pgdual;",
+        "new: table app.items: missing DELETE; fix: GRANT DELETE ON TABLE app.items TO gr_pgdual;",
+        "new: table app.items: missing TRUNCATE; fix: GRANT TRUNCATE ON TABLE app.items TO gr_pgdual;",
+    ];
+    let got: Vec<&str> = msg.lines().filter_map(|l| l.strip_prefix("  - ")).collect();
+    assert_eq!(got, expect, "{msg}");
+    assert!(msg.contains("6 missing grant(s)"), "{msg}");
+    assert!(!msg.contains("problem(s)"), "{msg}");
+
+    // The statements printed are exactly what it takes.
+    let fix = |line: &str| line.split("; fix: ").nth(1).unwrap().to_string();
+    let on_legacy: Vec<String> = expect[..3].iter().map(|l| fix(l)).collect();
+    let on_new: Vec<String> = expect[3..].iter().map(|l| fix(l)).collect();
+    legacy.psql(&on_legacy.join("\n")).unwrap();
+    new.psql(&on_new.join("\n")).unwrap();
+    let out = check();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("ok (1 tables, checked against legacy and new)"),
+        "{}",
+        text(&out)
+    );
+
+    // Once the schema exists, owning it is what counts; a superuser lacks nothing.
+    legacy
+        .psql("CREATE SCHEMA pgdual; REVOKE CREATE ON DATABASE postgres FROM gr_pgdual;")
+        .unwrap();
+    let out = check();
+    assert!(
+        text(&out).contains(
+            "  - legacy: schema pgdual: missing ownership (owned by postgres); \
+             fix: ALTER SCHEMA pgdual OWNER TO gr_pgdual;"
+        ),
+        "{}",
+        text(&out)
+    );
+    legacy.psql("ALTER ROLE gr_pgdual SUPERUSER").unwrap();
+    new.psql("REVOKE ALL ON app.items FROM gr_pgdual").unwrap();
+    new.psql("ALTER ROLE gr_pgdual SUPERUSER").unwrap();
+    let out = check();
+    assert!(out.status.success(), "{}", text(&out));
+}
