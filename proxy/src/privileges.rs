@@ -212,12 +212,13 @@ async fn refresh(
             Ok(Ok((default_role, tables))) => privileges.store(role, access(default_role, tables)),
             Ok(Err(e)) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_OBJECT) => {
                 // The role is gone from legacy: it may read nothing.
-                debug!(error = %e, "client role not found on legacy");
+                let error = crate::redact::pg_error(&e, shared.config.reads.log_values);
+                debug!(%error, "client role not found on legacy");
                 privileges.store(role, access(false, HashMap::new()));
             }
             failed => {
                 let error = match failed {
-                    Ok(Err(e)) => e.to_string(),
+                    Ok(Err(e)) => crate::redact::pg_error(&e, shared.config.reads.log_values),
                     _ => "timed out".to_string(),
                 };
                 warn!(%error, "privilege look-up failed; the role's reads stay on legacy");

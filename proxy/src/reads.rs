@@ -524,6 +524,8 @@ async fn describe(
             b'T' => row = Some(f.body.clone()),
             b'E' => {
                 let (code, message) = backend::error_fields(&f.body);
+                let message =
+                    crate::redact::server_message(&code, &message, shared.config.reads.log_values);
                 debug!(code, message, "legacy refused to describe a read");
                 return Err(());
             }
@@ -576,7 +578,7 @@ async fn run_on_new(
         }
     };
     let result = async {
-        align_settings(&mut conn, settings, timeout).await?;
+        align_settings(&mut conn, settings, timeout, cfg.log_values).await?;
         let mut out = BytesMut::new();
         let mut preparing = None;
         match request {
@@ -642,6 +644,7 @@ async fn run_on_new(
             b'C' => answer.complete = body,
             b'E' => {
                 let (code, message) = backend::error_fields(&body);
+                let message = crate::redact::server_message(&code, &message, cfg.log_values);
                 debug!(code, message, "new answered a read with an error");
                 return Err(Fallback::Error);
             }
@@ -656,6 +659,7 @@ async fn align_settings(
     conn: &mut backend::BackendConn,
     settings: &Settings,
     timeout: Duration,
+    show_values: bool,
 ) -> Result<(), BackendError> {
     let mut sql = String::new();
     for (name, value) in settings {
@@ -673,6 +677,7 @@ async fn align_settings(
             .await?;
         if let Some(f) = frames.iter().find(|f| f.tag == b'E') {
             let (code, message) = backend::error_fields(&f.body);
+            let message = crate::redact::server_message(&code, &message, show_values);
             return Err(BackendError::Protocol(format!(
                 "new refused the session's settings: {code} {message}"
             )));

@@ -14,11 +14,11 @@ pub fn pg_error(e: &tokio_postgres::Error, show_values: bool) -> String {
         return e.to_string();
     };
     let code = db.code().code();
-    let mut line = if code.starts_with("22") || code.starts_with("P0") {
-        format!("{} {code}: <value redacted>", db.severity())
-    } else {
-        format!("{} {code}: {}", db.severity(), db.message())
-    };
+    let mut line = format!(
+        "{} {code}: {}",
+        db.severity(),
+        server_message(code, db.message(), false)
+    );
     for (name, value) in [
         ("schema", db.schema()),
         ("table", db.table()),
@@ -31,6 +31,17 @@ pub fn pg_error(e: &tokio_postgres::Error, show_values: bool) -> String {
         }
     }
     line
+}
+
+/// The message (`M`) of a server's ErrorResponse, with SQLSTATE `code`, as it may go to the
+/// log: data exceptions (`22xxx`) quote the value they refused and `RAISE` (`P0xxx`) may say
+/// anything, so theirs is left out unless `show_values`.
+pub fn server_message<'a>(code: &str, message: &'a str, show_values: bool) -> &'a str {
+    if !show_values && (code.starts_with("22") || code.starts_with("P0")) {
+        "<value redacted>"
+    } else {
+        message
+    }
 }
 
 /// A parameter value as text, for a mismatch sample: text-format values as sent, binary ones
@@ -85,7 +96,20 @@ fn hex(raw: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::param_text;
+    use super::{param_text, server_message};
+
+    #[test]
+    fn data_errors_and_raise_lose_their_message() {
+        let bad = "invalid input syntax for type integer: \"ada@x.org\"";
+        assert_eq!(server_message("22P02", bad, false), "<value redacted>");
+        assert_eq!(
+            server_message("P0001", "boom ada", false),
+            "<value redacted>"
+        );
+        assert_eq!(server_message("22P02", bad, true), bad);
+        let denied = "permission denied for table t";
+        assert_eq!(server_message("42501", denied, false), denied);
+    }
 
     #[test]
     fn binary_parameters_are_decoded_by_type() {

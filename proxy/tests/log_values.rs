@@ -1,6 +1,7 @@
-//! The `pgdual` binary at `log.level = "debug"` with dual-write on: the literals and
-//! parameters of clients' statements, and the rows the mirror copies or new refuses, never
-//! reach the log (dependencies' debug output stays out; pgdual's own leaves values out).
+//! The `pgdual` binary at `log.level = "debug"` with dual-write on and reads on new: the
+//! literals and parameters of clients' statements, the rows the mirror copies or new refuses,
+//! and the value a read on new fails on, never reach the log (dependencies' debug output
+//! stays out; pgdual's own leaves values out).
 
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
@@ -63,6 +64,17 @@ async fn statements(port: u16) {
         .unwrap();
 }
 
+/// A read of row 1 answered by new, where its read-back fails on the row's value (22P02,
+/// `invalid input syntax for type integer: "lit-..."`): legacy answers it instead.
+async fn read_failing_on_new(port: u16) {
+    let c = client(port).await;
+    let row = c
+        .query_one("SELECT secret FROM lv WHERE id = 1", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), LITERAL);
+}
+
 /// Waits until new holds rows 1 and 2 (the mirror copied them) and row 3 was refused.
 async fn wait_mirrored(new_port: u16, dead_letters: &std::path::Path) {
     let n = client(new_port).await;
@@ -99,7 +111,9 @@ fn values_stay_out_of_the_log_at_debug() {
     std::fs::write(
         &rules,
         "[[table]]\nlegacy = \"public.lv\"\nnew = \"app.lv\"\nkeys = [\"id\"]\nwrite = \"on\"\n\
-         [table.columns]\nid = \"id\"\nsecret = \"secret\"\namount = \"amount\"\n",
+         read = \"new\"\n\
+         [table.columns]\nid = \"id\"\nsecret = \"secret\"\namount = \"amount\"\n\
+         [table.read_back]\nsecret = \"(secret::int)::text\"\n",
     )
     .unwrap();
     let dead = dir.path().join("dead.jsonl");
@@ -157,6 +171,7 @@ fn values_stay_out_of_the_log_at_debug() {
         }
         statements(port).await;
         wait_mirrored(new.port, &dead).await;
+        read_failing_on_new(port).await;
     });
     // SAFETY: kill(2) on our own child's pid.
     unsafe {
@@ -175,6 +190,10 @@ fn values_stay_out_of_the_log_at_debug() {
     assert!(
         logs.contains("batch refused"),
         "the refused row was logged, without its values:\n{logs}"
+    );
+    assert!(
+        logs.contains("new answered a read with an error") && logs.contains("22P02"),
+        "the read failed on new and was logged, without its value:\n{logs}"
     );
     for value in [
         LITERAL,

@@ -15,7 +15,7 @@ use sqlparser::ast::Statement;
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::{Parser, ParserError};
 
-use crate::fingerprint::{dollar_tag, is_ident, number_end, skip_until, string_end};
+use crate::fingerprint::{is_ident, number_end, opaque_at};
 
 /// Longest text analysed, in bytes: parsing is linear, but a worker parsing megabytes stalls
 /// every other session on it.
@@ -105,61 +105,54 @@ pub fn check(sql: &str) -> Result<(), Exceeded> {
     while i < b.len() {
         let c = b[i];
         let prev = if i > 0 { b[i - 1] } else { b' ' };
-        let next = match c {
-            b'\'' => {
-                let escapes = matches!(prev, b'e' | b'E') && (i < 2 || !is_ident(b[i - 2]));
-                string_end(b, i + 1, escapes)
-            }
-            b'"' => skip_until(b, i + 1, b"\""),
-            b'-' if b.get(i + 1) == Some(&b'-') => skip_until(b, i + 2, b"\n"),
-            b'/' if b.get(i + 1) == Some(&b'*') => skip_until(b, i + 2, b"*/"),
-            b'$' => match dollar_tag(b, i) {
-                Some(tag_end) => skip_until(b, tag_end, &b[i..tag_end]),
-                None => i + 1 + count(b, i + 1, |c| c.is_ascii_digit()),
-            },
-            b'(' | b'[' => {
-                // `x[1][2]...` and `(x)[1]`: a bracket right after a closing one applies to
-                // it, one more level of the enclosing chain.
-                if matches!(last, b')' | b']') {
-                    chain += 1;
-                }
-                levels.push(Level { chain, case: false });
-                outer += chain + 1;
-                chain = 0;
-                i + 1
-            }
-            b')' | b']' => {
-                close(&mut levels, &mut chain, &mut outer, false);
-                i + 1
-            }
-            b',' | b';' => {
-                chain = 0;
-                i + 1
-            }
-            b'0'..=b'9' if !is_ident(prev) => number_end(b, i),
-            b'.' if !is_ident(prev) && b.get(i + 1).is_some_and(u8::is_ascii_digit) => {
-                number_end(b, i)
-            }
-            _ if is_operator(c) => {
-                chain += 1;
-                i + 1 + count(b, i + 1, is_operator)
-            }
-            _ if is_ident(c) => {
-                let end = i + 1 + count(b, i + 1, is_ident);
-                match keyword(&b[i..end]) {
-                    Keyword::Operator => chain += 1,
-                    Keyword::Separator => chain = 0,
-                    Keyword::Case => {
-                        levels.push(Level { chain, case: true });
-                        outer += chain + 1;
-                        chain = 0;
+        let next = if let Some((end, _)) = opaque_at(b, i) {
+            end
+        } else {
+            match c {
+                b'(' | b'[' => {
+                    // `x[1][2]...` and `(x)[1]`: a bracket right after a closing one applies to
+                    // it, one more level of the enclosing chain.
+                    if matches!(last, b')' | b']') {
+                        chain += 1;
                     }
-                    Keyword::End => close(&mut levels, &mut chain, &mut outer, true),
-                    Keyword::Other => {}
+                    levels.push(Level { chain, case: false });
+                    outer += chain + 1;
+                    chain = 0;
+                    i + 1
                 }
-                end
+                b')' | b']' => {
+                    close(&mut levels, &mut chain, &mut outer, false);
+                    i + 1
+                }
+                b',' | b';' => {
+                    chain = 0;
+                    i + 1
+                }
+                b'0'..=b'9' if !is_ident(prev) => number_end(b, i),
+                b'.' if !is_ident(prev) && b.get(i + 1).is_some_and(u8::is_ascii_digit) => {
+                    number_end(b, i)
+                }
+                _ if is_operator(c) => {
+                    chain += 1;
+                    i + 1 + count(b, i + 1, is_operator)
+                }
+                _ if is_ident(c) => {
+                    let end = i + 1 + count(b, i + 1, is_ident);
+                    match keyword(&b[i..end]) {
+                        Keyword::Operator => chain += 1,
+                        Keyword::Separator => chain = 0,
+                        Keyword::Case => {
+                            levels.push(Level { chain, case: true });
+                            outer += chain + 1;
+                            chain = 0;
+                        }
+                        Keyword::End => close(&mut levels, &mut chain, &mut outer, true),
+                        Keyword::Other => {}
+                    }
+                    end
+                }
+                _ => i + 1,
             }
-            _ => i + 1,
         };
         if outer + chain > MAX_DEPTH {
             return Err(Exceeded::Depth);

@@ -16,43 +16,58 @@ pub fn fingerprint_into(sql: &str, out: &mut String) {
     while i < b.len() {
         let c = b[i];
         let prev = if i > 0 { b[i - 1] } else { b' ' };
-        let next = match c {
-            b'\'' => {
-                // E'...' strings honour backslash escapes; others only doubled quotes.
-                let escapes = matches!(prev, b'e' | b'E') && (i < 2 || !is_ident(b[i - 2]));
-                let end = string_end(b, i + 1, escapes);
+        let next = if let Some((end, literal)) = opaque_at(b, i) {
+            if literal {
                 out.push_str(&sql[copied..i]);
                 out.push('?');
                 copied = end;
-                end
             }
-            b'"' => skip_until(b, i + 1, b"\""),
-            b'-' if b.get(i + 1) == Some(&b'-') => skip_until(b, i + 2, b"\n"),
-            b'/' if b.get(i + 1) == Some(&b'*') => skip_until(b, i + 2, b"*/"),
-            b'$' => match dollar_tag(b, i) {
-                Some(tag_end) => skip_until(b, tag_end, &b[i..tag_end]),
-                None => i + 1 + count(b, i + 1, |c| c.is_ascii_digit()),
-            },
-            b'0'..=b'9' if !is_ident(prev) => {
-                let end = number_end(b, i);
-                out.push_str(&sql[copied..i]);
-                out.push('?');
-                copied = end;
-                end
+            end
+        } else {
+            match c {
+                b'0'..=b'9' if !is_ident(prev) => {
+                    let end = number_end(b, i);
+                    out.push_str(&sql[copied..i]);
+                    out.push('?');
+                    copied = end;
+                    end
+                }
+                b'.' if !is_ident(prev) && b.get(i + 1).is_some_and(u8::is_ascii_digit) => {
+                    let end = number_end(b, i);
+                    out.push_str(&sql[copied..i]);
+                    out.push('?');
+                    copied = end;
+                    end
+                }
+                _ if is_ident(c) => i + 1 + count(b, i + 1, is_ident),
+                _ => i + 1,
             }
-            b'.' if !is_ident(prev) && b.get(i + 1).is_some_and(u8::is_ascii_digit) => {
-                let end = number_end(b, i);
-                out.push_str(&sql[copied..i]);
-                out.push('?');
-                copied = end;
-                end
-            }
-            _ if is_ident(c) => i + 1 + count(b, i + 1, is_ident),
-            _ => i + 1,
         };
         i = next.min(b.len());
     }
     out.push_str(&sql[copied.min(sql.len())..]);
+}
+
+/// When a string literal, a quoted name, a comment, a dollar-quoted body or a `$n`
+/// parameter starts at byte `i`: the index just past it, and whether it is a string literal
+/// (a value). Their contents are opaque to every scan of SQL text here.
+pub(crate) fn opaque_at(b: &[u8], i: usize) -> Option<(usize, bool)> {
+    let prev = if i > 0 { b[i - 1] } else { b' ' };
+    Some(match b[i] {
+        b'\'' => {
+            // E'...' strings honour backslash escapes; others only doubled quotes.
+            let escapes = matches!(prev, b'e' | b'E') && (i < 2 || !is_ident(b[i - 2]));
+            (string_end(b, i + 1, escapes), true)
+        }
+        b'"' => (skip_until(b, i + 1, b"\""), false),
+        b'-' if b.get(i + 1) == Some(&b'-') => (skip_until(b, i + 2, b"\n"), false),
+        b'/' if b.get(i + 1) == Some(&b'*') => (skip_until(b, i + 2, b"*/"), false),
+        b'$' => match dollar_tag(b, i) {
+            Some(tag_end) => (skip_until(b, tag_end, &b[i..tag_end]), false),
+            None => (i + 1 + count(b, i + 1, |c| c.is_ascii_digit()), false),
+        },
+        _ => return None,
+    })
 }
 
 /// The fingerprint of `sql` as a new string.
@@ -71,7 +86,7 @@ fn count(b: &[u8], from: usize, f: impl Fn(u8) -> bool) -> usize {
 }
 
 /// Index just past the closing quote of a string literal whose body starts at `from`.
-pub(crate) fn string_end(b: &[u8], mut i: usize, escapes: bool) -> usize {
+fn string_end(b: &[u8], mut i: usize, escapes: bool) -> usize {
     while i < b.len() {
         match b[i] {
             b'\\' if escapes => i += 2,
@@ -84,7 +99,7 @@ pub(crate) fn string_end(b: &[u8], mut i: usize, escapes: bool) -> usize {
 }
 
 /// Index just past the first `end` at or after `from` (or the end of input).
-pub(crate) fn skip_until(b: &[u8], from: usize, end: &[u8]) -> usize {
+fn skip_until(b: &[u8], from: usize, end: &[u8]) -> usize {
     if from >= b.len() {
         return b.len();
     }
@@ -95,7 +110,7 @@ pub(crate) fn skip_until(b: &[u8], from: usize, end: &[u8]) -> usize {
 }
 
 /// For a `$` at `i` opening a dollar quote (`$$` or `$tag$`), the index past the opening tag.
-pub(crate) fn dollar_tag(b: &[u8], i: usize) -> Option<usize> {
+fn dollar_tag(b: &[u8], i: usize) -> Option<usize> {
     let body = &b[i + 1..];
     let n = body
         .iter()
