@@ -2,7 +2,8 @@
 //!
 //! Defaults live in one place (the `Default` impls below). `validate()` collects every
 //! problem at once, each naming its field, so an operator fixes a file in one pass.
-//! This crate does no I/O beyond reading the file it is asked to load.
+//! This crate does no I/O beyond reading the files it is asked to load: the config file and
+//! the `password_file`s it names.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -41,9 +42,10 @@ pub struct LegacyConfig {
     pub host: String,
     /// Default 5432.
     pub port: u16,
-    /// TLS to legacy: `disable` (default), `prefer`, `require` (encrypt, no certificate
-    /// check, as libpq's `require`) or `verify-full` (needs `tls_ca_file`).
-    pub tls: LegacyTlsMode,
+    /// TLS to legacy, for client sessions and pgdual's own connections alike: `disable`
+    /// (default), `prefer`, `require` (encrypt, no certificate check, as libpq's `require`)
+    /// or `verify-full` (needs `tls_ca_file`).
+    pub tls: TlsMode,
     /// PEM file with the CA certificate(s) that sign legacy's certificate.
     pub tls_ca_file: Option<PathBuf>,
     /// Name checked against legacy's certificate; default `host`.
@@ -51,8 +53,12 @@ pub struct LegacyConfig {
     /// pgdual's own connections to legacy (catalog checks, reading row images) use this
     /// role; client sessions always authenticate as themselves. Default `postgres`.
     pub user: String,
-    /// Password for `user`; prefer `PGDUAL_LEGACY_PASSWORD` to writing it here.
+    /// Password for `user`; prefer `password_file` or `PGDUAL_LEGACY_PASSWORD` to writing it
+    /// here. Never taken from the command line. Default: none.
     pub password: Option<String>,
+    /// File holding the password for `user` (trailing newline trimmed); not with `password`.
+    /// Default: none.
+    pub password_file: Option<PathBuf>,
     /// Database for pgdual's own connections. Default `postgres`.
     pub dbname: String,
 }
@@ -129,10 +135,20 @@ pub struct NewConfig {
     pub host: String,
     /// Default 5432.
     pub port: u16,
+    /// TLS for pgdual's connections to new, as `legacy.tls`: `disable` (default), `prefer`,
+    /// `require` or `verify-full` (needs `tls_ca_file`).
+    pub tls: TlsMode,
+    /// PEM file with the CA certificate(s) that sign new's certificate. Default: none.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Name checked against new's certificate; default `host`.
+    pub tls_server_name: Option<String>,
     /// Default `postgres`.
     pub user: String,
-    /// Prefer `PGDUAL_NEW_PASSWORD` to writing it here.
+    /// Prefer `password_file` or `PGDUAL_NEW_PASSWORD` to writing it here. Default: none.
     pub password: Option<String>,
+    /// File holding the password for `user` (trailing newline trimmed); not with `password`.
+    /// Default: none.
+    pub password_file: Option<PathBuf>,
     /// Default `postgres`.
     pub dbname: String,
 }
@@ -142,21 +158,54 @@ impl Default for NewConfig {
         NewConfig {
             host: String::new(),
             port: 5432,
+            tls: TlsMode::Disable,
+            tls_ca_file: None,
+            tls_server_name: None,
             user: "postgres".into(),
             password: None,
+            password_file: None,
             dbname: "postgres".into(),
         }
     }
 }
 
+/// TLS from pgdual to a server, with libpq's `sslmode` meanings: `prefer` falls back to
+/// plaintext when the server answers `N`, `require` encrypts without checking the
+/// certificate, `verify-full` checks it against a CA and the server name.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "kebab-case")]
-pub enum LegacyTlsMode {
+pub enum TlsMode {
     #[default]
     Disable,
     Prefer,
     Require,
     VerifyFull,
+}
+
+/// The former name of [`TlsMode`], when only legacy had it.
+pub type LegacyTlsMode = TlsMode;
+
+impl TlsMode {
+    /// The setting's value as written in the file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsMode::Disable => "disable",
+            TlsMode::Prefer => "prefer",
+            TlsMode::Require => "require",
+            TlsMode::VerifyFull => "verify-full",
+        }
+    }
+
+    fn parse(value: &str) -> Option<TlsMode> {
+        [
+            TlsMode::Disable,
+            TlsMode::Prefer,
+            TlsMode::Require,
+            TlsMode::VerifyFull,
+        ]
+        .into_iter()
+        .find(|m| m.as_str() == value)
+    }
 }
 
 /// TLS offered to clients. With no certificate configured, SSLRequest is answered `N`.
@@ -238,11 +287,12 @@ impl Default for LegacyConfig {
         LegacyConfig {
             host: "127.0.0.1".into(),
             port: 5432,
-            tls: LegacyTlsMode::Disable,
+            tls: TlsMode::Disable,
             tls_ca_file: None,
             tls_server_name: None,
             user: "postgres".into(),
             password: None,
+            password_file: None,
             dbname: "postgres".into(),
         }
     }
@@ -321,13 +371,20 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("PGDUAL_LEGACY_HOST", "legacy.host"),
     ("PGDUAL_LEGACY_PORT", "legacy.port"),
     ("PGDUAL_LEGACY_TLS", "legacy.tls"),
+    ("PGDUAL_LEGACY_TLS_CA_FILE", "legacy.tls_ca_file"),
+    ("PGDUAL_LEGACY_TLS_SERVER_NAME", "legacy.tls_server_name"),
     ("PGDUAL_LEGACY_USER", "legacy.user"),
     ("PGDUAL_LEGACY_PASSWORD", "legacy.password"),
+    ("PGDUAL_LEGACY_PASSWORD_FILE", "legacy.password_file"),
     ("PGDUAL_LEGACY_DBNAME", "legacy.dbname"),
     ("PGDUAL_NEW_HOST", "new.host"),
     ("PGDUAL_NEW_PORT", "new.port"),
+    ("PGDUAL_NEW_TLS", "new.tls"),
+    ("PGDUAL_NEW_TLS_CA_FILE", "new.tls_ca_file"),
+    ("PGDUAL_NEW_TLS_SERVER_NAME", "new.tls_server_name"),
     ("PGDUAL_NEW_USER", "new.user"),
     ("PGDUAL_NEW_PASSWORD", "new.password"),
+    ("PGDUAL_NEW_PASSWORD_FILE", "new.password_file"),
     ("PGDUAL_NEW_DBNAME", "new.dbname"),
     ("PGDUAL_RULES_FILE", "rules_file"),
     ("PGDUAL_ADMIN_LISTEN", "admin.listen"),
@@ -373,22 +430,27 @@ impl Config {
             "workers" => self.workers = num("a number")? as usize,
             "legacy.host" => self.legacy.host = value.to_string(),
             "legacy.port" => self.legacy.port = value.trim().parse().map_err(|_| bad("a port"))?,
-            "legacy.tls" => {
-                self.legacy.tls = match value {
-                    "disable" => LegacyTlsMode::Disable,
-                    "prefer" => LegacyTlsMode::Prefer,
-                    "require" => LegacyTlsMode::Require,
-                    "verify-full" => LegacyTlsMode::VerifyFull,
-                    _ => return Err(bad("one of disable, prefer, require, verify-full")),
+            "legacy.tls" | "new.tls" => {
+                let mode = TlsMode::parse(value)
+                    .ok_or_else(|| bad("one of disable, prefer, require, verify-full"))?;
+                match field {
+                    "legacy.tls" => self.legacy.tls = mode,
+                    _ => self.new.tls = mode,
                 }
             }
+            "legacy.tls_ca_file" => self.legacy.tls_ca_file = Some(PathBuf::from(value)),
+            "legacy.tls_server_name" => self.legacy.tls_server_name = Some(value.to_string()),
             "legacy.user" => self.legacy.user = value.to_string(),
             "legacy.password" => self.legacy.password = Some(value.to_string()),
+            "legacy.password_file" => self.legacy.password_file = Some(PathBuf::from(value)),
             "legacy.dbname" => self.legacy.dbname = value.to_string(),
             "new.host" => self.new.host = value.to_string(),
             "new.port" => self.new.port = value.trim().parse().map_err(|_| bad("a port"))?,
+            "new.tls_ca_file" => self.new.tls_ca_file = Some(PathBuf::from(value)),
+            "new.tls_server_name" => self.new.tls_server_name = Some(value.to_string()),
             "new.user" => self.new.user = value.to_string(),
             "new.password" => self.new.password = Some(value.to_string()),
+            "new.password_file" => self.new.password_file = Some(PathBuf::from(value)),
             "new.dbname" => self.new.dbname = value.to_string(),
             "rules_file" => self.rules_file = Some(PathBuf::from(value)),
             "admin.listen" => self.admin.listen = value.to_string(),
@@ -457,17 +519,40 @@ impl Config {
         if self.legacy.port == 0 {
             bad("legacy.port", "must be between 1 and 65535".into());
         }
-        if self.legacy.tls == LegacyTlsMode::VerifyFull && self.legacy.tls_ca_file.is_none() {
-            bad(
-                "legacy.tls_ca_file",
-                "is required when legacy.tls = \"verify-full\"".into(),
-            );
+        let endpoints = [
+            (
+                "legacy",
+                &self.legacy.host,
+                self.legacy.tls,
+                &self.legacy.tls_ca_file,
+            ),
+            ("new", &self.new.host, self.new.tls, &self.new.tls_ca_file),
+        ];
+        for (name, host, tls, ca_file) in endpoints {
+            if tls == TlsMode::VerifyFull && ca_file.is_none() {
+                bad(
+                    &format!("{name}.tls_ca_file"),
+                    format!("is required when {name}.tls = \"verify-full\""),
+                );
+            }
+            if host.starts_with('/') && tls != TlsMode::Disable {
+                bad(
+                    &format!("{name}.tls"),
+                    "TLS is not used over a Unix socket; set it to \"disable\"".into(),
+                );
+            }
         }
-        if self.legacy.host.starts_with('/') && self.legacy.tls != LegacyTlsMode::Disable {
-            bad(
-                "legacy.tls",
-                "TLS is not used over a Unix socket; set it to \"disable\"".into(),
-            );
+        let passwords = [
+            ("legacy", &self.legacy.password, &self.legacy.password_file),
+            ("new", &self.new.password, &self.new.password_file),
+        ];
+        for (name, password, file) in passwords {
+            if password.is_some() && file.is_some() {
+                bad(
+                    &format!("{name}.password"),
+                    format!("set either {name}.password or {name}.password_file, not both"),
+                );
+            }
         }
         if self.reads.timeout_ms == 0 {
             bad("reads.timeout_ms", "must be at least 1".into());
@@ -553,6 +638,42 @@ impl Config {
         out
     }
 
+    /// Reads each `password_file` into its `password` and clears the file setting, so that
+    /// connections look at `password` alone. Call after validation (which refuses both set).
+    /// A trailing newline is trimmed; an unreadable or empty file is a problem naming its
+    /// field. Returns warnings: a file that group or others may read is used (secrets mounted
+    /// by Kubernetes or Docker are 0644 or 0444 by default) but reported.
+    pub fn read_password_files(&mut self, origin: &str) -> Result<Vec<String>, ConfigError> {
+        let (mut problems, mut warnings) = (Vec::new(), Vec::new());
+        let endpoints = [
+            (
+                "legacy",
+                &mut self.legacy.password,
+                &mut self.legacy.password_file,
+            ),
+            ("new", &mut self.new.password, &mut self.new.password_file),
+        ];
+        for (name, password, file) in endpoints {
+            let Some(path) = file.take() else { continue };
+            let field = format!("{name}.password_file");
+            match read_password_file(&path) {
+                Ok((secret, warning)) => {
+                    *password = Some(secret);
+                    warnings.extend(warning.map(|w| format!("{field}: {w}")));
+                }
+                Err(message) => problems.push(Problem { field, message }),
+            }
+        }
+        if problems.is_empty() {
+            Ok(warnings)
+        } else {
+            Err(ConfigError::Invalid {
+                origin: origin.to_string(),
+                problems,
+            })
+        }
+    }
+
     /// `Ok` when usable, else every problem; `origin` names where the settings came from.
     pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
         let problems = self.problems();
@@ -565,6 +686,31 @@ impl Config {
             })
         }
     }
+}
+
+/// A password file's content without its trailing newline, and a warning when group or
+/// others may read it; an error says which file and why, never what it holds.
+pub fn read_password_file(path: &Path) -> Result<(String, Option<String>), String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let secret = text.trim_end_matches(['\n', '\r']);
+    if secret.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    let mut warning = None;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).map_or(0, |m| m.permissions().mode());
+        if mode & 0o044 != 0 {
+            warning = Some(format!(
+                "{} may be read by group or others (mode {:o}); chmod 600 it",
+                path.display(),
+                mode & 0o777
+            ));
+        }
+    }
+    Ok((secret.to_string(), warning))
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use pgdual::backend::{self, BackendConn, BackendError, Frame, Target};
+use pgdual::tls::TlsTarget;
 use pgdual_integration_tests::{
     legacy, new_db, MD5_PASSWORD, MD5_USER, SCRAM_PASSWORD, SCRAM_USER,
 };
@@ -15,7 +16,8 @@ async fn conn_as(
     user: &str,
     password: Option<&str>,
 ) -> Result<BackendConn, BackendError> {
-    BackendConn::connect("127.0.0.1", port, user, password, "postgres", T).await
+    let tls = TlsTarget::disabled();
+    BackendConn::connect("127.0.0.1", port, user, password, "postgres", &tls, T).await
 }
 
 fn tags(frames: &[Frame]) -> String {
@@ -60,6 +62,7 @@ fn target(port: u16) -> Target {
         user: "postgres".into(),
         password: None,
         dbname: "postgres".into(),
+        tls: TlsTarget::disabled(),
         connect_timeout: T,
     }
 }
@@ -79,9 +82,17 @@ async fn connects_with_trust_and_keeps_parameters() {
 #[tokio::test]
 async fn connects_over_a_unix_socket() {
     let dir = legacy().socket_dir().to_str().unwrap().to_string();
-    let mut c = BackendConn::connect(&dir, legacy().port, "postgres", None, "postgres", T)
-        .await
-        .expect("unix socket");
+    let mut c = BackendConn::connect(
+        &dir,
+        legacy().port,
+        "postgres",
+        None,
+        "postgres",
+        &TlsTarget::disabled(),
+        T,
+    )
+    .await
+    .expect("unix socket");
     assert_eq!(tags(&simple(&mut c, "SELECT 1").await), "TDCZ");
 }
 
@@ -133,9 +144,17 @@ async fn unreachable_server_is_a_connect_error_naming_the_address() {
         other => panic!("{other:?}"),
     }
     // A database that does not exist is refused at startup.
-    let err = BackendConn::connect("127.0.0.1", legacy().port, "postgres", None, "nope", T)
-        .await
-        .unwrap_err();
+    let err = BackendConn::connect(
+        "127.0.0.1",
+        legacy().port,
+        "postgres",
+        None,
+        "nope",
+        &TlsTarget::disabled(),
+        T,
+    )
+    .await
+    .unwrap_err();
     assert!(
         matches!(&err, BackendError::Connect(m) if m.contains("3D000")),
         "{err}"

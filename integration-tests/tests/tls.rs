@@ -1,9 +1,15 @@
-//! TLS: clients to pgdual (rustls, certificate from config) and pgdual to legacy
-//! (`legacy.tls = require | verify-full`).
+//! TLS: clients to pgdual (rustls, certificate from config), pgdual to legacy
+//! (`legacy.tls = require | verify-full`), and pgdual's own connections (catalog checks, the
+//! mirror, reads on new) to servers that refuse plaintext.
 
 use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
+use pgdual::cluster::{ClusterOptions, PgCluster};
+use pgdual::tls::TlsTarget;
+use pgdual::Proxy;
+use pgdual_config::{Config, TlsMode};
 use pgdual_integration_tests::*;
 
 fn openssl(args: &[&str], dir: &Path) {
@@ -192,4 +198,289 @@ fn pgdual_connects_to_legacy_over_tls() {
     );
     // Plain proxies still work against the same server.
     assert_eq!(psql(&url(&proxy()), ssl_in_use).unwrap(), "f");
+}
+
+/// pgdual's own role on the TLS-only servers: SCRAM, password from a file.
+const OWN_USER: &str = "pgdual_own";
+const OWN_PASSWORD: &str = "own-scr@m pass";
+
+/// A server that accepts TCP connections over TLS only (`hostnossl ... reject`), with the
+/// certificate `cert` (signed by the test CA for localhost and 127.0.0.1), and pgdual's own
+/// role authenticated by SCRAM.
+fn tls_only_cluster(cert: &str, key: &str) -> PgCluster {
+    let c = PgCluster::start(ClusterOptions {
+        hba: vec![
+            "hostnossl all all 127.0.0.1/32 reject".into(),
+            format!("hostssl all {OWN_USER} 127.0.0.1/32 scram-sha-256"),
+        ],
+        settings: vec![],
+    })
+    .expect("start PostgreSQL");
+    let data = c.data_dir();
+    std::fs::copy(cert, data.join("server.crt")).unwrap();
+    std::fs::copy(key, data.join("server.key")).unwrap();
+    let owner = std::fs::metadata(data.join("PG_VERSION")).unwrap();
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    for f in ["server.crt", "server.key"] {
+        std::os::unix::fs::chown(data.join(f), Some(owner.uid()), Some(owner.gid())).unwrap();
+        std::fs::set_permissions(data.join(f), std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let mut conf = std::fs::OpenOptions::new()
+        .append(true)
+        .open(data.join("postgresql.conf"))
+        .unwrap();
+    std::io::Write::write_all(&mut conf, b"\nssl = on\n").unwrap();
+    c.stop();
+    c.start_server().expect("restart with ssl = on");
+    // The harness's psql connects with libpq's default sslmode=prefer: over TLS here.
+    c.psql(&format!(
+        "CREATE ROLE {OWN_USER} LOGIN SUPERUSER PASSWORD '{OWN_PASSWORD}'"
+    ))
+    .expect("create pgdual's role");
+    c
+}
+
+/// Legacy and new refusing plaintext, the CA that signed them, a CA that did not, and a
+/// password file for pgdual's role (mode 0600).
+struct TlsServers {
+    legacy: PgCluster,
+    new: PgCluster,
+    ca: String,
+    other_ca: String,
+    password_file: std::path::PathBuf,
+    dir: tempfile::TempDir,
+    _other_dir: tempfile::TempDir,
+}
+
+async fn tls_servers() -> TlsServers {
+    tokio::task::spawn_blocking(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, cert, key) = certificates(dir.path());
+        let other_dir = tempfile::tempdir().unwrap();
+        let (other_ca, _, _) = certificates(other_dir.path());
+        let password_file = dir.path().join("own-password");
+        std::fs::write(&password_file, format!("{OWN_PASSWORD}\n")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&password_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        TlsServers {
+            legacy: tls_only_cluster(&cert, &key),
+            new: tls_only_cluster(&cert, &key),
+            ca,
+            other_ca,
+            password_file,
+            dir,
+            _other_dir: other_dir,
+        }
+    })
+    .await
+    .unwrap()
+}
+
+impl TlsServers {
+    /// pgdual in front of these servers, both with `tls = "verify-full"` against `ca`, its
+    /// own role's password read from the file. Legacy's name is checked as `localhost`, new's
+    /// as its host, the IP address 127.0.0.1.
+    fn config(&self, ca: &str) -> Config {
+        let mut c = config_for(&self.legacy);
+        c.legacy.tls = TlsMode::VerifyFull;
+        c.legacy.tls_ca_file = Some(ca.into());
+        c.legacy.tls_server_name = Some("localhost".into());
+        c.legacy.user = OWN_USER.into();
+        c.legacy.password_file = Some(self.password_file.clone());
+        c.new.host = "127.0.0.1".into();
+        c.new.port = self.new.port;
+        c.new.tls = TlsMode::VerifyFull;
+        c.new.tls_ca_file = Some(ca.into());
+        c.new.user = OWN_USER.into();
+        c.new.password_file = Some(self.password_file.clone());
+        c
+    }
+}
+
+const OWN_RULES: &str = r#"
+[[table]]
+legacy = "public.tls_users"
+new = "app.tls_customers"
+keys = ["id"]
+write = "on"
+read = "new"
+[table.columns]
+customer_id = "id"
+full_name = "name"
+"#;
+
+/// Rows of `sql` on a server, one line each, through the harness's psql (over TLS).
+fn rows(c: &PgCluster, sql: &str) -> String {
+    c.psql(sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_connections_use_verify_full_tls_to_servers_that_refuse_plaintext() {
+    let s = tls_servers().await;
+    rows(
+        &s.legacy,
+        "CREATE TABLE tls_users (id bigint PRIMARY KEY, name text NOT NULL)",
+    );
+    rows(
+        &s.new,
+        "CREATE SCHEMA app; \
+         CREATE TABLE app.tls_customers (customer_id bigint PRIMARY KEY, full_name text NOT NULL)",
+    );
+    let rules_file = s.dir.path().join("rules.toml");
+    std::fs::write(&rules_file, OWN_RULES).unwrap();
+    let mut config = s.config(&s.ca);
+    config.rules_file = Some(rules_file);
+    config.mirror.poll_interval_ms = 50;
+    config.mirror.retry_initial_ms = 50;
+    config.mirror.retry_max_ms = 500;
+    config.mirror.dead_letter_file = s.dir.path().join("dead.jsonl");
+
+    // Catalog checks (what `pgdual rules check` and rules reloads run), over TLS to both.
+    let (legacy, new) = pgdual::catalog::connect_both(&config).await.unwrap();
+    let new = new.expect("new configured");
+    let rules = pgdual_rules::parse_rules(OWN_RULES, "rules.toml").unwrap();
+    let problems = pgdual::catalog::check(&rules, &legacy, Some(&new)).await;
+    assert!(problems.is_empty(), "{problems:#?}");
+    let ssl =
+        "SELECT ssl::text || ' ' || current_user FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
+    for c in [&legacy, &new] {
+        let row = c.query_one(ssl, &[]).await.unwrap();
+        assert_eq!(row.get::<_, String>(0), format!("true {OWN_USER}"));
+    }
+
+    // The mirror (SCRAM role, password from the file) converges.
+    let p = Proxy::start(config.clone()).expect("start pgdual");
+    wait_mirror_ready(&p).await;
+    let port = p.local_addr().port();
+    let client = connect(port).await;
+    client
+        .batch_execute(
+            "INSERT INTO tls_users SELECT i, 'name ' || i FROM generate_series(1, 20) i;
+             UPDATE tls_users SET name = 'renamed' WHERE id = 3; DELETE FROM tls_users WHERE id = 4",
+        )
+        .await
+        .unwrap();
+    let on_legacy = "SELECT string_agg(id || ':' || name, ',' ORDER BY id) FROM tls_users";
+    let on_new = "SELECT string_agg(customer_id || ':' || full_name, ',' ORDER BY customer_id) \
+                  FROM app.tls_customers";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rows(&s.legacy, on_legacy) != rows(&s.new, on_new) {
+        assert!(Instant::now() < deadline, "new never converged to legacy");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(rows(&s.new, on_new).contains("3:renamed"));
+
+    // A read in `new` mode is answered by new, over TLS, exactly as legacy answers it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while p.shared().rules.load().rules.tables()[0]
+        .legacy_columns
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "legacy columns never learned");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let reader = connect(port).await;
+    let read = "SELECT id, name FROM tls_users WHERE id = 3";
+    let row = reader.query_one(read, &[]).await.unwrap();
+    assert_eq!(
+        (row.get::<_, i64>(0), row.get::<_, String>(1)),
+        (3, "renamed".to_string())
+    );
+    let page = p.shared().reads.render();
+    assert_eq!(
+        metric(
+            &page,
+            "pgdual_reads_total{table=\"public.tls_users\",route=\"new\"}"
+        ),
+        1.0,
+        "{page}"
+    );
+    // Every connection of pgdual's role was encrypted (the servers take nothing else).
+    for c in [&s.legacy, &s.new] {
+        let plain = rows(
+            c,
+            &format!(
+                "SELECT count(*) FROM pg_stat_activity a JOIN pg_stat_ssl USING (pid) \
+                 WHERE a.usename = '{OWN_USER}' AND NOT ssl"
+            ),
+        );
+        assert_eq!(plain, "0");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_connections_with_a_wrong_ca_or_without_tls_fail_naming_the_server() {
+    let s = tls_servers().await;
+    let (legacy_addr, new_addr) = (
+        format!("legacy at 127.0.0.1:{}", s.legacy.port),
+        format!("new at 127.0.0.1:{}", s.new.port),
+    );
+    // A CA that did not sign the certificates: catalog connections fail, naming the server.
+    let wrong = s.config(&s.other_ca);
+    let err = pgdual::catalog::connect_legacy(&wrong).await.unwrap_err();
+    assert!(err.contains(&legacy_addr), "{err}");
+    assert!(err.contains("TLS") && err.contains("certificate"), "{err}");
+    let mut only_new = s.config(&s.ca);
+    only_new.new = wrong.new.clone();
+    let err = pgdual::catalog::connect_both(&only_new).await.unwrap_err();
+    assert!(err.contains(&new_addr), "{err}");
+    assert!(err.contains("TLS") && err.contains("certificate"), "{err}");
+
+    // The raw protocol connections of reads on new: the same check, the same naming.
+    let target = |ca: &str, mode| TlsTarget {
+        mode,
+        ca_file: Some(ca.into()),
+        server_name: "127.0.0.1".into(),
+    };
+    let connect_new = |tls: TlsTarget| async move {
+        pgdual::backend::BackendConn::connect(
+            "127.0.0.1",
+            s.new.port,
+            OWN_USER,
+            Some(OWN_PASSWORD),
+            "postgres",
+            &tls,
+            Duration::from_secs(10),
+        )
+        .await
+    };
+    let err = connect_new(target(&s.other_ca, TlsMode::VerifyFull))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&format!("127.0.0.1:{}", s.new.port)), "{err}");
+    assert!(err.contains("TLS handshake failed"), "{err}");
+    // A name the certificate does not carry is refused too.
+    let mut other_name = target(&s.ca, TlsMode::VerifyFull);
+    other_name.server_name = "db.example.com".into();
+    let err = connect_new(other_name).await.unwrap_err().to_string();
+    assert!(err.contains("TLS handshake failed"), "{err}");
+    // The right CA: verified; `require` and `prefer` encrypt without checking.
+    for mode in [TlsMode::VerifyFull, TlsMode::Require, TlsMode::Prefer] {
+        connect_new(target(&s.ca, mode))
+            .await
+            .unwrap_or_else(|e| panic!("{mode:?}: {e}"));
+    }
+    // Without TLS the servers refuse pgdual's role: plaintext is really not accepted.
+    let err = connect_new(TlsTarget::disabled())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no encryption"), "{err}");
+    let mut plain = s.config(&s.ca);
+    plain.new.tls = TlsMode::Disable;
+    plain.new.tls_ca_file = None;
+    let err = pgdual::catalog::connect_both(&plain).await.unwrap_err();
+    assert!(
+        err.contains(&new_addr) && err.contains("no encryption"),
+        "{err}"
+    );
+    // pgdual refuses to start with a CA file for new that is not there, naming the file.
+    let mut missing = s.config(&s.ca);
+    missing.new.tls_ca_file = Some(s.dir.path().join("nope.pem"));
+    let Err(err) = Proxy::start(missing) else {
+        panic!("started with a CA file that is not there");
+    };
+    let err = err.to_string();
+    assert!(err.contains("nope.pem"), "{err}");
 }

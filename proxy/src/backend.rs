@@ -1,8 +1,8 @@
 //! Raw PostgreSQL wire-protocol client connections, for answering a client's reads from another
 //! database with the server's bytes passed through unchanged.
 //!
-//! A [`BackendConn`] speaks protocol 3.0 over TCP (or a Unix socket when the host starts with
-//! `/`), authenticates with trust, cleartext, MD5 or SCRAM-SHA-256, and then exchanges whole
+//! A [`BackendConn`] speaks protocol 3.0 over TCP, with TLS as the endpoint's `tls` setting
+//! says (or a Unix socket when the host starts with `/`), authenticates with trust, cleartext, MD5 or SCRAM-SHA-256, and then exchanges whole
 //! request groups ([`BackendConn::round_trip`]) up to ReadyForQuery. Server bytes are never
 //! trusted: a malformed frame is a [`BackendError::Protocol`], never a panic.
 //!
@@ -21,6 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
 use crate::codec::{self, cstr, put_initial, put_message, PROTOCOL_3_0};
+use crate::tls::{Negotiated, TlsTarget};
 
 /// Largest frame accepted from a server (PostgreSQL's own limit on a message is 1 GB).
 const MAX_FRAME: u64 = 1 << 30;
@@ -77,23 +78,38 @@ impl Frame {
 enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
 impl Stream {
-    async fn open(host: &str, port: u16) -> io::Result<Stream> {
+    async fn open(host: &str, port: u16, tls: &TlsTarget) -> Result<Stream, String> {
         if host.starts_with('/') {
             let path = std::path::Path::new(host).join(format!(".s.PGSQL.{port}"));
-            return Ok(Stream::Unix(UnixStream::connect(path).await?));
+            let unix = UnixStream::connect(path).await.map_err(|e| e.to_string())?;
+            return Ok(Stream::Unix(unix));
         }
-        let tcp = TcpStream::connect((host, port)).await?;
+        let tcp = TcpStream::connect((host, port))
+            .await
+            .map_err(|e| e.to_string())?;
         let _ = tcp.set_nodelay(true);
-        Ok(Stream::Tcp(tcp))
+        let Some(config) = tls.client_config().map_err(|e| e.to_string())? else {
+            return Ok(Stream::Tcp(tcp));
+        };
+        match crate::tls::start_tls(tcp, tls.mode, &config, &tls.server_name).await {
+            Ok(Negotiated::Plain(tcp)) => Ok(Stream::Tcp(tcp)),
+            Ok(Negotiated::Tls(tls)) => Ok(Stream::Tls(tls)),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     async fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => s.write_all(buf).await,
             Stream::Unix(s) => s.write_all(buf).await,
+            Stream::Tls(s) => {
+                s.write_all(buf).await?;
+                s.flush().await
+            }
         }
     }
 
@@ -101,20 +117,45 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.read_buf(buf).await,
             Stream::Unix(s) => s.read_buf(buf).await,
+            Stream::Tls(s) => s.read_buf(buf).await,
         }
     }
 
+    /// Reads the socket itself, under TLS too: used only to see whether an idle connection
+    /// got anything (then it is dropped, so bytes taken from under TLS do not matter).
     fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Stream::Tcp(s) => s.try_read(buf),
             Stream::Unix(s) => s.try_read(buf),
+            Stream::Tls(s) => s.get_ref().0.try_read(buf),
         }
     }
 
-    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+    /// Writes what the socket takes now, without waiting; under TLS, `buf` then a
+    /// close_notify, encrypted.
+    fn try_write(&mut self, buf: &[u8]) -> io::Result<()> {
         match self {
-            Stream::Tcp(s) => s.try_write(buf),
-            Stream::Unix(s) => s.try_write(buf),
+            Stream::Tcp(s) => s.try_write(buf).map(drop),
+            Stream::Unix(s) => s.try_write(buf).map(drop),
+            Stream::Tls(s) => {
+                use std::io::Write;
+                let (tcp, conn) = s.get_mut();
+                conn.writer().write_all(buf)?;
+                conn.send_close_notify();
+                struct NonBlocking<'a>(&'a TcpStream);
+                impl Write for NonBlocking<'_> {
+                    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+                        self.0.try_write(b)
+                    }
+                    fn flush(&mut self) -> io::Result<()> {
+                        Ok(())
+                    }
+                }
+                while conn.wants_write() {
+                    conn.write_tls(&mut NonBlocking(tcp))?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -190,12 +231,13 @@ impl BackendConn {
         user: &str,
         password: Option<&str>,
         dbname: &str,
+        tls: &TlsTarget,
         timeout: Duration,
     ) -> Result<Self, BackendError> {
         let addr = display_addr(host, port);
         match tokio::time::timeout(
             timeout,
-            Self::connect_inner(host, port, &addr, user, password, dbname),
+            Self::connect_inner(host, port, &addr, user, password, dbname, tls),
         )
         .await
         {
@@ -214,9 +256,12 @@ impl BackendConn {
         user: &str,
         password: Option<&str>,
         dbname: &str,
+        tls: &TlsTarget,
     ) -> Result<Self, BackendError> {
         let connect_err = |e: io::Error| BackendError::Connect(format!("{addr}: {e}"));
-        let stream = Stream::open(host, port).await.map_err(connect_err)?;
+        let stream = Stream::open(host, port, tls)
+            .await
+            .map_err(|e| BackendError::Connect(format!("{addr}: {e}")))?;
         let mut conn = BackendConn {
             stream,
             buf: BytesMut::with_capacity(8192),
@@ -759,6 +804,8 @@ pub struct Target {
     pub user: String,
     pub password: Option<String>,
     pub dbname: String,
+    /// TLS to this server (`legacy.tls*` or `new.tls*`).
+    pub tls: TlsTarget,
     pub connect_timeout: Duration,
 }
 
@@ -770,6 +817,7 @@ impl fmt::Debug for Target {
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("dbname", &self.dbname)
+            .field("tls", &self.tls.mode)
             .field("connect_timeout", &self.connect_timeout)
             .finish()
     }
@@ -789,6 +837,7 @@ impl Target {
             &self.user,
             self.password.as_deref(),
             &self.dbname,
+            &self.tls,
             self.connect_timeout,
         )
         .await
@@ -890,6 +939,7 @@ mod tests {
             user: "u".into(),
             password: Some("secret".into()),
             dbname: "d".into(),
+            tls: TlsTarget::disabled(),
             connect_timeout: Duration::from_secs(1),
         };
         assert!(!format!("{t:?}").contains("secret"));

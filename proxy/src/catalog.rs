@@ -8,17 +8,22 @@ use pgdual_rules::ruleset::{RuleProblem, TargetDatabase, WriteMode};
 use pgdual_rules::{ReadMode, RuleSet, TableName, TableRule};
 use tokio_postgres::{Client, NoTls};
 
+use crate::postgres_tls::MakeRustls;
+use crate::tls::TlsTarget;
+
 /// How long pgdual's own connections may take to open.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Connects with pgdual's own role (`legacy.user`, `new.user`), plain TCP or Unix socket.
+/// Connects with pgdual's own role (`legacy.user`, `new.user`), over TCP with TLS as `tls`
+/// says (libpq's `sslmode` meanings), or a Unix socket.
 pub async fn connect(
     host: &str,
     port: u16,
     user: &str,
     password: Option<&str>,
     dbname: &str,
-) -> Result<Client, tokio_postgres::Error> {
+    tls: &TlsTarget,
+) -> Result<Client, String> {
     let mut cfg = tokio_postgres::Config::new();
     cfg.host(host).port(port).user(user).dbname(dbname);
     cfg.connect_timeout(CONNECT_TIMEOUT);
@@ -26,39 +31,92 @@ pub async fn connect(
     if let Some(p) = password {
         cfg.password(p);
     }
-    let (client, conn) = cfg.connect(NoTls).await?;
+    let client = match tls.client_config().map_err(|e| e.to_string())? {
+        None => {
+            cfg.ssl_mode(tokio_postgres::config::SslMode::Disable);
+            let (client, conn) = cfg.connect(NoTls).await.map_err(|e| with_causes(&e))?;
+            spawn_connection(conn);
+            client
+        }
+        Some(config) => {
+            cfg.ssl_mode(match tls.mode {
+                pgdual_config::TlsMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+                _ => tokio_postgres::config::SslMode::Require,
+            });
+            let make = MakeRustls::new(config, Some(tls.server_name.clone()));
+            let (client, conn) = cfg.connect(make).await.map_err(|e| with_causes(&e))?;
+            spawn_connection(conn);
+            client
+        }
+    };
+    Ok(client)
+}
+
+/// tokio-postgres's message and each cause under it ("error performing TLS handshake:
+/// invalid peer certificate: UnknownIssuer"): its own message alone says too little.
+fn with_causes(e: &tokio_postgres::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        out.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    out
+}
+
+fn spawn_connection<F>(conn: F)
+where
+    F: std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static,
+{
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "catalog connection closed");
         }
     });
-    Ok(client)
+}
+
+/// The password for an endpoint: `password`, or what `password_file` holds (read at each
+/// connect, so that a rotated file is picked up; `Proxy::start` reads it once instead).
+fn password(
+    password: &Option<String>,
+    file: &Option<std::path::PathBuf>,
+) -> Result<Option<String>, String> {
+    match file {
+        Some(path) => pgdual_config::read_password_file(path).map(|(p, _)| Some(p)),
+        None => Ok(password.clone()),
+    }
 }
 
 /// pgdual's own connection to legacy.
 pub async fn connect_legacy(config: &Config) -> Result<Client, String> {
     let l = &config.legacy;
-    connect(&l.host, l.port, &l.user, l.password.as_deref(), &l.dbname)
-        .await
-        .map_err(|e| {
-            format!(
-                "cannot connect to legacy at {}:{} as {}: {e}",
-                l.host, l.port, l.user
-            )
-        })
+    let tls = TlsTarget::legacy(l);
+    let result = match password(&l.password, &l.password_file) {
+        Ok(pw) => connect(&l.host, l.port, &l.user, pw.as_deref(), &l.dbname, &tls).await,
+        Err(e) => Err(format!("legacy.password_file: {e}")),
+    };
+    result.map_err(|e| {
+        format!(
+            "cannot connect to legacy at {}:{} as {}: {e}",
+            l.host, l.port, l.user
+        )
+    })
 }
 
 /// pgdual's own connection to new (which must be configured).
 async fn connect_new(config: &Config) -> Result<Client, String> {
     let n = &config.new;
-    connect(&n.host, n.port, &n.user, n.password.as_deref(), &n.dbname)
-        .await
-        .map_err(|e| {
-            format!(
-                "cannot connect to new at {}:{} as {}: {e}",
-                n.host, n.port, n.user
-            )
-        })
+    let tls = TlsTarget::new_db(n);
+    let result = match password(&n.password, &n.password_file) {
+        Ok(pw) => connect(&n.host, n.port, &n.user, pw.as_deref(), &n.dbname, &tls).await,
+        Err(e) => Err(format!("new.password_file: {e}")),
+    };
+    result.map_err(|e| {
+        format!(
+            "cannot connect to new at {}:{} as {}: {e}",
+            n.host, n.port, n.user
+        )
+    })
 }
 
 /// pgdual's own connections to legacy and (when configured) new.

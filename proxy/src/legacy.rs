@@ -7,14 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use pgdual_config::{LegacyConfig, LegacyTlsMode};
-use rustls::pki_types::ServerName;
+use pgdual_config::LegacyConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
-use crate::codec::{put_initial, CANCEL_REQUEST_CODE, SSL_REQUEST_CODE};
+use crate::codec::{put_initial, CANCEL_REQUEST_CODE};
 use crate::stream::LegacyStream;
-use crate::tls::{self, TlsError};
+use crate::tls::{self, Negotiated, StartTlsError, TlsError, TlsTarget};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LegacyError {
@@ -29,9 +28,8 @@ pub enum LegacyError {
 pub struct LegacyTarget {
     host: String,
     port: u16,
-    tls: LegacyTlsMode,
+    tls: TlsTarget,
     tls_config: Option<Arc<rustls::ClientConfig>>,
-    server_name: String,
 }
 
 impl fmt::Display for LegacyTarget {
@@ -45,17 +43,12 @@ impl fmt::Display for LegacyTarget {
 
 impl LegacyTarget {
     pub fn new(cfg: &LegacyConfig) -> Result<Self, TlsError> {
-        let tls_config = match cfg.tls {
-            LegacyTlsMode::Disable => None,
-            LegacyTlsMode::VerifyFull => Some(tls::legacy_config(cfg.tls_ca_file.as_deref())?),
-            LegacyTlsMode::Prefer | LegacyTlsMode::Require => Some(tls::legacy_config(None)?),
-        };
+        let tls = TlsTarget::legacy(cfg);
         Ok(LegacyTarget {
             host: cfg.host.clone(),
             port: cfg.port,
-            tls: cfg.tls,
-            tls_config,
-            server_name: cfg.tls_server_name.clone().unwrap_or(cfg.host.clone()),
+            tls_config: tls.client_config()?,
+            tls,
         })
     }
 
@@ -104,43 +97,22 @@ impl LegacyTarget {
     }
 
     async fn connect_inner(&self) -> Result<LegacyStream, LegacyError> {
-        let mut tcp = match self.open().await.map_err(|e| self.error(e))? {
+        let tcp = match self.open().await.map_err(|e| self.error(e))? {
             LegacyStream::Tcp(tcp) => tcp,
             other => return Ok(other),
         };
         let Some(config) = &self.tls_config else {
             return Ok(LegacyStream::Tcp(tcp));
         };
-        let mut req = BytesMut::new();
-        put_initial(&mut req, SSL_REQUEST_CODE, &[]);
-        tcp.write_all(&req).await.map_err(|e| self.error(e))?;
-        let answer = tcp.read_u8().await.map_err(|e| self.error(e))?;
-        match (answer, self.tls) {
-            (b'S', _) => {}
-            (b'N', LegacyTlsMode::Prefer) => return Ok(LegacyStream::Tcp(tcp)),
-            (b'N', mode) => {
-                return Err(LegacyError::TlsRefused {
-                    addr: self.to_string(),
-                    mode: match mode {
-                        LegacyTlsMode::VerifyFull => "verify-full",
-                        _ => "require",
-                    },
-                })
-            }
-            (other, _) => {
-                return Err(self.error(format!(
-                    "unexpected answer {:?} to SSLRequest",
-                    other as char
-                )))
-            }
+        match tls::start_tls(tcp, self.tls.mode, config, &self.tls.server_name).await {
+            Ok(Negotiated::Plain(tcp)) => Ok(LegacyStream::Tcp(tcp)),
+            Ok(Negotiated::Tls(tls)) => Ok(LegacyStream::Tls(tls)),
+            Err(StartTlsError::Refused(mode)) => Err(LegacyError::TlsRefused {
+                addr: self.to_string(),
+                mode: mode.as_str(),
+            }),
+            Err(e) => Err(self.error(e)),
         }
-        let name = ServerName::try_from(self.server_name.clone())
-            .map_err(|e| self.error(format!("invalid TLS server name: {e}")))?;
-        let tls = tokio_rustls::TlsConnector::from(config.clone())
-            .connect(name, tcp)
-            .await
-            .map_err(|e| self.error(format!("TLS handshake failed: {e}")))?;
-        Ok(LegacyStream::Tls(Box::new(tls)))
     }
 
     /// Whether legacy accepts connections now (for `/readyz`).

@@ -17,6 +17,7 @@ pub mod grants;
 pub mod legacy;
 pub mod metrics;
 pub mod mirror;
+pub mod postgres_tls;
 pub mod privileges;
 pub mod proxy;
 pub mod reads;

@@ -85,8 +85,16 @@ pub struct Proxy {
 
 impl Proxy {
     /// Validates `config`, binds the listeners and starts the workers and admin server.
-    pub fn start(config: Config) -> Result<Proxy, StartError> {
+    pub fn start(mut config: Config) -> Result<Proxy, StartError> {
         config.validate("configuration")?;
+        // Read once here: reads on new open connections on the client's path.
+        for warning in config.read_password_files("configuration")? {
+            tracing::warn!(%warning, "password file");
+        }
+        if !config.new.host.is_empty() {
+            // A bad CA file for new is a startup error, as one for legacy is.
+            crate::tls::TlsTarget::new_db(&config.new).client_config()?;
+        }
         let tls = match (&config.tls.cert_file, &config.tls.key_file) {
             (Some(cert), Some(key)) => Some(tokio_rustls::TlsAcceptor::from(
                 crate::tls::server_config(cert, key)?,

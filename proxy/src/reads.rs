@@ -466,6 +466,7 @@ fn target(shared: &Shared, plan: &ReadPlan, rules: &RuleSet) -> Target {
             user: c.new.user.clone(),
             password: c.new.password.clone(),
             dbname: c.new.dbname.clone(),
+            tls: crate::tls::TlsTarget::new_db(&c.new),
             connect_timeout: timeout,
         }
     }
@@ -479,6 +480,7 @@ fn legacy_target(shared: &Shared, connect_timeout: Duration) -> Target {
         user: c.user.clone(),
         password: c.password.clone(),
         dbname: c.dbname.clone(),
+        tls: crate::tls::TlsTarget::legacy(c),
         connect_timeout,
     }
 }

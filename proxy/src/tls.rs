@@ -1,13 +1,21 @@
-//! TLS configuration: the certificate pgdual offers clients, and how it checks legacy's.
-//!
-//! Built once at startup from PEM files; a bad file is a startup error naming the file.
+//! TLS configuration: the certificate pgdual offers clients, and how pgdual checks the
+//! certificates of legacy and new on every connection it opens to them (client sessions,
+//! catalog checks, the mirror, reads): one rustls client config per (mode, CA), one SSLRequest
+//! exchange. A bad PEM file is an error naming the file; a check is never silently skipped.
 
-use std::path::Path;
+use std::io;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use bytes::BytesMut;
+use pgdual_config::{LegacyConfig, NewConfig, TlsMode};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::codec::{put_initial, SSL_REQUEST_CODE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -64,29 +72,127 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsEr
     Ok(Arc::new(config))
 }
 
-/// The client side of TLS to legacy: verified against `ca_file` when given, otherwise
-/// encrypted without a certificate check (libpq's `sslmode=require`).
-pub fn legacy_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError> {
+/// The client side of TLS to a server, for `mode`: `None` for `disable`; for `verify-full`
+/// the certificate chain is checked against `ca_file` and the name against the server name
+/// given at connect time; `prefer` and `require` encrypt without a certificate check
+/// (libpq's `sslmode=require`).
+pub fn client_config(
+    mode: TlsMode,
+    ca_file: Option<&Path>,
+) -> Result<Option<Arc<ClientConfig>>, TlsError> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Invalid {
-            path: "legacy.tls".into(),
+            path: "tls".into(),
             message: e.to_string(),
         })?;
-    let config = match ca_file {
-        Some(path) => {
+    let config = match mode {
+        TlsMode::Disable => return Ok(None),
+        TlsMode::VerifyFull => {
+            let path = ca_file.ok_or_else(|| TlsError::Invalid {
+                path: "tls_ca_file".into(),
+                message: "verify-full needs a CA file".into(),
+            })?;
             let mut roots = RootCertStore::empty();
             for cert in certs(path)? {
                 roots.add(cert).map_err(|e| invalid(path, e.to_string()))?;
             }
             builder.with_root_certificates(roots).with_no_client_auth()
         }
-        None => builder
+        TlsMode::Prefer | TlsMode::Require => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(NoCertificateCheck(provider())))
             .with_no_client_auth(),
     };
-    Ok(Arc::new(config))
+    Ok(Some(Arc::new(config)))
+}
+
+/// How pgdual reaches one server over TLS (`legacy.tls*` or `new.tls*`), as plain data: cheap
+/// to compare and clone; [`TlsTarget::client_config`] builds rustls's side when connecting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsTarget {
+    pub mode: TlsMode,
+    pub ca_file: Option<PathBuf>,
+    /// The name checked in the server's certificate (`tls_server_name`, default the host).
+    pub server_name: String,
+}
+
+impl TlsTarget {
+    pub fn legacy(c: &LegacyConfig) -> TlsTarget {
+        TlsTarget {
+            mode: c.tls,
+            ca_file: c.tls_ca_file.clone(),
+            server_name: c.tls_server_name.clone().unwrap_or_else(|| c.host.clone()),
+        }
+    }
+
+    pub fn new_db(c: &NewConfig) -> TlsTarget {
+        TlsTarget {
+            mode: c.tls,
+            ca_file: c.tls_ca_file.clone(),
+            server_name: c.tls_server_name.clone().unwrap_or_else(|| c.host.clone()),
+        }
+    }
+
+    /// Plaintext (Unix sockets, tests).
+    pub fn disabled() -> TlsTarget {
+        TlsTarget {
+            mode: TlsMode::Disable,
+            ca_file: None,
+            server_name: String::new(),
+        }
+    }
+
+    pub fn client_config(&self) -> Result<Option<Arc<ClientConfig>>, TlsError> {
+        client_config(self.mode, self.ca_file.as_deref())
+    }
+}
+
+/// A connection after the SSLRequest exchange.
+pub enum Negotiated {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartTlsError {
+    #[error("the server refused TLS (tls = \"{}\")", .0.as_str())]
+    Refused(TlsMode),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("unexpected answer {0:?} to SSLRequest")]
+    Unexpected(char),
+    #[error("invalid TLS server name {0:?}")]
+    ServerName(String),
+    #[error("TLS handshake failed: {0}")]
+    Handshake(io::Error),
+}
+
+/// Sends SSLRequest on a fresh connection (protocol 55.2.10) and runs the handshake when the
+/// server answers `S`. A server answering `N` gets plaintext under `prefer` and a refusal
+/// otherwise, as libpq's `sslmode` does.
+pub async fn start_tls(
+    mut tcp: TcpStream,
+    mode: TlsMode,
+    config: &Arc<ClientConfig>,
+    server_name: &str,
+) -> Result<Negotiated, StartTlsError> {
+    let mut req = BytesMut::new();
+    put_initial(&mut req, SSL_REQUEST_CODE, &[]);
+    tcp.write_all(&req).await?;
+    match tcp.read_u8().await? {
+        b'S' => {}
+        b'N' if mode == TlsMode::Prefer => return Ok(Negotiated::Plain(tcp)),
+        b'N' => return Err(StartTlsError::Refused(mode)),
+        other => return Err(StartTlsError::Unexpected(other as char)),
+    }
+    let name = ServerName::try_from(server_name.to_string())
+        .map_err(|_| StartTlsError::ServerName(server_name.to_string()))?;
+    let tls = tokio_rustls::TlsConnector::from(config.clone())
+        .connect(name, tcp)
+        .await
+        .map_err(StartTlsError::Handshake)?;
+    Ok(Negotiated::Tls(Box::new(tls)))
 }
 
 /// Accepts any certificate, as libpq's `require` does; signatures are still verified so the
