@@ -256,9 +256,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Validates a config file and, when it names one, its rules file (offline).
+/// Validates a config file, reads the password files it names and, when it names one, its
+/// rules file (offline).
 fn config_check(file: &PathBuf) -> anyhow::Result<()> {
-    let config = load(Some(file), &[])?;
+    let mut config = load(Some(file), &[])?;
+    for warning in config.read_password_files(&file.display().to_string())? {
+        eprintln!("pgdual: warning: {warning}");
+    }
     if let Some(rules) = &config.rules_file {
         let text = std::fs::read_to_string(rules)
             .with_context(|| format!("rules_file: cannot read {}", rules.display()))?;

@@ -249,6 +249,69 @@ fn drain_timeout_closes_remaining_sessions_with_57p01() {
 }
 
 #[test]
+fn passwords_come_from_files_or_the_environment_never_from_flags() {
+    // No flag takes a password (it would show in `ps`).
+    for flag in ["--legacy-password", "--new-password", "--password"] {
+        let out = pgdual()
+            .args(["serve", flag, "secret"])
+            .env_remove("PGDUAL_CONFIG")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flag}: {}", text(&out));
+        assert!(text(&out).contains("unexpected argument"), "{}", text(&out));
+    }
+    // config check reads the password files: a missing one is named, a loose one warned.
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "s3cret\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let file = dir.path().join("pgdual.toml");
+    let legacy = format!("[legacy]\npassword_file = {:?}\n", pw.display().to_string());
+    std::fs::write(&file, &legacy).unwrap();
+    let check = || {
+        let out = pgdual()
+            .args(["config", "check"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        (out.status.code(), text(&out))
+    };
+    let (code, msg) = check();
+    assert_eq!(code, Some(0), "{msg}");
+    assert!(
+        msg.contains("warning: legacy.password_file: ") && msg.contains("644"),
+        "{msg}"
+    );
+    assert!(!msg.contains("s3cret"), "{msg}");
+    std::fs::write(
+        &file,
+        format!("{legacy}[new]\npassword_file = \"missing-pw\"\n"),
+    )
+    .unwrap();
+    let (code, msg) = check();
+    assert_eq!(code, Some(1), "{msg}");
+    assert!(
+        msg.contains("new.password_file: cannot read missing-pw"),
+        "{msg}"
+    );
+    // Both a password and a password file: a problem naming both.
+    let out = pgdual()
+        .args(["config", "check"])
+        .arg(&file)
+        .env("PGDUAL_LEGACY_PASSWORD", "s3cret")
+        .output()
+        .unwrap();
+    let msg = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{msg}");
+    assert!(
+        msg.contains("legacy.password: set either legacy.password or legacy.password_file"),
+        "{msg}"
+    );
+    assert!(!msg.contains("s3cret"), "{msg}");
+}
+
+#[test]
 fn bad_flags_are_named() {
     let out = pgdual()
         .args(["serve", "--legacy-port", "abc", "--listen", "x"])
