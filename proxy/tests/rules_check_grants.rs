@@ -2,9 +2,11 @@
 //! grant the rules need and the role lacks, with the statement that gives it, and a pass
 //! once those statements ran.
 
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
-use pgdual::cluster::{ClusterOptions, PgCluster};
+use pgdual::cluster::{free_port, ClusterOptions, PgCluster};
 
 fn text(out: &Output) -> String {
     format!(
@@ -100,9 +102,15 @@ fn missing_grants_are_listed_one_per_line_and_granting_them_passes() {
         text(&out)
     );
 
+    // And they are enough: pgdual, as these roles, installs its triggers and mirrors a row.
+    mirrors_with(&legacy, &new, &config, &rules);
+
     // Once the schema exists, owning it is what counts; a superuser lacks nothing.
     legacy
-        .psql("CREATE SCHEMA pgdual; REVOKE CREATE ON DATABASE postgres FROM gr_pgdual;")
+        .psql(
+            "DROP SCHEMA pgdual CASCADE; CREATE SCHEMA pgdual;
+             REVOKE CREATE ON DATABASE postgres FROM gr_pgdual;",
+        )
         .unwrap();
     let out = check();
     assert!(
@@ -118,4 +126,58 @@ fn missing_grants_are_listed_one_per_line_and_granting_them_passes() {
     new.psql("ALTER ROLE gr_pgdual SUPERUSER").unwrap();
     let out = check();
     assert!(out.status.success(), "{}", text(&out));
+}
+
+/// Runs `pgdual serve` with `config` and `rules` until a row written on legacy is in new.
+fn mirrors_with(legacy: &PgCluster, new: &PgCluster, config: &Path, rules: &Path) {
+    let port = free_port().unwrap();
+    let mut toml = std::fs::read_to_string(config).unwrap();
+    toml = format!(
+        "listen = \"127.0.0.1:{port}\"\nrules_file = {rules:?}\n\
+         [admin]\nlisten = \"\"\n[mirror]\npoll_interval_ms = 50\n\
+         dead_letter_file = {:?}\n{toml}",
+        config.with_file_name("dead.jsonl")
+    );
+    let serve_config = config.with_file_name("serve.toml");
+    std::fs::write(&serve_config, toml).unwrap();
+    let _child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_pgdual"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&serve_config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let wait = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what} never happened");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let triggers = "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'shop.items'::regclass";
+    wait("installing the capture triggers", &|| {
+        legacy.psql(triggers).unwrap().trim() == "4"
+    });
+    legacy
+        .psql("INSERT INTO shop.items VALUES (1, 'Ada', 'kept on legacy')")
+        .unwrap();
+    wait("mirroring the row", &|| {
+        new.psql("SELECT name FROM app.items WHERE id = 1")
+            .unwrap()
+            .trim()
+            == "ada"
+    });
+}
+
+/// A child process killed when dropped, also when a failing test unwinds.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
