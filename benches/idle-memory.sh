@@ -4,13 +4,13 @@
 # each N given; then once more after one of the sessions sent a single large query, to show
 # that a buffer grown by one message shrinks back.
 #
-#   benches/idle-memory.sh [N ...]          # default: 1000 5000 10000
+#   benches/idle-memory.sh [N ...]          # default: 1000 4000 9000
 #
 # Legacy runs with max_connections raised to the largest N; every idle pgdual session holds
 # one idle legacy backend, so the machine needs memory for those backends too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-COUNTS=("${@:-1000 5000 10000}")
+COUNTS=("${@:-1000 4000 9000}")
 read -r -a COUNTS <<<"${COUNTS[*]}"
 MAX=0; for n in "${COUNTS[@]}"; do [ "$n" -gt "$MAX" ] && MAX=$n; done
 
@@ -31,7 +31,12 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
+# Each session holds two descriptors in pgdual (client and legacy) and one in the client.
 ulimit -n $((MAX * 2 + 1024)) 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+if [ $((MAX * 2 + 64)) -gt "$(ulimit -n)" ]; then
+  echo "open-file limit $(ulimit -n) holds at most $((($(ulimit -n) - 64) / 2)) sessions" >&2
+  exit 1
+fi
 
 "${AS[@]}" "$BIN/initdb" -D "$WORK/legacy" -U postgres -A trust --no-sync >/dev/null
 "${AS[@]}" bash -c "ulimit -n $((MAX + 1024)) 2>/dev/null; exec \"$BIN/pg_ctl\" -D \"$WORK/legacy\" -l \"$WORK/legacy.log\" -w -o \
