@@ -1,8 +1,9 @@
 //! Statement analysis cost: a cache hit (the steady state for prepared and repeated
-//! statements) against a miss (a full sqlparser parse).
+//! statements) against a miss (the bounds check, then a full sqlparser parse), and what a
+//! statement over the bounds costs (the check alone, never a parse).
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use pgdual_rules::{analyze, AnalysisCache};
+use pgdual_rules::{analyze, bounds, AnalysisCache};
 use std::hint::black_box;
 
 const STATEMENTS: &[(&str, &str)] = &[
@@ -39,5 +40,40 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench);
+/// Statements refused by the bounds: their cost must be linear in their length.
+fn refused(c: &mut Criterion) {
+    let terms = |n: usize, f: &dyn Fn(usize) -> String, sep: &str| {
+        (1..=n).map(f).collect::<Vec<_>>().join(sep)
+    };
+    let cases = [
+        (
+            "sum_50000_terms_289kb",
+            format!("SELECT {}", terms(50_000, &|i| i.to_string(), "+")),
+        ),
+        (
+            "or_chain_5000_terms_59kb",
+            format!(
+                "SELECT count(*) FROM t WHERE {}",
+                terms(5_000, &|i| format!("x = {i}"), " OR ")
+            ),
+        ),
+        (
+            "parens_3000_deep_6kb",
+            format!("SELECT {}1{}", "(".repeat(3_000), ")".repeat(3_000)),
+        ),
+    ];
+    for (name, sql) in &cases {
+        assert!(bounds::check(sql).is_err(), "{name} is refused");
+        c.bench_function(&format!("analysis/refused/{name}"), |b| {
+            b.iter(|| analyze(black_box(sql)))
+        });
+    }
+    for (name, sql) in STATEMENTS {
+        c.bench_function(&format!("analysis/bounds_check/{name}"), |b| {
+            b.iter(|| bounds::check(black_box(sql)))
+        });
+    }
+}
+
+criterion_group!(benches, bench, refused);
 criterion_main!(benches);

@@ -16,32 +16,33 @@ pub fn fingerprint_into(sql: &str, out: &mut String) {
     while i < b.len() {
         let c = b[i];
         let prev = if i > 0 { b[i - 1] } else { b' ' };
-        let next = if let Some((end, literal)) = opaque_at(b, i) {
-            if literal {
+        let next = match c {
+            b'\'' | b'"' | b'-' | b'/' | b'$' => match opaque_at(b, i) {
+                Some((end, true)) => {
+                    out.push_str(&sql[copied..i]);
+                    out.push('?');
+                    copied = end;
+                    end
+                }
+                Some((end, false)) => end,
+                None => i + 1,
+            },
+            b'0'..=b'9' if !is_ident(prev) => {
+                let end = number_end(b, i);
                 out.push_str(&sql[copied..i]);
                 out.push('?');
                 copied = end;
+                end
             }
-            end
-        } else {
-            match c {
-                b'0'..=b'9' if !is_ident(prev) => {
-                    let end = number_end(b, i);
-                    out.push_str(&sql[copied..i]);
-                    out.push('?');
-                    copied = end;
-                    end
-                }
-                b'.' if !is_ident(prev) && b.get(i + 1).is_some_and(u8::is_ascii_digit) => {
-                    let end = number_end(b, i);
-                    out.push_str(&sql[copied..i]);
-                    out.push('?');
-                    copied = end;
-                    end
-                }
-                _ if is_ident(c) => i + 1 + count(b, i + 1, is_ident),
-                _ => i + 1,
+            b'.' if !is_ident(prev) && b.get(i + 1).is_some_and(u8::is_ascii_digit) => {
+                let end = number_end(b, i);
+                out.push_str(&sql[copied..i]);
+                out.push('?');
+                copied = end;
+                end
             }
+            _ if is_ident(c) => i + 1 + count(b, i + 1, is_ident),
+            _ => i + 1,
         };
         i = next.min(b.len());
     }
@@ -51,11 +52,12 @@ pub fn fingerprint_into(sql: &str, out: &mut String) {
 /// When a string literal, a quoted name, a comment, a dollar-quoted body or a `$n`
 /// parameter starts at byte `i`: the index just past it, and whether it is a string literal
 /// (a value). Their contents are opaque to every scan of SQL text here.
+#[inline]
 pub(crate) fn opaque_at(b: &[u8], i: usize) -> Option<(usize, bool)> {
-    let prev = if i > 0 { b[i - 1] } else { b' ' };
     Some(match b[i] {
         b'\'' => {
             // E'...' strings honour backslash escapes; others only doubled quotes.
+            let prev = if i > 0 { b[i - 1] } else { b' ' };
             let escapes = matches!(prev, b'e' | b'E') && (i < 2 || !is_ident(b[i - 2]));
             (string_end(b, i + 1, escapes), true)
         }
