@@ -10,7 +10,9 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use bytes::BytesMut;
 use clap::Parser;
+use pgdual::codec::{put_initial, put_message, PROTOCOL_3_0};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -35,25 +37,19 @@ struct Args {
 }
 
 fn startup(user: &str, database: &str) -> Vec<u8> {
-    let mut body = 196_608i32.to_be_bytes().to_vec();
-    for (k, v) in [("user", user), ("database", database)] {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut out = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-    out.extend(body);
-    out
+    let mut out = BytesMut::new();
+    let params = format!("user\0{user}\0database\0{database}\0\0");
+    put_initial(&mut out, PROTOCOL_3_0, params.as_bytes());
+    out.to_vec()
 }
 
 fn query(sql: &str) -> Vec<u8> {
-    let mut out = vec![b'Q'];
-    out.extend_from_slice(&((sql.len() + 5) as i32).to_be_bytes());
-    out.extend_from_slice(sql.as_bytes());
-    out.push(0);
-    out
+    let mut out = BytesMut::new();
+    put_message(&mut out, b'Q', |b| {
+        b.extend_from_slice(sql.as_bytes());
+        b.extend_from_slice(&[0]);
+    });
+    out.to_vec()
 }
 
 /// Reads messages until ReadyForQuery; fails on ErrorResponse.

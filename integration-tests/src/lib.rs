@@ -348,3 +348,12 @@ pub async fn wait_mirror_ready(p: &Proxy) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Changes the mirror dead-lettered so far.
+pub fn dead_letters(p: &Proxy) -> u64 {
+    p.shared()
+        .metrics
+        .mirror
+        .dead_letters_total
+        .load(std::sync::atomic::Ordering::Relaxed)
+}

@@ -297,13 +297,7 @@ async fn shadow_counts_and_samples_a_row_corrupted_in_new_while_clients_get_lega
     ready(&p).await;
     let port = p.local_addr().port();
     fill(t, port, new, 10).await;
-    connect(new.port)
-        .await
-        .batch_execute(&format!(
-            "UPDATE {t}.customers SET full_name = 'Mallory Last2' WHERE customer_id = 2"
-        ))
-        .await
-        .unwrap();
+    corrupt_row_2_in_new(t, new).await;
     let via = connect(port).await;
     let table = p.shared().reads.table(&format!("public.{t}"));
     for id in 1..=5 {
@@ -591,13 +585,7 @@ async fn with_log_values_a_sample_shows_a_binary_key_decoded() {
     ready(&p).await;
     let port = p.local_addr().port();
     fill(t, port, new, 3).await;
-    connect(new.port)
-        .await
-        .batch_execute(&format!(
-            "UPDATE {t}.customers SET full_name = 'Mallory Last2' WHERE customer_id = 2"
-        ))
-        .await
-        .unwrap();
+    corrupt_row_2_in_new(t, new).await;
     let via = connect(port).await;
     // tokio-postgres sends the bigint parameter in binary: 8 bytes, not the text "2".
     let ext = format!("SELECT id, first_name, last_name, email FROM {t} WHERE id = $1");
@@ -613,4 +601,15 @@ async fn with_log_values_a_sample_shows_a_binary_key_decoded() {
     let sample = &v["samples"][0];
     assert_eq!(sample["key"], "2", "{body}");
     assert_eq!(sample["legacy_value"], "First2", "{body}");
+}
+
+/// Changes customer 2 in new behind pgdual's back, so shadow reads of it mismatch.
+async fn corrupt_row_2_in_new(t: &str, new: &PgCluster) {
+    connect(new.port)
+        .await
+        .batch_execute(&format!(
+            "UPDATE {t}.customers SET full_name = 'Mallory Last2' WHERE customer_id = 2"
+        ))
+        .await
+        .unwrap();
 }

@@ -104,19 +104,7 @@ async fn every_kind_of_committed_write_lands_transformed_and_rollbacks_never_do(
         .await
         .unwrap();
     // COPY FROM STDIN.
-    let sink = c
-        .copy_in(&format!(
-            "COPY {t} (first_name, last_name, email) FROM STDIN WITH (FORMAT csv)"
-        ))
-        .await
-        .unwrap();
-    futures_util::pin_mut!(sink);
-    sink.send(Bytes::from_static(
-        b"Copy,One,c1@x.org\nCopy,Two,c2@x.org\n",
-    ))
-    .await
-    .unwrap();
-    sink.finish().await.unwrap();
+    copy_two_rows(&c, t).await;
     // An explicit transaction, committed, with a rolled-back savepoint inside.
     c.batch_execute(&format!(
         "BEGIN;
@@ -334,19 +322,7 @@ async fn an_ordinary_application_role_writes_every_kind_of_statement_with_captur
     .await
     .expect("extended update");
     // COPY FROM STDIN.
-    let sink = c
-        .copy_in(&format!(
-            "COPY {t} (first_name, last_name, email) FROM STDIN WITH (FORMAT csv)"
-        ))
-        .await
-        .expect("copy as an application role");
-    futures_util::pin_mut!(sink);
-    sink.send(Bytes::from_static(
-        b"Copy,One,c1@x.org\nCopy,Two,c2@x.org\n",
-    ))
-    .await
-    .unwrap();
-    sink.finish().await.unwrap();
+    copy_two_rows(&c, t).await;
     // The same kinds inside an explicit transaction.
     c.batch_execute(&format!(
         "BEGIN;
@@ -374,14 +350,7 @@ async fn an_ordinary_application_role_writes_every_kind_of_statement_with_captur
         .expect("truncate in autocommit");
     let rows = assert_converges(new_db(), &legacy_view(t), &new_view(t), 30).await;
     assert!(rows.is_empty(), "{rows:?}");
-    assert_eq!(
-        p.shared()
-            .metrics
-            .mirror
-            .dead_letters_total
-            .load(std::sync::atomic::Ordering::Relaxed),
-        0
-    );
+    assert_eq!(dead_letters(&p), 0);
 
     // The changelog and the capture function stay closed to the application role.
     for sql in [
@@ -396,4 +365,21 @@ async fn an_ordinary_application_role_writes_every_kind_of_statement_with_captur
             "{sql}: {err}"
         );
     }
+}
+
+/// Two rows through `COPY ... FROM STDIN` (csv).
+async fn copy_two_rows(c: &tokio_postgres::Client, t: &str) {
+    let sink = c
+        .copy_in(&format!(
+            "COPY {t} (first_name, last_name, email) FROM STDIN WITH (FORMAT csv)"
+        ))
+        .await
+        .expect("COPY FROM STDIN");
+    futures_util::pin_mut!(sink);
+    sink.send(Bytes::from_static(
+        b"Copy,One,c1@x.org\nCopy,Two,c2@x.org\n",
+    ))
+    .await
+    .unwrap();
+    sink.finish().await.unwrap();
 }

@@ -135,14 +135,7 @@ async fn every_value_reaches_new_bit_for_bit() {
         more,
         ["-Infinity NaN 1.500 0.000 -infinity -178000000 years  [ 1 , 2 ] "]
     );
-    assert_eq!(
-        p.shared()
-            .metrics
-            .mirror
-            .dead_letters_total
-            .load(std::sync::atomic::Ordering::Relaxed),
-        0
-    );
+    assert_eq!(dead_letters(&p), 0);
 
     // Updates and deletes carry the same way, keys included.
     c.batch_execute(

@@ -1,6 +1,9 @@
 //! The `pgdual` binary: `config check`, `serve` with file, environment and flags, logs, and
 //! SIGTERM draining.
 
+mod common;
+use common::{wait_listening, KillOnDrop};
+
 use std::io::Read;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -24,31 +27,6 @@ fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
-}
-
-/// A child process that is killed if a failing test leaves it running.
-struct KillOnDrop(Child);
-
-impl std::ops::Deref for KillOnDrop {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for KillOnDrop {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.0
-    }
-}
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
 }
 
 /// Starts `pgdual serve` in front of `cluster` and waits until it answers.
@@ -79,12 +57,19 @@ fn serve(
             .spawn()
             .unwrap(),
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "pgdual never listened");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_listening(port);
     (child, port, dir)
+}
+
+/// `pgdual flags ARGS --admin ADMIN`: whether it succeeded, and what it printed.
+fn flags(admin: &str, args: &[&str]) -> (bool, String) {
+    let out = pgdual()
+        .arg("flags")
+        .args(args)
+        .args(["--admin", admin])
+        .output()
+        .unwrap();
+    (out.status.success(), text(&out))
 }
 
 fn sigterm(child: &Child) {
@@ -484,15 +469,7 @@ fn flags_cli_shows_and_sets_write_and_read_modes_live() {
         dir.path().join("dead.jsonl").display().to_string()
     );
     let (mut child, port, _cfg_dir) = serve(&cluster, &extra, &["--admin-listen", &admin]);
-    let flags = |args: &[&str]| {
-        let out = pgdual()
-            .arg("flags")
-            .args(args)
-            .args(["--admin", &admin])
-            .output()
-            .unwrap();
-        (out.status.success(), text(&out))
-    };
+    let flags = |args: &[&str]| flags(&admin, args);
     // The mirror starts with the rules as read: wait until it reports ready.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -601,15 +578,7 @@ fn flags_set_read_legacy_works_with_the_new_database_stopped() {
         new.port
     );
     let (mut child, port, _cfg_dir) = serve(&legacy, &extra, &["--admin-listen", &admin]);
-    let flags = |args: &[&str]| {
-        let out = pgdual()
-            .arg("flags")
-            .args(args)
-            .args(["--admin", &admin])
-            .output()
-            .unwrap();
-        (out.status.success(), text(&out))
-    };
+    let flags = |args: &[&str]| flags(&admin, args);
     let deadline = Instant::now() + Duration::from_secs(20);
     while !flags(&["status"]).1.contains("ready=true") {
         assert!(Instant::now() < deadline, "the mirror never became ready");

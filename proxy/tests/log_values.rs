@@ -3,23 +3,14 @@
 //! and the value a read on new fails on, never reach the log (dependencies' debug output
 //! stays out; pgdual's own leaves values out).
 
+mod common;
+use common::{wait_listening, KillOnDrop};
+
 use std::io::Read;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pgdual::cluster::{free_port, ClusterOptions, PgCluster};
-
-/// A child process that is killed if a failing test leaves it running.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
 
 /// Values that appear only in the statements of this test.
 const LITERAL: &str = "lit-7f3a9c-secret";
@@ -140,11 +131,7 @@ fn values_stay_out_of_the_log_at_debug() {
             .spawn()
             .unwrap(),
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "pgdual never listened");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_listening(port);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

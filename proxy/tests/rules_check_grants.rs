@@ -2,8 +2,11 @@
 //! grant the rules need and the role lacks, with the statement that gives it, and a pass
 //! once those statements ran.
 
+mod common;
+use common::KillOnDrop;
+
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use pgdual::cluster::{free_port, ClusterOptions, PgCluster};
@@ -170,14 +173,4 @@ fn mirrors_with(legacy: &PgCluster, new: &PgCluster, config: &Path, rules: &Path
             .trim()
             == "ada"
     });
-}
-
-/// A child process killed when dropped, also when a failing test unwinds.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

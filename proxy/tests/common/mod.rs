@@ -1,0 +1,39 @@
+//! Helpers shared by the tests that run the `pgdual` binary.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+/// A child process that is killed if a failing test leaves it running.
+pub struct KillOnDrop(pub Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Waits (up to 20 s) until something accepts connections on the loopback `port`.
+pub fn wait_listening(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "pgdual never listened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
