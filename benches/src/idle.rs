@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use bytes::BytesMut;
 use clap::Parser;
-use pgdual::codec::{put_initial, put_message, PROTOCOL_3_0};
+use pgdual::proto::codec::{put_initial, put_message, PROTOCOL_3_0};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

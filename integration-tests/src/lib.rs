@@ -234,7 +234,7 @@ pub fn query(sql: &str) -> Vec<u8> {
 
 /// A field of an ErrorResponse body (`C` for SQLSTATE, `M` for the message).
 pub fn error_field(body: &[u8], field: u8) -> Option<String> {
-    pgdual::codec::error_field(body, field).map(|v| String::from_utf8_lossy(v).into_owned())
+    pgdual::proto::codec::error_field(body, field).map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
 /// `GET path` on the admin API; returns status code and body.

@@ -1,10 +1,10 @@
-//! The raw wire-protocol client of `pgdual::backend` against real PostgreSQL servers.
+//! The raw wire-protocol client of `pgdual::net::backend` against real PostgreSQL servers.
 
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
-use pgdual::backend::{self, BackendConn, BackendError, Frame, Target};
-use pgdual::tls::TlsTarget;
+use pgdual::net::backend::{self, BackendConn, BackendError, Frame, Target};
+use pgdual::net::tls::TlsTarget;
 use pgdual_integration_tests::{
     legacy, new_db, MD5_PASSWORD, MD5_USER, SCRAM_PASSWORD, SCRAM_USER,
 };

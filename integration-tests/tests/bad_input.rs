@@ -42,7 +42,7 @@ async fn oversized_message_gets_54000_and_the_connection_closes() {
     assert_eq!(
         p.shared()
             .metrics
-            .errors(pgdual::metrics::ErrorSource::Client),
+            .errors(pgdual::telemetry::metrics::ErrorSource::Client),
         1
     );
 }

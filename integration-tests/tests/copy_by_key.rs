@@ -2,7 +2,7 @@
 //! transformed by a rule, upserted into new; keys gone from legacy deleted from new. Values
 //! that replaying a statement would get wrong (serial keys, now(), random()) come out exact.
 
-use pgdual::copy::CopyPlan;
+use pgdual::mirror::copy::CopyPlan;
 use pgdual_integration_tests::*;
 use serde_json::json;
 use tokio_postgres::Client;
@@ -61,8 +61,8 @@ async fn clients() -> (Client, Client) {
     )
     .await
     .unwrap();
-    pgdual::copy::pin_session(&legacy).await.unwrap();
-    pgdual::copy::pin_session(&new).await.unwrap();
+    pgdual::mirror::copy::pin_session(&legacy).await.unwrap();
+    pgdual::mirror::copy::pin_session(&new).await.unwrap();
     (legacy, new)
 }
 

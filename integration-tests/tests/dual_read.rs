@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pgdual::app::Proxy;
 use pgdual::cluster::{ClusterOptions, PgCluster};
-use pgdual::proxy::Proxy;
 use pgdual_integration_tests::*;
 use tokio_postgres::SimpleQueryMessage;
 

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use pgdual::proxy::Proxy;
+use pgdual::app::Proxy;
 use pgdual_integration_tests::*;
 use tokio_postgres::{Client, SimpleQueryMessage};
 

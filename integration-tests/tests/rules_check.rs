@@ -43,7 +43,7 @@ async fn matching_catalogs_have_no_problems() {
     let _serial = SERIAL.lock().await;
     let (legacy, new) = setup().await;
     let rules = pgdual_rules::parse_rules(GOOD, "rules.toml").unwrap();
-    let problems = pgdual::catalog::check(&rules, &legacy, Some(&new)).await;
+    let problems = pgdual::control::catalog::check(&rules, &legacy, Some(&new)).await;
     assert!(problems.is_empty(), "{problems:#?}");
 }
 
@@ -75,7 +75,7 @@ phone = "phone"
     let second = pgdual_rules::parse_rules(&text[GOOD.len()..], "rules.toml").unwrap();
     let mut got: Vec<String> = Vec::new();
     for rules in [first, second] {
-        for p in pgdual::catalog::check(&rules, &legacy, Some(&new)).await {
+        for p in pgdual::control::catalog::check(&rules, &legacy, Some(&new)).await {
             got.push(p.to_string());
         }
     }
@@ -99,7 +99,7 @@ async fn missing_legacy_table_and_unconfigured_new_database() {
         "rules.toml",
     )
     .unwrap();
-    let got: Vec<String> = pgdual::catalog::check(&rules, &legacy, None)
+    let got: Vec<String> = pgdual::control::catalog::check(&rules, &legacy, None)
         .await
         .iter()
         .map(|p| p.to_string())
@@ -109,7 +109,7 @@ async fn missing_legacy_table_and_unconfigured_new_database() {
         ["table[0] (public.rc_nowhere).legacy: public.rc_nowhere does not exist in legacy"]
     );
     let rules = pgdual_rules::parse_rules(GOOD, "rules.toml").unwrap();
-    let got: Vec<String> = pgdual::catalog::check(&rules, &legacy, None)
+    let got: Vec<String> = pgdual::control::catalog::check(&rules, &legacy, None)
         .await
         .iter()
         .map(|p| p.to_string())
@@ -130,7 +130,7 @@ async fn routed_reads_need_read_backs_of_legacy_types() {
         let (legacy, new) = (&legacy, &new);
         async move {
             let rules = pgdual_rules::parse_rules(&text, "rules.toml").unwrap();
-            pgdual::catalog::check(&rules, legacy, Some(new))
+            pgdual::control::catalog::check(&rules, legacy, Some(new))
                 .await
                 .iter()
                 .map(|p| p.to_string())

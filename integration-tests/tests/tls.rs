@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use pgdual::cluster::{ClusterOptions, PgCluster};
-use pgdual::tls::TlsTarget;
+use pgdual::net::tls::TlsTarget;
 use pgdual::Proxy;
 use pgdual_config::{Config, TlsMode};
 use pgdual_integration_tests::*;
@@ -336,10 +336,12 @@ async fn own_connections_use_verify_full_tls_to_servers_that_refuse_plaintext() 
     config.mirror.dead_letter_file = s.dir.path().join("dead.jsonl");
 
     // Catalog checks (what `pgdual rules check` and rules reloads run), over TLS to both.
-    let (legacy, new) = pgdual::catalog::connect_both(&config).await.unwrap();
+    let (legacy, new) = pgdual::control::catalog::connect_both(&config)
+        .await
+        .unwrap();
     let new = new.expect("new configured");
     let rules = pgdual_rules::parse_rules(OWN_RULES, "rules.toml").unwrap();
-    let problems = pgdual::catalog::check(&rules, &legacy, Some(&new)).await;
+    let problems = pgdual::control::catalog::check(&rules, &legacy, Some(&new)).await;
     assert!(problems.is_empty(), "{problems:#?}");
     let ssl =
         "SELECT ssl::text || ' ' || current_user FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
@@ -417,12 +419,16 @@ async fn own_connections_with_a_wrong_ca_or_without_tls_fail_naming_the_server()
     );
     // A CA that did not sign the certificates: catalog connections fail, naming the server.
     let wrong = s.config(&s.other_ca);
-    let err = pgdual::catalog::connect_legacy(&wrong).await.unwrap_err();
+    let err = pgdual::control::catalog::connect_legacy(&wrong)
+        .await
+        .unwrap_err();
     assert!(err.contains(&legacy_addr), "{err}");
     assert!(err.contains("TLS") && err.contains("certificate"), "{err}");
     let mut only_new = s.config(&s.ca);
     only_new.new = wrong.new.clone();
-    let err = pgdual::catalog::connect_both(&only_new).await.unwrap_err();
+    let err = pgdual::control::catalog::connect_both(&only_new)
+        .await
+        .unwrap_err();
     assert!(err.contains(&new_addr), "{err}");
     assert!(err.contains("TLS") && err.contains("certificate"), "{err}");
 
@@ -433,7 +439,7 @@ async fn own_connections_with_a_wrong_ca_or_without_tls_fail_naming_the_server()
         server_name: "127.0.0.1".into(),
     };
     let connect_new = |tls: TlsTarget| async move {
-        pgdual::backend::BackendConn::connect(
+        pgdual::net::backend::BackendConn::connect(
             "127.0.0.1",
             s.new.port,
             OWN_USER,
@@ -470,7 +476,9 @@ async fn own_connections_with_a_wrong_ca_or_without_tls_fail_naming_the_server()
     let mut plain = s.config(&s.ca);
     plain.new.tls = TlsMode::Disable;
     plain.new.tls_ca_file = None;
-    let err = pgdual::catalog::connect_both(&plain).await.unwrap_err();
+    let err = pgdual::control::catalog::connect_both(&plain)
+        .await
+        .unwrap_err();
     assert!(
         err.contains(&new_addr) && err.contains("no encryption"),
         "{err}"

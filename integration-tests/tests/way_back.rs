@@ -105,7 +105,7 @@ async fn reads_go_back_to_legacy_with_new_stopped_by_api_cli_and_file() {
     // The CLI (`pgdual flags set public.wb_cli read legacy` sends exactly this request).
     let addr = admin.to_string();
     tokio::task::spawn_blocking(move || {
-        pgdual::admin_client::set_read(&addr, None, "public.wb_cli", "legacy", None)
+        pgdual::cli::admin_client::set_read(&addr, None, "public.wb_cli", "legacy", None)
     })
     .await
     .unwrap()
@@ -143,7 +143,7 @@ async fn reads_go_back_to_legacy_with_new_stopped_by_api_cli_and_file() {
     assert_eq!(read_mode(&p, "wb_api"), ReadMode::Legacy);
     let addr = admin.to_string();
     let err = tokio::task::spawn_blocking(move || {
-        pgdual::admin_client::set_read(&addr, None, "public.wb_cli", "shadow", None)
+        pgdual::cli::admin_client::set_read(&addr, None, "public.wb_cli", "shadow", None)
     })
     .await
     .unwrap()

@@ -17,7 +17,7 @@ use axum::Router;
 use tokio::sync::watch;
 use tracing::error;
 
-use crate::proxy::Shared;
+use crate::app::Shared;
 
 pub fn router(shared: Arc<Shared>) -> Router {
     let protected = Router::new()
@@ -103,7 +103,7 @@ async fn get_rules(State(shared): State<Arc<Shared>>) -> Response {
 /// Replaces the whole rule set with the TOML body: validated whole (and against both
 /// catalogs) before one swap, written back to the rules file; 422 with every reason if not.
 async fn put_rules(State(shared): State<Arc<Shared>>, body: String) -> Response {
-    use crate::rules_store::ReloadOutcome;
+    use crate::control::rules_store::ReloadOutcome;
     if shared.rules.path().is_none() {
         let outcome = ReloadOutcome::Rejected {
             version: shared.rules.load().version,
@@ -115,9 +115,11 @@ async fn put_rules(State(shared): State<Arc<Shared>>, body: String) -> Response 
 }
 
 /// 200 with the outcome, or 422 with every reason when the rules were rejected.
-fn reload_answer(outcome: crate::rules_store::ReloadOutcome) -> Response {
+fn reload_answer(outcome: crate::control::rules_store::ReloadOutcome) -> Response {
     let status = match outcome {
-        crate::rules_store::ReloadOutcome::Rejected { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        crate::control::rules_store::ReloadOutcome::Rejected { .. } => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
         _ => StatusCode::OK,
     };
     (status, Json(outcome)).into_response()
@@ -131,7 +133,7 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &str, expected: &str) -> Res
 
 /// A flag change refused before validation: the rules stay at `version`.
 fn rejected(status: StatusCode, version: u64, reason: String) -> Response {
-    let outcome = crate::rules_store::ReloadOutcome::Rejected {
+    let outcome = crate::control::rules_store::ReloadOutcome::Rejected {
         version,
         reasons: vec![reason],
     };

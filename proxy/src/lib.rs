@@ -2,33 +2,26 @@
 //!
 //! Clients connect to pgdual as they would to the legacy database; every byte they send is
 //! relayed to legacy on the critical path and every answer comes back unchanged.
+//!
+//! The parts, from the bottom up (a part uses only those above it in this list):
+//! [`proto`] (the wire protocol, no I/O), [`telemetry`] (metrics, log redaction), [`net`]
+//! (connections to legacy and new), [`control`] (the rules in force, catalog and privilege
+//! checks), [`capture`] (where committed changes come from), [`mirror`] (applying them to
+//! new), [`reads`] (routing and answering reads), [`session`] (a client from accept to close),
+//! [`admin`] (the HTTP API), [`app`] (builds and runs the parts), [`cli`] (the commands).
 
 pub mod admin;
-pub mod admin_client;
-pub mod backend;
-pub mod cancel;
-pub mod catalog;
+pub mod app;
+pub mod capture;
+pub mod cli;
 pub mod cluster;
-pub mod codec;
-pub mod connection;
-pub mod copy;
-pub mod demo;
-pub mod grants;
-pub mod legacy;
-pub mod metrics;
+pub mod control;
 pub mod mirror;
-pub mod postgres_tls;
-pub mod privileges;
-pub mod proxy;
+pub mod net;
+pub mod proto;
 pub mod reads;
-pub mod redact;
-pub mod relay;
-pub mod rules_store;
 pub mod runtime;
 pub mod session;
-pub mod signals;
-pub mod sqlstate;
-pub mod stream;
-pub mod tls;
+pub mod telemetry;
 
-pub use proxy::{Proxy, Shared, StartError};
+pub use app::{Proxy, Shared, StartError};

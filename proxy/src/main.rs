@@ -247,7 +247,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
         };
         tokio::select! {
-            _ = pgdual::signals::terminated() => {}
+            _ = pgdual::cli::signals::terminated() => {}
             _ = reload => {}
         }
     });
@@ -289,11 +289,11 @@ fn rules_check(file: &PathBuf, config: Option<&PathBuf>, offline: bool) -> anyho
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let (legacy, new) = pgdual::catalog::connect_both(&config)
+        let (legacy, new) = pgdual::control::catalog::connect_both(&config)
             .await
             .map_err(anyhow::Error::msg)?;
-        let problems = pgdual::catalog::check(&rules, &legacy, new.as_ref()).await;
-        let missing = pgdual::grants::missing(&rules, &legacy, new.as_ref())
+        let problems = pgdual::control::catalog::check(&rules, &legacy, new.as_ref()).await;
+        let missing = pgdual::control::grants::missing(&rules, &legacy, new.as_ref())
             .await
             .context("cannot look up the grants of pgdual's roles")?;
         let mut report = Vec::new();
@@ -342,7 +342,7 @@ fn flags(
     );
     let token = token.as_deref();
     match command {
-        FlagsCmd::Status => pgdual::admin_client::print_status(&addr, token),
+        FlagsCmd::Status => pgdual::cli::admin_client::print_status(&addr, token),
         FlagsCmd::Set {
             table,
             flag,
@@ -351,9 +351,9 @@ fn flags(
         } => match flag.as_str() {
             "write" => {
                 anyhow::ensure!(percent.is_none(), "write takes no percentage");
-                pgdual::admin_client::set_write(&addr, token, &table, &value)
+                pgdual::cli::admin_client::set_write(&addr, token, &table, &value)
             }
-            "read" => pgdual::admin_client::set_read(&addr, token, &table, &value, percent),
+            "read" => pgdual::cli::admin_client::set_read(&addr, token, &table, &value, percent),
             _ => anyhow::bail!("unknown flag {flag:?}: `write` or `read`"),
         },
     }
@@ -382,7 +382,7 @@ fn main() -> ExitCode {
         } => flags(admin, token, config, command),
         Cmd::Demo { listen, once } => {
             let _ = init_logging("warn", LogFormat::Text);
-            pgdual::demo::run(pgdual::demo::DemoOptions { listen, once })
+            pgdual::cli::demo::run(pgdual::cli::demo::DemoOptions { listen, once })
         }
     };
     match result {

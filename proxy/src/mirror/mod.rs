@@ -8,6 +8,8 @@
 //! Transient failures retry with backoff and the backlog simply waits in legacy; a change
 //! new refuses for good is written to the dead-letter file, counted, and skipped.
 
+pub mod copy;
+
 use std::collections::{HashMap, HashSet};
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt;
@@ -23,10 +25,10 @@ use tokio::sync::watch;
 use tokio_postgres::{Client, GenericClient};
 use tracing::{debug, error, info, warn};
 
-use crate::catalog;
-use crate::copy::{self, CopyError, CopyPlan};
-use crate::proxy::Shared;
-use crate::redact;
+use crate::app::Shared;
+use crate::control::catalog;
+use crate::telemetry::redact;
+use copy::{CopyError, CopyPlan};
 
 /// Whole transactions from the front of the backlog of our tables (`$2`), at most about `$1`
 /// changes. Another pgdual with the same rules waits on the row locks; one with other rules
@@ -103,7 +105,7 @@ impl MirrorError {
         transient(self.code())
     }
 
-    /// The error for the log: no row values unless `show_values` (see [`crate::redact`]).
+    /// The error for the log: no row values unless `show_values` (see [`crate::telemetry::redact`]).
     fn for_log(&self, show_values: bool) -> String {
         match self {
             MirrorError::Legacy(e) => format!("legacy: {}", redact::pg_error(e, show_values)),
@@ -174,7 +176,7 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let cfg = &shared.config.mirror;
     let mut delay = Duration::from_millis(cfg.retry_initial_ms);
     // The rules whose triggers are in place, to remove what a reload drops.
-    let mut installed: Option<Arc<crate::rules_store::RulesSnapshot>> = None;
+    let mut installed: Option<Arc<crate::control::rules_store::RulesSnapshot>> = None;
     while !*stop.borrow() {
         let snapshot = shared.rules.load();
         let tables = table_names(&snapshot.rules);

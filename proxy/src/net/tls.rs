@@ -15,7 +15,7 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, S
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::codec::{put_initial, SSL_REQUEST_CODE};
+use crate::proto::codec::{put_initial, SSL_REQUEST_CODE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {

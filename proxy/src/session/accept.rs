@@ -17,13 +17,13 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::codec::{initial, put_error, CodecError, Initial};
-use crate::metrics::ErrorSource;
-use crate::proxy::Shared;
-use crate::relay::{read_more, relay, RelayEnd, RelayError};
-use crate::session::Session;
-use crate::sqlstate::SqlState;
-use crate::stream::ClientStream;
+use crate::app::Shared;
+use crate::net::stream::ClientStream;
+use crate::proto::codec::{initial, put_error, CodecError, Initial};
+use crate::proto::sqlstate::SqlState;
+use crate::session::relay::{read_more, relay, RelayEnd, RelayError};
+use crate::session::state::Session;
+use crate::telemetry::metrics::ErrorSource;
 
 /// Serves one accepted client connection to completion. Never panics on client input.
 pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
@@ -207,7 +207,7 @@ fn legacy_lost(shared: &Shared, e: impl std::fmt::Display) -> String {
 /// why if pgdual ended it, and cancels a query left running for a client that is gone.
 async fn relay_session(
     client: ClientStream,
-    legacy: crate::stream::LegacyStream,
+    legacy: crate::net::stream::LegacyStream,
     buf: BytesMut,
     id: u64,
     reads_routable: bool,

@@ -16,7 +16,7 @@ use pgdual_rules::RuleSet;
 use serde::Serialize;
 use tracing::{info, warn};
 
-use crate::proxy::Shared;
+use crate::app::Shared;
 
 /// The rules at one version.
 #[derive(Debug)]
@@ -126,7 +126,8 @@ impl RulesStore {
         // (checked when they came in; those pgdual started with are checked by the mirror,
         // which captures nothing until they pass): the way back to legacy never needs new,
         // not even right after a start with new down.
-        match crate::catalog::check_reload(&shared.config, &rules, Some(&old.rules)).await {
+        match crate::control::catalog::check_reload(&shared.config, &rules, Some(&old.rules)).await
+        {
             Err(e) => {
                 return self.rejected(vec![format!("cannot check against the catalogs: {e}")])
             }
@@ -163,7 +164,7 @@ impl RulesStore {
 impl RulesStore {
     /// Records the legacy tables' columns learned from the catalog for the rules at `version`
     /// (the rules pgdual started with were only checked offline). Same version, same rules.
-    pub fn learn_columns(&self, version: u64, learned: crate::catalog::LegacyColumns) {
+    pub fn learn_columns(&self, version: u64, learned: crate::control::catalog::LegacyColumns) {
         let old = self.load();
         if old.version != version {
             return;

@@ -16,10 +16,10 @@ use pgdual_rules::{AnalysisCache, RuleSet};
 use tokio::sync::{watch, Notify};
 use tracing::{error, info, warn};
 
-use crate::cancel::CancelKeys;
-use crate::legacy::LegacyTarget;
-use crate::metrics::Metrics;
-use crate::rules_store::RulesStore;
+use crate::control::rules_store::RulesStore;
+use crate::net::legacy::LegacyTarget;
+use crate::session::cancel::CancelKeys;
+use crate::telemetry::metrics::Metrics;
 
 /// Distinct SQL texts whose analysis is kept.
 const ANALYSIS_CACHE_CAPACITY: usize = 10_000;
@@ -38,14 +38,14 @@ pub struct Shared {
     /// Set when the drain timeout ran out: sessions still open are closed.
     pub force_close: watch::Sender<bool>,
     /// The rules in force (empty without a rules file), swapped whole on reload.
-    pub rules: crate::rules_store::RulesStore,
+    pub rules: crate::control::rules_store::RulesStore,
     /// Sessions signal here when a transaction that wrote has ended, so the mirror looks at
     /// the backlog at once instead of at its next poll.
     pub mirror_nudge: Notify,
     /// Read routing: plans, legacy's statement descriptions, counters, mismatch samples.
     pub reads: crate::reads::Reads,
     /// What each client role may read on legacy, for read routing.
-    pub privileges: crate::privileges::Privileges,
+    pub privileges: crate::control::privileges::Privileges,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +53,7 @@ pub enum StartError {
     #[error(transparent)]
     Config(#[from] pgdual_config::ConfigError),
     #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(#[from] crate::net::tls::TlsError),
     #[error("cannot listen on {addr} ({field}): {source}")]
     Bind {
         field: &'static str,
@@ -93,11 +93,11 @@ impl Proxy {
         }
         if !config.new.host.is_empty() {
             // A bad CA file for new is a startup error, as one for legacy is.
-            crate::tls::TlsTarget::new_db(&config.new).client_config()?;
+            crate::net::tls::TlsTarget::new_db(&config.new).client_config()?;
         }
         let tls = match (&config.tls.cert_file, &config.tls.key_file) {
             (Some(cert), Some(key)) => Some(tokio_rustls::TlsAcceptor::from(
-                crate::tls::server_config(cert, key)?,
+                crate::net::tls::server_config(cert, key)?,
             )),
             _ => None,
         };
@@ -180,10 +180,10 @@ impl Proxy {
             let mirror = crate::mirror::start(shared.clone(), stop_rx.clone())
                 .map_err(StartError::Runtime)?;
             threads.push(mirror);
-            let privileges = crate::privileges::start(shared.clone(), stop_rx.clone())
+            let privileges = crate::control::privileges::start(shared.clone(), stop_rx.clone())
                 .map_err(StartError::Runtime)?;
             threads.push(privileges);
-            watcher = crate::rules_store::watch(shared.clone());
+            watcher = crate::control::rules_store::watch(shared.clone());
         }
         info!(%addr, legacy = %shared.legacy, workers, admin = ?admin_addr, "pgdual listening");
         Ok(Proxy {
@@ -273,7 +273,7 @@ fn worker(listener: std::net::TcpListener, shared: Arc<Shared>, mut stop: watch:
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
-                        tokio::task::spawn_local(crate::connection::serve(tcp, peer, shared.clone()));
+                        tokio::task::spawn_local(crate::session::accept::serve(tcp, peer, shared.clone()));
                     }
                     Err(e) => {
                         // Out of file descriptors and the like: back off, keep serving.

@@ -12,10 +12,10 @@ use pgdual_rules::read_plan::KeyRef;
 use pgdual_rules::route::{bucket, route, Route, SessionView};
 use pgdual_rules::{Analysis, ReadPlan, RuleSet, StatementKind, TableName};
 
-use crate::codec::{frames, frontend};
-use crate::proxy::Shared;
+use crate::app::Shared;
+use crate::proto::codec::{frames, frontend};
 use crate::reads::{self, Request, ShadowJob};
-use crate::session::{Session, TxStatus};
+use crate::session::state::{Session, TxStatus};
 
 /// The first request group of `buf` when it is a read of tables whose reads are routed: a
 /// simple Query, or Bind, optional Describe of that portal, Execute (all rows) and Sync.

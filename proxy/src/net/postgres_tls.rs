@@ -1,6 +1,6 @@
 //! rustls for tokio-postgres: the [`MakeTlsConnect`] pgdual's own catalog and mirror
 //! connections use, over the same client config as every other connection it opens
-//! ([`crate::tls::client_config`]). It only wraps streams; the SSLRequest exchange and
+//! ([`crate::net::tls::client_config`]). It only wraps streams; the SSLRequest exchange and
 //! `prefer`'s fallback are tokio-postgres's (its `SslMode`).
 
 use std::future::Future;

@@ -8,7 +8,7 @@
 
 use bytes::{BufMut, BytesMut};
 
-use crate::sqlstate::SqlState;
+use crate::proto::sqlstate::SqlState;
 
 /// Protocol version 3.0, as sent in a StartupMessage.
 pub const PROTOCOL_3_0: i32 = 196_608;

@@ -20,8 +20,8 @@ use postgres_protocol::authentication::{md5_hash, sasl};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
-use crate::codec::{self, cstr, put_initial, put_message, PROTOCOL_3_0};
-use crate::tls::{Negotiated, TlsTarget};
+use crate::net::tls::{Negotiated, TlsTarget};
+use crate::proto::codec::{self, cstr, put_initial, put_message, PROTOCOL_3_0};
 
 /// Largest frame accepted from a server (PostgreSQL's own limit on a message is 1 GB).
 const MAX_FRAME: u64 = 1 << 30;
@@ -95,7 +95,7 @@ impl Stream {
         let Some(config) = tls.client_config().map_err(|e| e.to_string())? else {
             return Ok(Stream::Tcp(tcp));
         };
-        match crate::tls::start_tls(tcp, tls.mode, &config, &tls.server_name).await {
+        match crate::net::tls::start_tls(tcp, tls.mode, &config, &tls.server_name).await {
             Ok(Negotiated::Plain(tcp)) => Ok(Stream::Tcp(tcp)),
             Ok(Negotiated::Tls(tls)) => Ok(Stream::Tls(tls)),
             Err(e) => Err(e.to_string()),
@@ -923,7 +923,7 @@ mod tests {
         codec::put_error(
             &mut e,
             "ERROR",
-            crate::sqlstate::SqlState::PROTOCOL_VIOLATION,
+            crate::proto::sqlstate::SqlState::PROTOCOL_VIOLATION,
             "bad",
         );
         let (code, msg) = error_fields(&e[5..]);

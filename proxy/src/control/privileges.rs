@@ -15,7 +15,7 @@ use pgdual_rules::{ReadMode, ReadPlan, TableName};
 use tokio::sync::{watch, Notify};
 use tracing::{debug, warn};
 
-use crate::proxy::Shared;
+use crate::app::Shared;
 
 /// How often every cached role is looked up again: a REVOKE on legacy reaches routing
 /// within this long (or at the next rules change).
@@ -192,7 +192,7 @@ async fn refresh(
     while let Some(role) = pending.next() {
         let c = match client {
             Some(c) if !c.is_closed() => c,
-            _ => match crate::catalog::connect_legacy(&shared.config).await {
+            _ => match crate::control::catalog::connect_legacy(&shared.config).await {
                 Ok(c) => client.insert(c),
                 Err(e) => {
                     warn!(error = %e, "cannot look up client roles' privileges; their reads stay on legacy");
@@ -212,13 +212,15 @@ async fn refresh(
             Ok(Ok((default_role, tables))) => privileges.store(role, access(default_role, tables)),
             Ok(Err(e)) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_OBJECT) => {
                 // The role is gone from legacy: it may read nothing.
-                let error = crate::redact::pg_error(&e, shared.config.reads.log_values);
+                let error = crate::telemetry::redact::pg_error(&e, shared.config.reads.log_values);
                 debug!(%error, "client role not found on legacy");
                 privileges.store(role, access(false, HashMap::new()));
             }
             failed => {
                 let error = match failed {
-                    Ok(Err(e)) => crate::redact::pg_error(&e, shared.config.reads.log_values),
+                    Ok(Err(e)) => {
+                        crate::telemetry::redact::pg_error(&e, shared.config.reads.log_values)
+                    }
                     _ => "timed out".to_string(),
                 };
                 warn!(%error, "privilege look-up failed; the role's reads stay on legacy");

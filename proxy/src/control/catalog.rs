@@ -8,8 +8,8 @@ use pgdual_rules::ruleset::{RuleProblem, TargetDatabase, WriteMode};
 use pgdual_rules::{ReadMode, RuleSet, TableName, TableRule};
 use tokio_postgres::{Client, NoTls};
 
-use crate::postgres_tls::MakeRustls;
-use crate::tls::TlsTarget;
+use crate::net::postgres_tls::MakeRustls;
+use crate::net::tls::TlsTarget;
 
 /// How long pgdual's own connections may take to open.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);

@@ -15,12 +15,10 @@ use bytes::{Buf, Bytes, BytesMut};
 use pgdual_rules::{Analysis, StatementKind};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::cancel::ClientKey;
-use crate::codec::{frames, scan, CodecError};
-use crate::proxy::Shared;
-use crate::session::{AfterWrite, Session};
-
-mod routing;
+use crate::app::Shared;
+use crate::proto::codec::{frames, scan, CodecError};
+use crate::session::cancel::ClientKey;
+use crate::session::state::{AfterWrite, Session};
 
 /// Bytes asked of the kernel per read, and the least free room before a read.
 const READ_SIZE: usize = 16 * 1024;
@@ -130,7 +128,8 @@ where
     loop {
         let found = scan(&buf, &mut pass, max, frontend_inspected)?;
         if found.first == 0 && pass == 0 && found.complete > 0 {
-            let answered = routing::route_group(&buf[..found.complete], session, shared).await;
+            let answered =
+                crate::reads::route::route_group(&buf[..found.complete], session, shared).await;
             if let Some((end, answer)) = answered {
                 buf.advance(end);
                 let mut out = client_w.lock().await;
@@ -273,7 +272,8 @@ where
                     _ => {}
                 }
             }
-            if s.wrote && s.tx == crate::session::TxStatus::Idle && !s.busy() && !s.unsynced {
+            if s.wrote && s.tx == crate::session::state::TxStatus::Idle && !s.busy() && !s.unsynced
+            {
                 s.wrote = false;
                 s.last_write_done = Some(shared.reads.now());
                 nudge = true;

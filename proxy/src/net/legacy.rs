@@ -11,9 +11,9 @@ use pgdual_config::LegacyConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
-use crate::codec::{put_initial, CANCEL_REQUEST_CODE};
-use crate::stream::LegacyStream;
-use crate::tls::{self, Negotiated, StartTlsError, TlsError, TlsTarget};
+use crate::net::stream::LegacyStream;
+use crate::net::tls::{self, Negotiated, StartTlsError, TlsError, TlsTarget};
+use crate::proto::codec::{put_initial, CANCEL_REQUEST_CODE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LegacyError {

@@ -8,6 +8,8 @@
 //! slow, a result shape that differs from legacy's, an empty result where the rule says so,
 //! a result over the size limit) falls back to legacy and is counted with its reason.
 
+pub mod route;
+
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -21,9 +23,9 @@ use pgdual_rules::{RuleSet, TableName};
 use serde::Serialize;
 use tracing::{debug, warn};
 
-use crate::backend::{self, BackendError, Frame, Target};
-use crate::codec::put_message;
-use crate::proxy::Shared;
+use crate::app::Shared;
+use crate::net::backend::{self, BackendError, Frame, Target};
+use crate::proto::codec::put_message;
 
 /// Distinct (rules version, SQL text) plans kept; the map is cleared when full.
 const PLAN_CACHE_CAPACITY: usize = 10_000;
@@ -466,7 +468,7 @@ fn target(shared: &Shared, plan: &ReadPlan, rules: &RuleSet) -> Target {
             user: c.new.user.clone(),
             password: c.new.password.clone(),
             dbname: c.new.dbname.clone(),
-            tls: crate::tls::TlsTarget::new_db(&c.new),
+            tls: crate::net::tls::TlsTarget::new_db(&c.new),
             connect_timeout: timeout,
         }
     }
@@ -480,7 +482,7 @@ fn legacy_target(shared: &Shared, connect_timeout: Duration) -> Target {
         user: c.user.clone(),
         password: c.password.clone(),
         dbname: c.dbname.clone(),
-        tls: crate::tls::TlsTarget::legacy(c),
+        tls: crate::net::tls::TlsTarget::legacy(c),
         connect_timeout,
     }
 }
@@ -526,8 +528,11 @@ async fn describe(
             b'T' => row = Some(f.body.clone()),
             b'E' => {
                 let (code, message) = backend::error_fields(&f.body);
-                let message =
-                    crate::redact::server_message(&code, &message, shared.config.reads.log_values);
+                let message = crate::telemetry::redact::server_message(
+                    &code,
+                    &message,
+                    shared.config.reads.log_values,
+                );
                 debug!(code, message, "legacy refused to describe a read");
                 return Err(());
             }
@@ -646,7 +651,8 @@ async fn run_on_new(
             b'C' => answer.complete = body,
             b'E' => {
                 let (code, message) = backend::error_fields(&body);
-                let message = crate::redact::server_message(&code, &message, cfg.log_values);
+                let message =
+                    crate::telemetry::redact::server_message(&code, &message, cfg.log_values);
                 debug!(code, message, "new answered a read with an error");
                 return Err(Fallback::Error);
             }
@@ -679,7 +685,7 @@ async fn align_settings(
             .await?;
         if let Some(f) = frames.iter().find(|f| f.tag == b'E') {
             let (code, message) = backend::error_fields(&f.body);
-            let message = crate::redact::server_message(&code, &message, show_values);
+            let message = crate::telemetry::redact::server_message(&code, &message, show_values);
             return Err(BackendError::Protocol(format!(
                 "new refused the session's settings: {code} {message}"
             )));
@@ -890,7 +896,7 @@ fn sample(
                 KeyRef::Param(n) => {
                     let text = job.request.param(*n).map(|raw| {
                         let ty = param_types.get(n.wrapping_sub(1)).copied().unwrap_or(0);
-                        crate::redact::param_text(&raw, job.request.param_binary(*n), ty)
+                        crate::telemetry::redact::param_text(&raw, job.request.param_binary(*n), ty)
                     });
                     redact(text.as_deref().map(str::as_bytes))
                 }

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use pgdual_config::Config;
 
+use crate::app::Proxy;
 use crate::cluster::{free_port, ClusterOptions, PgCluster};
-use crate::proxy::Proxy;
 
 pub struct DemoOptions {
     /// Where the proxy listens; default 127.0.0.1:6432, or a free port if that is taken.
@@ -191,7 +191,7 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(crate::signals::terminated());
+    rt.block_on(crate::cli::signals::terminated());
     println!("\nStopping ...");
     proxy.shutdown(drain);
     drop((legacy, new));
@@ -204,7 +204,7 @@ fn reads_on_new(admin: &str, url: &str, legacy: &PgCluster) -> anyhow::Result<()
     println!(
         "\nReads of public.users switched to new, live (pgdual flags set public.users read new):"
     );
-    crate::admin_client::set_read(admin, None, "public.users", "new", Some(100))?;
+    crate::cli::admin_client::set_read(admin, None, "public.users", "new", Some(100))?;
     let out = Command::new(legacy.bin_dir().join("psql"))
         .args(["-X", "-e", url])
         .args([
@@ -219,7 +219,7 @@ fn reads_on_new(admin: &str, url: &str, legacy: &PgCluster) -> anyhow::Result<()
         "the reads failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let (_, metrics) = crate::admin_client::request(admin, "GET", "/metrics", None, None)?;
+    let (_, metrics) = crate::cli::admin_client::request(admin, "GET", "/metrics", None, None)?;
     let count = |route: &str| {
         let name = format!("pgdual_reads_total{{table=\"public.users\",route=\"{route}\"}} ");
         metrics

@@ -1,0 +1,1 @@
+//! Where committed writes on mapped tables come from.
