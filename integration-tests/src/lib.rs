@@ -234,7 +234,8 @@ pub fn query(sql: &str) -> Vec<u8> {
 
 /// A field of an ErrorResponse body (`C` for SQLSTATE, `M` for the message).
 pub fn error_field(body: &[u8], field: u8) -> Option<String> {
-    pgdual::proto::codec::error_field(body, field).map(|v| String::from_utf8_lossy(v).into_owned())
+    pgdual::proto::backend::error_field(body, field)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
 /// `GET path` on the admin API; returns status code and body.
@@ -339,7 +340,7 @@ pub async fn assert_converges(
 /// Waits until pgdual's mirror has installed its capture triggers.
 pub async fn wait_mirror_ready(p: &Proxy) {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let ready = &p.shared().metrics.mirror.ready;
+    let ready = &p.metrics().mirror.ready;
     while ready.load(std::sync::atomic::Ordering::Relaxed) == 0 {
         assert!(
             std::time::Instant::now() < deadline,
@@ -351,8 +352,7 @@ pub async fn wait_mirror_ready(p: &Proxy) {
 
 /// Changes the mirror dead-lettered so far.
 pub fn dead_letters(p: &Proxy) -> u64 {
-    p.shared()
-        .metrics
+    p.metrics()
         .mirror
         .dead_letters_total
         .load(std::sync::atomic::Ordering::Relaxed)

@@ -1,10 +1,12 @@
-//! The raw wire-protocol client of `pgdual::net::backend` against real PostgreSQL servers.
+//! The raw wire-protocol client of `pgdual::net::conn` (and its pool) against real PostgreSQL servers.
 
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
-use pgdual::net::backend::{self, BackendConn, BackendError, Frame, Target};
+use pgdual::net::conn::{BackendConn, BackendError, Frame};
+use pgdual::net::pool::{self, Target};
 use pgdual::net::tls::TlsTarget;
+use pgdual::proto::{backend, frontend};
 use pgdual_integration_tests::{
     legacy, new_db, MD5_PASSWORD, MD5_USER, SCRAM_PASSWORD, SCRAM_USER,
 };
@@ -43,7 +45,7 @@ fn row_values(body: &[u8]) -> Vec<Option<Vec<u8>>> {
 }
 
 async fn simple(conn: &mut BackendConn, sql: &str) -> Vec<Frame> {
-    conn.round_trip(&backend::query_frame(sql), 1 << 20, T)
+    conn.round_trip(&frontend::query_frame(sql), 1 << 20, T)
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
@@ -190,10 +192,10 @@ async fn server_errors_are_frames_and_the_connection_stays_usable() {
     assert_eq!(tags(&simple(&mut c, "SELECT 1").await), "TDCZ");
 
     // An extended-protocol error skips to Sync.
-    let mut req = backend::parse_frame("", "SELEC 1", &[]);
-    req.extend_from_slice(&backend::bind_frame("", "", &[0, 0, 0, 0, 0, 0]));
-    req.extend_from_slice(&backend::execute_frame("", 0));
-    req.extend_from_slice(&backend::sync_frame());
+    let mut req = frontend::parse_frame("", "SELEC 1", &[]);
+    req.extend_from_slice(&frontend::bind_frame("", "", &[0, 0, 0, 0, 0, 0]));
+    req.extend_from_slice(&frontend::execute_frame("", 0));
+    req.extend_from_slice(&frontend::sync_frame());
     let frames = c.round_trip(&req, 1 << 20, T).await.unwrap();
     assert_eq!(tags(&frames), "EZ");
     assert_eq!(backend::error_fields(&frames[0].body).0, "42601");
@@ -212,11 +214,11 @@ async fn extended_query_with_binary_results() {
     rest.put_slice(b"41");
     rest.put_i16(1);
     rest.put_i16(1);
-    let mut req = backend::parse_frame("s1", "SELECT $1::int4 + 1 AS n", &[23]);
-    req.extend_from_slice(&backend::bind_frame("", "s1", &rest));
-    req.extend_from_slice(&backend::describe_frame(b'P', ""));
-    req.extend_from_slice(&backend::execute_frame("", 0));
-    req.extend_from_slice(&backend::sync_frame());
+    let mut req = frontend::parse_frame("s1", "SELECT $1::int4 + 1 AS n", &[23]);
+    req.extend_from_slice(&frontend::bind_frame("", "s1", &rest));
+    req.extend_from_slice(&frontend::describe_frame(b'P', ""));
+    req.extend_from_slice(&frontend::execute_frame("", 0));
+    req.extend_from_slice(&frontend::sync_frame());
     let frames = c.round_trip(&req, 1 << 20, T).await.unwrap();
     assert_eq!(tags(&frames), "12TDCZ");
     assert_eq!(
@@ -229,9 +231,9 @@ async fn extended_query_with_binary_results() {
     assert_eq!(&frames[4].body[..], b"SELECT 1\0");
 
     // The named statement is reusable with a re-targeted Bind.
-    let mut req = backend::bind_frame("p", "s1", &rest);
-    req.extend_from_slice(&backend::execute_frame("p", 0));
-    req.extend_from_slice(&backend::sync_frame());
+    let mut req = frontend::bind_frame("p", "s1", &rest);
+    req.extend_from_slice(&frontend::execute_frame("p", 0));
+    req.extend_from_slice(&frontend::sync_frame());
     assert_eq!(tags(&c.round_trip(&req, 1 << 20, T).await.unwrap()), "2DCZ");
 }
 
@@ -242,7 +244,7 @@ async fn too_large_answers_leave_the_connection_usable() {
         "SELECT repeat('x', 200000)",
         "SELECT g FROM generate_series(1, 20000) g",
     ] {
-        match c.round_trip(&backend::query_frame(sql), 10_000, T).await {
+        match c.round_trip(&frontend::query_frame(sql), 10_000, T).await {
             Err(BackendError::TooLarge(n)) => assert!(n > 10_000, "{n}"),
             other => panic!("{sql}: {other:?}"),
         }
@@ -277,7 +279,7 @@ async fn copy_from_stdin_is_refused_and_the_connection_stays_usable() {
 #[tokio::test]
 async fn bad_requests_are_refused_without_breaking_the_connection() {
     let mut c = conn_as(new_db().port, "postgres", None).await.unwrap();
-    let no_sync = backend::parse_frame("", "SELECT 1", &[]);
+    let no_sync = frontend::parse_frame("", "SELECT 1", &[]);
     assert!(matches!(
         c.round_trip(&no_sync, 1 << 20, T).await,
         Err(BackendError::Protocol(_))
@@ -291,7 +293,7 @@ async fn timeout_breaks_the_connection() {
     let mut c = conn_as(new_db().port, "postgres", None).await.unwrap();
     let r = c
         .round_trip(
-            &backend::query_frame("SELECT pg_sleep(3)"),
+            &frontend::query_frame("SELECT pg_sleep(3)"),
             1 << 20,
             Duration::from_millis(200),
         )
@@ -299,7 +301,7 @@ async fn timeout_breaks_the_connection() {
     assert!(matches!(r, Err(BackendError::Timeout)), "{r:?}");
     assert!(c.is_broken());
     assert!(c
-        .round_trip(&backend::query_frame("SELECT 1"), 1 << 20, T)
+        .round_trip(&frontend::query_frame("SELECT 1"), 1 << 20, T)
         .await
         .is_err());
 }
@@ -307,26 +309,26 @@ async fn timeout_breaks_the_connection() {
 #[tokio::test]
 async fn pool_reuses_idle_connections() {
     let target = target(new_db().port);
-    let mut c = backend::checkout(&target).await.unwrap();
+    let mut c = pool::checkout(&target).await.unwrap();
     let pid = backend_pid(&mut c).await;
-    backend::checkin(&target, c);
-    assert_eq!(backend::idle_count(&target), 1);
+    pool::checkin(&target, c);
+    assert_eq!(pool::idle_count(&target), 1);
 
-    let mut c = backend::checkout(&target).await.unwrap();
-    assert_eq!(backend::idle_count(&target), 0);
+    let mut c = pool::checkout(&target).await.unwrap();
+    assert_eq!(pool::idle_count(&target), 0);
     assert_eq!(backend_pid(&mut c).await, pid, "same backend after checkin");
 
     // A connection left in a transaction is not pooled.
     simple(&mut c, "BEGIN").await;
     assert_eq!(c.transaction_status(), b'T');
-    backend::checkin(&target, c);
-    assert_eq!(backend::idle_count(&target), 0);
-    let mut c = backend::checkout(&target).await.unwrap();
+    pool::checkin(&target, c);
+    assert_eq!(pool::idle_count(&target), 0);
+    let mut c = pool::checkout(&target).await.unwrap();
     assert_ne!(backend_pid(&mut c).await, pid);
 
     // One the server has closed meanwhile is not handed out again.
     let pid = backend_pid(&mut c).await;
-    backend::checkin(&target, c);
+    pool::checkin(&target, c);
     let mut killer = conn_as(new_db().port, "postgres", None).await.unwrap();
     simple(
         &mut killer,
@@ -334,16 +336,16 @@ async fn pool_reuses_idle_connections() {
     )
     .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut c = backend::checkout(&target).await.unwrap();
+    let mut c = pool::checkout(&target).await.unwrap();
     assert_ne!(backend_pid(&mut c).await, pid);
 
     // At most MAX_IDLE_PER_KEY idle connections per target.
     let mut all = vec![c];
-    for _ in 0..backend::MAX_IDLE_PER_KEY + 2 {
-        all.push(backend::checkout(&target).await.unwrap());
+    for _ in 0..pool::MAX_IDLE_PER_KEY + 2 {
+        all.push(pool::checkout(&target).await.unwrap());
     }
     for c in all {
-        backend::checkin(&target, c);
+        pool::checkin(&target, c);
     }
-    assert_eq!(backend::idle_count(&target), backend::MAX_IDLE_PER_KEY);
+    assert_eq!(pool::idle_count(&target), pool::MAX_IDLE_PER_KEY);
 }

@@ -40,8 +40,7 @@ async fn oversized_message_gets_54000_and_the_connection_closes() {
     let n: i32 = under.query_one(sql.as_str(), &[]).await.unwrap().get(0);
     assert_eq!(n, 60 * 1024);
     assert_eq!(
-        p.shared()
-            .metrics
+        p.metrics()
             .errors(pgdual::telemetry::metrics::ErrorSource::Client),
         1
     );

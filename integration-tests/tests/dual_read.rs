@@ -105,7 +105,7 @@ async fn extended(
 
 /// Reads of `t` counted on `route`; a table not read yet has no sample.
 fn reads(p: &Proxy, t: &str, route: &str) -> f64 {
-    let page = p.shared().reads.render();
+    let page = p.reads().render();
     let name = format!("pgdual_reads_total{{table=\"public.{t}\",route=\"{route}\"}}");
     if page.contains(&name) {
         metric(&page, &name)
@@ -115,8 +115,7 @@ fn reads(p: &Proxy, t: &str, route: &str) -> f64 {
 }
 
 fn fallbacks(p: &Proxy, t: &str) -> u64 {
-    p.shared()
-        .reads
+    p.reads()
         .all_tables()
         .iter()
         .filter(|(name, _)| name == &format!("public.{t}"))
@@ -128,10 +127,7 @@ fn fallbacks(p: &Proxy, t: &str) -> u64 {
 async fn ready(p: &Proxy) {
     wait_mirror_ready(p).await;
     let deadline = Instant::now() + Duration::from_secs(20);
-    while p.shared().rules.load().rules.tables()[0]
-        .legacy_columns
-        .is_empty()
-    {
+    while p.rules().load().rules.tables()[0].legacy_columns.is_empty() {
         assert!(Instant::now() < deadline, "legacy columns never learned");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -193,7 +189,7 @@ async fn new_mode_answers_exactly_what_legacy_would_in_both_protocols() {
         served,
         (SIMPLE_READS.len() + 20) as f64,
         "every read was answered by new; fallbacks: {}",
-        p.shared().reads.render()
+        p.reads().render()
     );
     assert_eq!(fallbacks(&p, t), 0);
     // One-shot statements (prepared, executed, closed by the driver): the close goes to
@@ -281,8 +277,7 @@ async fn new_mode_with_the_new_database_stopped_is_served_by_legacy() {
     let fell_back = fallbacks(&p, t);
     assert!(fell_back >= 2 * SIMPLE_READS.len() as u64, "{fell_back}");
     let unavailable = p
-        .shared()
-        .reads
+        .reads()
         .table(&format!("public.{t}"))
         .fallback(pgdual::reads::Fallback::Unavailable);
     assert_eq!(unavailable, fell_back);
@@ -299,7 +294,7 @@ async fn shadow_counts_and_samples_a_row_corrupted_in_new_while_clients_get_lega
     fill(t, port, new, 10).await;
     corrupt_row_2_in_new(t, new).await;
     let via = connect(port).await;
-    let table = p.shared().reads.table(&format!("public.{t}"));
+    let table = p.reads().table(&format!("public.{t}"));
     for id in 1..=5 {
         let rows = simple(
             &via,
@@ -363,7 +358,7 @@ async fn invalid_read_settings_are_rejected_with_reasons_and_the_old_rules_serve
     let (p, dir) = proxy_with_rules(&rules(t, "read = \"new\""), new);
     ready(&p).await;
     let admin = p.admin_addr().unwrap();
-    let version = p.shared().rules.load().version;
+    let version = p.rules().load().version;
     let path = format!("/tables/public.{t}/read");
     for (body, reason) in [
         (r#"{"mode": "sideways"}"#, "sideways"),
@@ -392,17 +387,13 @@ async fn invalid_read_settings_are_rejected_with_reasons_and_the_old_rules_serve
         rules(t, "read = \"new\"\nread_percent = 150"),
     )
     .unwrap();
-    let outcome = p.shared().rules.reload_file(p.shared()).await;
+    let outcome = p.rules().reload_file().await;
     let text = format!("{outcome:?}");
     assert!(
         text.contains("read_percent: 150 is not a percentage"),
         "{text}"
     );
-    assert_eq!(
-        p.shared().rules.load().version,
-        version,
-        "the old rules stay"
-    );
+    assert_eq!(p.rules().load().version, version, "the old rules stay");
     // Still serving reads from new.
     let port = p.local_addr().port();
     fill(t, port, new, 3).await;
@@ -560,10 +551,7 @@ async fn modes_flipped_under_load_cost_clients_nothing() {
     );
     assert!(reads(&p, t, "new") > 100.0, "new answered reads");
     assert!(reads(&p, t, "shadow") > 100.0, "reads were shadowed");
-    assert!(
-        p.shared().rules.load().version > 20,
-        "the flips took effect"
-    );
+    assert!(p.rules().load().version > 20, "the flips took effect");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -590,7 +578,7 @@ async fn with_log_values_a_sample_shows_a_binary_key_decoded() {
     // tokio-postgres sends the bigint parameter in binary: 8 bytes, not the text "2".
     let ext = format!("SELECT id, first_name, last_name, email FROM {t} WHERE id = $1");
     assert_eq!(extended(&via, &ext, 2).await.unwrap()[0].1, "First2");
-    let table = p.shared().reads.table(&format!("public.{t}"));
+    let table = p.reads().table(&format!("public.{t}"));
     let deadline = Instant::now() + Duration::from_secs(10);
     while table.shadow_mismatches.load(Relaxed) < 1 {
         assert!(Instant::now() < deadline, "the mismatch was never seen");

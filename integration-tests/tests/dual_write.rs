@@ -149,7 +149,7 @@ async fn every_kind_of_committed_write_lands_transformed_and_rollbacks_never_do(
     .unwrap();
     let rows = assert_converges(new_db(), &legacy_view(t), &new_view(t), 30).await;
     assert_eq!(rows.len(), 1);
-    let m = &p.shared().metrics.mirror;
+    let m = &p.metrics().mirror;
     let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     assert!(
         load(&m.batches_total) >= 2,
@@ -190,8 +190,7 @@ async fn a_change_new_refuses_is_dead_lettered_and_later_writes_still_flow() {
     assert_eq!(rows.len(), 2);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while p
-        .shared()
-        .metrics
+        .metrics()
         .mirror
         .dead_letters_total
         .load(std::sync::atomic::Ordering::Relaxed)
@@ -232,7 +231,7 @@ async fn rules_that_do_not_fit_the_catalogs_capture_nothing_and_clients_carry_on
     .expect("clients are unaffected by a bad rule");
     // Give the mirror several attempts; it must keep refusing.
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let m = &p.shared().metrics.mirror;
+    let m = &p.metrics().mirror;
     assert_eq!(m.ready.load(std::sync::atomic::Ordering::Relaxed), 0);
     assert!(m.retries_total.load(std::sync::atomic::Ordering::Relaxed) > 0);
     let triggers = text_rows(

@@ -132,7 +132,7 @@ async fn extended(c: &Client, sql: &str, id: i64) -> Answer {
 
 /// The value of `name{table="public.<table>",<label>}`, 0 before the table's first read.
 fn counter(p: &Proxy, name: &str, table: &str, label: &str) -> f64 {
-    let page = p.shared().reads.render();
+    let page = p.reads().render();
     let key = format!("{name}{{table=\"public.{table}\",{label}}}");
     if page.contains(&key) {
         metric(&page, &key)
@@ -173,11 +173,11 @@ async fn set_mode(p: &Proxy, t: &str, mode: &str, roles: &[String]) {
     if mode == "legacy" {
         return;
     }
-    let version = p.shared().rules.load().version;
+    let version = p.rules().load().version;
     for role in roles {
         let c = connect_as(p.local_addr().port(), role, None).await.unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !p.shared().privileges.knows(role, version) {
+        while !p.privileges().knows(role, version) {
             assert!(
                 Instant::now() < deadline,
                 "{role}'s privileges never cached"
@@ -315,7 +315,7 @@ async fn privilege_matrix_matches_legacy_in_every_read_mode() {
             assert!(
                 on_new(&p, t) > before,
                 "{mode}: permitted reads still reach new:\n{}",
-                p.shared().reads.render()
+                p.reads().render()
             );
         }
     }

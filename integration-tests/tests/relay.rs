@@ -47,12 +47,7 @@ async fn simple_and_extended_queries_with_binary_parameters() {
         let r = c.query_one(&stmt, &[&i]).await.unwrap();
         assert_eq!(r.get::<_, i32>(0), i * 2);
     }
-    assert!(
-        p.shared()
-            .metrics
-            .statements(pgdual_rules::StatementKind::Read)
-            >= 52
-    );
+    assert!(p.metrics().statements(pgdual_rules::StatementKind::Read) >= 52);
 }
 
 #[tokio::test]
@@ -139,8 +134,7 @@ async fn cancel_reaches_the_right_query_on_legacy() {
     );
     assert!(started.elapsed() < Duration::from_secs(20));
     assert_eq!(
-        p.shared()
-            .metrics
+        p.metrics()
             .cancel_requests_total
             .load(std::sync::atomic::Ordering::Relaxed),
         1

@@ -45,7 +45,7 @@ async fn triggers(table: &str) -> String {
 /// Waits until the mirror has installed the triggers of rules `version`.
 async fn mirror_at(p: &pgdual::Proxy, version: i64) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    let v = &p.shared().metrics.mirror.rules_version;
+    let v = &p.metrics().mirror.rules_version;
     while v.load(std::sync::atomic::Ordering::Relaxed) != version {
         assert!(
             Instant::now() < deadline,
@@ -140,7 +140,7 @@ async fn editing_the_file_reloads_it_and_a_bad_edit_is_rejected() {
     std::fs::write(&path, "this is not toml [").unwrap();
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(
-        p.shared().rules.load().version,
+        p.rules().load().version,
         1,
         "a bad edit leaves the rules in force"
     );

@@ -336,7 +336,9 @@ async fn own_connections_use_verify_full_tls_to_servers_that_refuse_plaintext() 
     config.mirror.dead_letter_file = s.dir.path().join("dead.jsonl");
 
     // Catalog checks (what `pgdual rules check` and rules reloads run), over TLS to both.
-    let (legacy, new) = pgdual::control::catalog::connect_both(&config)
+    let (legacy, new) = pgdual::net::endpoint::Endpoints::from_config(&config)
+        .unwrap()
+        .clients()
         .await
         .unwrap();
     let new = new.expect("new configured");
@@ -374,10 +376,7 @@ async fn own_connections_use_verify_full_tls_to_servers_that_refuse_plaintext() 
 
     // A read in `new` mode is answered by new, over TLS, exactly as legacy answers it.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while p.shared().rules.load().rules.tables()[0]
-        .legacy_columns
-        .is_empty()
-    {
+    while p.rules().load().rules.tables()[0].legacy_columns.is_empty() {
         assert!(Instant::now() < deadline, "legacy columns never learned");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -388,7 +387,7 @@ async fn own_connections_use_verify_full_tls_to_servers_that_refuse_plaintext() 
         (row.get::<_, i64>(0), row.get::<_, String>(1)),
         (3, "renamed".to_string())
     );
-    let page = p.shared().reads.render();
+    let page = p.reads().render();
     assert_eq!(
         metric(
             &page,
@@ -419,14 +418,19 @@ async fn own_connections_with_a_wrong_ca_or_without_tls_fail_naming_the_server()
     );
     // A CA that did not sign the certificates: catalog connections fail, naming the server.
     let wrong = s.config(&s.other_ca);
-    let err = pgdual::control::catalog::connect_legacy(&wrong)
+    let err = pgdual::net::endpoint::Endpoints::from_config(&wrong)
+        .unwrap()
+        .legacy
+        .client()
         .await
         .unwrap_err();
     assert!(err.contains(&legacy_addr), "{err}");
     assert!(err.contains("TLS") && err.contains("certificate"), "{err}");
     let mut only_new = s.config(&s.ca);
     only_new.new = wrong.new.clone();
-    let err = pgdual::control::catalog::connect_both(&only_new)
+    let err = pgdual::net::endpoint::Endpoints::from_config(&only_new)
+        .unwrap()
+        .clients()
         .await
         .unwrap_err();
     assert!(err.contains(&new_addr), "{err}");
@@ -439,7 +443,7 @@ async fn own_connections_with_a_wrong_ca_or_without_tls_fail_naming_the_server()
         server_name: "127.0.0.1".into(),
     };
     let connect_new = |tls: TlsTarget| async move {
-        pgdual::net::backend::BackendConn::connect(
+        pgdual::net::conn::BackendConn::connect(
             "127.0.0.1",
             s.new.port,
             OWN_USER,
@@ -476,7 +480,9 @@ async fn own_connections_with_a_wrong_ca_or_without_tls_fail_naming_the_server()
     let mut plain = s.config(&s.ca);
     plain.new.tls = TlsMode::Disable;
     plain.new.tls_ca_file = None;
-    let err = pgdual::control::catalog::connect_both(&plain)
+    let err = pgdual::net::endpoint::Endpoints::from_config(&plain)
+        .unwrap()
+        .clients()
         .await
         .unwrap_err();
     assert!(

@@ -51,7 +51,7 @@ async fn create(tables: &[&str], new: &PgCluster) {
 
 fn read_mode(p: &pgdual::Proxy, t: &str) -> ReadMode {
     let table = pgdual_rules::ruleset::parse_table_name(&format!("public.{t}")).unwrap();
-    p.shared().rules.load().rules.table(&table).unwrap().read
+    p.rules().load().rules.table(&table).unwrap().read
 }
 
 /// Each table's rows through pgdual, as legacy has them.
@@ -128,7 +128,7 @@ async fn reads_go_back_to_legacy_with_new_stopped_by_api_cli_and_file() {
     reads_work(port, &tables).await;
 
     // Towards new while new is down: refused, saying why, and the rules stay.
-    let version = p.shared().rules.load().version;
+    let version = p.rules().load().version;
     let (status, body) = tokio::task::spawn_blocking(move || {
         http_put(admin, "/tables/public.wb_api/read", r#"{"mode": "new"}"#)
     })
@@ -139,7 +139,7 @@ async fn reads_go_back_to_legacy_with_new_stopped_by_api_cli_and_file() {
         body.contains("cannot connect to new") && body.contains("public.wb_api"),
         "{body}"
     );
-    assert_eq!(p.shared().rules.load().version, version);
+    assert_eq!(p.rules().load().version, version);
     assert_eq!(read_mode(&p, "wb_api"), ReadMode::Legacy);
     let addr = admin.to_string();
     let err = tokio::task::spawn_blocking(move || {

@@ -17,9 +17,27 @@ use axum::Router;
 use tokio::sync::watch;
 use tracing::error;
 
-use crate::app::Shared;
+use pgdual_rules::AnalysisCache;
 
-pub fn router(shared: Arc<Shared>) -> Router {
+use crate::control::rules_store::RulesStore;
+use crate::net::legacy::LegacyTarget;
+use crate::reads::Reads;
+use crate::telemetry::metrics::Metrics;
+
+/// What the API reads and changes.
+pub struct Admin {
+    /// Bearer token every endpoint but `/healthz` requires (`admin.token`).
+    pub token: Option<String>,
+    /// Bounds `/readyz`'s connection attempt (`limits.connect_timeout_ms`, at most 2 s).
+    pub connect_timeout: Duration,
+    pub legacy: LegacyTarget,
+    pub rules: Arc<RulesStore>,
+    pub reads: Arc<Reads>,
+    pub metrics: Arc<Metrics>,
+    pub cache: Arc<AnalysisCache>,
+}
+
+pub fn router(admin: Arc<Admin>) -> Router {
     let protected = Router::new()
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -28,18 +46,15 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/tables/{table}/read", axum::routing::put(put_table_read))
         .route("/reads/mismatches", get(mismatches))
         .route("/status", get(status))
-        .route_layer(middleware::from_fn_with_state(
-            shared.clone(),
-            require_token,
-        ));
+        .route_layer(middleware::from_fn_with_state(admin.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .merge(protected)
-        .with_state(shared)
+        .with_state(admin)
 }
 
-async fn require_token(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
-    if let Some(token) = &shared.config.admin.token {
+async fn require_token(State(admin): State<Arc<Admin>>, req: Request, next: Next) -> Response {
+    if let Some(token) = &admin.token {
         let given = req
             .headers()
             .get(header::AUTHORIZATION)
@@ -61,9 +76,9 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
-    let timeout = Duration::from_millis(shared.config.limits.connect_timeout_ms.min(2000));
-    match shared.legacy.reachable(timeout).await {
+async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
+    let timeout = admin.connect_timeout.min(Duration::from_secs(2));
+    match admin.legacy.reachable(timeout).await {
         Ok(()) => (StatusCode::OK, "ready\n").into_response(),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")).into_response(),
     }
@@ -89,11 +104,11 @@ fn tables_json(rules: &pgdual_rules::RuleSet) -> Vec<serde_json::Value> {
 }
 
 /// The rules in force: version, text, and each table's modes.
-async fn get_rules(State(shared): State<Arc<Shared>>) -> Response {
-    let snap = shared.rules.load();
+async fn get_rules(State(admin): State<Arc<Admin>>) -> Response {
+    let snap = admin.rules.load();
     Json(serde_json::json!({
         "version": snap.version,
-        "file": shared.rules.path().map(|p| p.display().to_string()),
+        "file": admin.rules.path().map(|p| p.display().to_string()),
         "tables": tables_json(&snap.rules),
         "text": snap.text,
     }))
@@ -102,16 +117,16 @@ async fn get_rules(State(shared): State<Arc<Shared>>) -> Response {
 
 /// Replaces the whole rule set with the TOML body: validated whole (and against both
 /// catalogs) before one swap, written back to the rules file; 422 with every reason if not.
-async fn put_rules(State(shared): State<Arc<Shared>>, body: String) -> Response {
+async fn put_rules(State(admin): State<Arc<Admin>>, body: String) -> Response {
     use crate::control::rules_store::ReloadOutcome;
-    if shared.rules.path().is_none() {
+    if admin.rules.path().is_none() {
         let outcome = ReloadOutcome::Rejected {
-            version: shared.rules.load().version,
+            version: admin.rules.load().version,
             reasons: vec!["no rules_file is configured; start pgdual with one".into()],
         };
         return (StatusCode::CONFLICT, Json(outcome)).into_response();
     }
-    reload_answer(shared.rules.apply(&shared, body, true).await)
+    reload_answer(admin.rules.apply(body, true).await)
 }
 
 /// 200 with the outcome, or 422 with every reason when the rules were rejected.
@@ -149,17 +164,17 @@ struct ModeBody {
 /// Sets one table's write mode (`{"mode": "on"}` or `"off"`): the rules text is edited in
 /// place and goes through the same whole validation, swap and write-back as `PUT /rules`.
 async fn put_table_write(
-    State(shared): State<Arc<Shared>>,
+    State(admin): State<Arc<Admin>>,
     Path(table): Path<String>,
     body: String,
 ) -> Response {
-    let snap = shared.rules.load();
+    let snap = admin.rules.load();
     let reject = |status, reason| rejected(status, snap.version, reason);
     let body: ModeBody = match parse_body(&body, r#"{"mode": "on|off"}"#) {
         Ok(b) => b,
         Err(reason) => return reject(StatusCode::UNPROCESSABLE_ENTITY, reason),
     };
-    edit_rules(&shared, snap.version, |text| {
+    edit_rules(&admin, snap.version, |text| {
         pgdual_rules::ruleset::set_write_mode(text, &table, body.mode)
     })
     .await
@@ -168,11 +183,11 @@ async fn put_table_write(
 /// Applies `edit` to the rules in force (whole validation, swap, write-back); 404 when the
 /// edit itself fails (no rule for the table).
 async fn edit_rules(
-    shared: &Shared,
+    admin: &Admin,
     version: u64,
     edit: impl FnOnce(&str) -> Result<String, String>,
 ) -> Response {
-    match shared.rules.edit(shared, edit).await {
+    match admin.rules.edit(edit).await {
         Ok(outcome) => reload_answer(outcome),
         Err(reason) => rejected(StatusCode::NOT_FOUND, version, reason),
     }
@@ -189,11 +204,11 @@ struct ReadBody {
 /// Sets one table's read mode and ramp (`{"mode": "shadow", "percent": 10}`), through the
 /// same whole validation, swap and write-back as `PUT /rules`.
 async fn put_table_read(
-    State(shared): State<Arc<Shared>>,
+    State(admin): State<Arc<Admin>>,
     Path(table): Path<String>,
     body: String,
 ) -> Response {
-    let snap = shared.rules.load();
+    let snap = admin.rules.load();
     let reject = |status, reason| rejected(status, snap.version, reason);
     let body: ReadBody =
         match parse_body(&body, r#"{"mode": "legacy|shadow|new", "percent": 0-100}"#) {
@@ -209,23 +224,23 @@ async fn put_table_read(
             ),
         );
     }
-    edit_rules(&shared, snap.version, |text| {
+    edit_rules(&admin, snap.version, |text| {
         pgdual_rules::ruleset::set_read_mode(text, &table, body.mode, body.percent)
     })
     .await
 }
 
 /// The latest shadow comparisons that differed, oldest first.
-async fn mismatches(State(shared): State<Arc<Shared>>) -> Response {
-    Json(serde_json::json!({ "samples": shared.reads.samples() })).into_response()
+async fn mismatches(State(admin): State<Arc<Admin>>) -> Response {
+    Json(serde_json::json!({ "samples": admin.reads.samples() })).into_response()
 }
 
 /// Read counters per legacy table.
-fn reads_json(shared: &Shared) -> serde_json::Value {
+fn reads_json(reads: &Reads) -> serde_json::Value {
     use crate::reads::Fallback;
     use std::sync::atomic::Ordering::Relaxed;
     let mut out = serde_json::Map::new();
-    for (table, r) in shared.reads.all_tables() {
+    for (table, r) in reads.all_tables() {
         let fallbacks: serde_json::Map<String, serde_json::Value> = Fallback::ALL
             .iter()
             .map(|f| (f.as_str().to_string(), r.fallback(*f).into()))
@@ -258,15 +273,15 @@ fn reads_json(shared: &Shared) -> serde_json::Value {
 }
 
 /// Rules version, per-table modes, and the mirror's state, in one JSON document.
-async fn status(State(shared): State<Arc<Shared>>) -> Response {
+async fn status(State(admin): State<Arc<Admin>>) -> Response {
     use std::sync::atomic::Ordering::Relaxed;
-    let snap = shared.rules.load();
-    let m = &shared.metrics.mirror;
+    let snap = admin.rules.load();
+    let m = &admin.metrics.mirror;
     Json(serde_json::json!({
         "rules_version": snap.version,
         "tables": tables_json(&snap.rules),
-        "client_connections": shared.metrics.client_connections.load(Relaxed),
-        "reads": reads_json(&shared),
+        "client_connections": admin.metrics.client_connections.load(Relaxed),
+        "reads": reads_json(&admin.reads),
         "mirror": {
             "ready": m.ready.load(Relaxed) == 1,
             "rules_version": m.rules_version.load(Relaxed),
@@ -280,16 +295,16 @@ async fn status(State(shared): State<Arc<Shared>>) -> Response {
     .into_response()
 }
 
-async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+async fn metrics(State(admin): State<Arc<Admin>>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        shared.metrics.render(&shared.cache) + &shared.reads.render(),
+        admin.metrics.render(&admin.cache) + &admin.reads.render(),
     )
         .into_response()
 }
 
 /// Serves the admin API on `listener` until `stop` is set.
-pub fn run(listener: std::net::TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+pub fn run(listener: std::net::TcpListener, admin: Arc<Admin>, mut stop: watch::Receiver<bool>) {
     let Some(rt) = crate::runtime::current_thread("admin") else {
         return;
     };
@@ -301,7 +316,7 @@ pub fn run(listener: std::net::TcpListener, shared: Arc<Shared>, mut stop: watch
                 return;
             }
         };
-        let serve = axum::serve(listener, router(shared)).with_graceful_shutdown(async move {
+        let serve = axum::serve(listener, router(admin)).with_graceful_shutdown(async move {
             let _ = stop.wait_for(|s| *s).await;
         });
         if let Err(e) = serve.await {

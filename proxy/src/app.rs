@@ -1,52 +1,38 @@
-//! The running proxy: worker threads accepting clients, the admin server, and shutdown.
+//! The running proxy: builds each part with only the handles it uses, starts the worker
+//! threads that accept clients, the admin server and the background jobs (mirror, privilege
+//! look-ups, rules watcher), and shuts them down.
 //!
 //! Each worker is a thread with its own single-threaded tokio runtime; all workers accept
 //! from the same listening socket, so a session lives on one thread from accept to close and
-//! its two relay directions never cross threads. Shared state is only what must be: config,
-//! metrics, the analysis cache and the cancel keys.
+//! its two relay directions never cross threads.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use pgdual_config::Config;
 use pgdual_rules::{AnalysisCache, RuleSet};
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tracing::{error, info, warn};
 
+use crate::admin::Admin;
+use crate::capture::CommitSignal;
+use crate::control::privileges::{LookUps, Privileges};
 use crate::control::rules_store::RulesStore;
-use crate::net::legacy::LegacyTarget;
+use crate::mirror::{Mirror, Watermark};
+use crate::net::endpoint::Endpoints;
+use crate::reads::Reads;
 use crate::session::cancel::CancelKeys;
+use crate::session::{Context, Gate};
 use crate::telemetry::metrics::Metrics;
 
 /// Distinct SQL texts whose analysis is kept.
 const ANALYSIS_CACHE_CAPACITY: usize = 10_000;
-
-/// State every session and the admin server share.
-pub struct Shared {
-    pub config: Config,
-    pub metrics: Metrics,
-    pub cache: AnalysisCache,
-    pub cancel: CancelKeys,
-    pub legacy: LegacyTarget,
-    pub tls: Option<tokio_rustls::TlsAcceptor>,
-    /// Client sessions holding a connection slot.
-    pub active: AtomicUsize,
-    pub next_session_id: AtomicU64,
-    /// Set when the drain timeout ran out: sessions still open are closed.
-    pub force_close: watch::Sender<bool>,
-    /// The rules in force (empty without a rules file), swapped whole on reload.
-    pub rules: crate::control::rules_store::RulesStore,
-    /// Sessions signal here when a transaction that wrote has ended, so the mirror looks at
-    /// the backlog at once instead of at its next poll.
-    pub mirror_nudge: Notify,
-    /// Read routing: plans, legacy's statement descriptions, counters, mismatch samples.
-    pub reads: crate::reads::Reads,
-    /// What each client role may read on legacy, for read routing.
-    pub privileges: crate::control::privileges::Privileges,
-}
+/// Statement analysis is bounded to trees that fit in a sixteenth of this (see
+/// `pgdual_rules::bounds`); the rest is headroom for the relay's own frames.
+const WORKER_STACK_BYTES: usize = 8 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -74,122 +60,100 @@ pub enum StartError {
 /// A started proxy. Dropping it stops accepting and closes every session at once;
 /// [`Proxy::shutdown`] drains first.
 pub struct Proxy {
-    shared: Arc<Shared>,
     addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
+    gate: Arc<Gate>,
+    metrics: Arc<Metrics>,
+    rules: Arc<RulesStore>,
+    reads: Arc<Reads>,
+    privileges: Arc<Privileges>,
     stop_accepting: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
     /// Watches the rules file while the proxy runs.
     _watcher: Option<notify::RecommendedWatcher>,
 }
 
+/// The listening sockets, bound before anything starts.
+struct Listeners {
+    clients: std::net::TcpListener,
+    admin: Option<std::net::TcpListener>,
+}
+
 impl Proxy {
-    /// Validates `config`, binds the listeners and starts the workers and admin server.
+    /// Validates `config`, binds the listeners and starts the workers, the admin server and,
+    /// with a rules file, the mirror, the privilege look-ups and the rules watcher.
     pub fn start(mut config: Config) -> Result<Proxy, StartError> {
         config.validate("configuration")?;
         // Read once here: reads on new open connections on the client's path.
         for warning in config.read_password_files("configuration")? {
-            tracing::warn!(%warning, "password file");
+            warn!(%warning, "password file");
         }
-        if !config.new.host.is_empty() {
-            // A bad CA file for new is a startup error, as one for legacy is.
-            crate::net::tls::TlsTarget::new_db(&config.new).client_config()?;
-        }
+        // A bad CA file for legacy or new is a startup error.
+        let endpoints = Endpoints::from_config(&config)?;
         let tls = match (&config.tls.cert_file, &config.tls.key_file) {
             (Some(cert), Some(key)) => Some(tokio_rustls::TlsAcceptor::from(
                 crate::net::tls::server_config(cert, key)?,
             )),
             _ => None,
         };
-        let bind = |field: &'static str, addr: &str| {
-            std::net::TcpListener::bind(addr)
-                .and_then(|l| l.set_nonblocking(true).map(|()| l))
-                .map_err(|source| StartError::Bind {
-                    field,
-                    addr: addr.to_string(),
-                    source,
-                })
-        };
-        let rules = match &config.rules_file {
-            None => RulesStore::new(None, RuleSet::default(), String::new()),
-            Some(path) => {
-                let text =
-                    std::fs::read_to_string(path).map_err(|source| StartError::RulesFile {
-                        path: path.display().to_string(),
-                        source,
-                    })?;
-                let set = pgdual_rules::parse_rules(&text, &path.display().to_string())?;
-                RulesStore::new(Some(path.clone()), set, text)
-            }
-        };
-        let listener = bind("listen", &config.listen)?;
-        let admin = match config.admin.listen.as_str() {
-            "" => None,
-            addr => Some(bind("admin.listen", addr)?),
-        };
-        let shared = Arc::new(Shared {
-            legacy: LegacyTarget::new(&config.legacy)?,
-            metrics: Metrics::default(),
-            cache: AnalysisCache::new(ANALYSIS_CACHE_CAPACITY),
-            cancel: CancelKeys::default(),
-            tls,
-            active: AtomicUsize::new(0),
-            next_session_id: AtomicU64::new(1),
-            force_close: watch::channel(false).0,
-            rules,
-            mirror_nudge: Notify::new(),
-            reads: crate::reads::Reads::new(config.reads.shadow_concurrency),
-            privileges: Default::default(),
-            config,
-        });
-        let addr = listener.local_addr().map_err(StartError::Runtime)?;
-        let (stop_accepting, stop_rx) = watch::channel(false);
-        let workers = match shared.config.workers {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        };
-        let mut threads = Vec::new();
-        // Statement analysis is bounded to trees that fit in a sixteenth of this (see
-        // `pgdual_rules::bounds`); the rest is headroom for the relay's own frames.
-        const WORKER_STACK_BYTES: usize = 8 << 20;
-        for i in 0..workers {
-            let listener = listener.try_clone().map_err(StartError::Runtime)?;
-            let (shared, stop) = (shared.clone(), stop_rx.clone());
-            let t = std::thread::Builder::new()
-                .name(format!("pgdual-worker-{i}"))
-                .stack_size(WORKER_STACK_BYTES)
-                .spawn(move || worker(listener, shared, stop))
-                .map_err(StartError::Runtime)?;
-            threads.push(t);
-        }
-        let admin_addr = match admin {
+        let rules = Arc::new(rules_store(&config, endpoints.clone())?);
+        let listeners = bind(&config)?;
+        let ctx = Arc::new(session_context(&config, &endpoints, rules.clone(), tls));
+        let (metrics, reads, legacy) = (&ctx.metrics, &ctx.reads, &ctx.legacy);
+        let addr = listeners
+            .clients
+            .local_addr()
+            .map_err(StartError::Runtime)?;
+        let (stop_accepting, stop) = watch::channel(false);
+        let mut threads = start_workers(&config, &listeners, &ctx, &stop)?;
+        let workers = threads.len();
+        let admin_addr = match listeners.admin {
             None => None,
             Some(l) => {
-                let a = l.local_addr().map_err(StartError::Runtime)?;
-                let (shared, stop) = (shared.clone(), stop_rx.clone());
-                let t = std::thread::Builder::new()
-                    .name("pgdual-admin".into())
-                    .spawn(move || crate::admin::run(l, shared, stop))
-                    .map_err(StartError::Runtime)?;
-                threads.push(t);
-                Some(a)
+                let admin = Admin {
+                    token: config.admin.token.clone(),
+                    connect_timeout: Duration::from_millis(config.limits.connect_timeout_ms),
+                    legacy: legacy.clone(),
+                    rules: rules.clone(),
+                    reads: reads.clone(),
+                    metrics: metrics.clone(),
+                    cache: ctx.cache.clone(),
+                };
+                Some(start_admin(l, admin, &stop, &mut threads)?)
             }
         };
-        let mut watcher = None;
-        if shared.config.rules_file.is_some() {
-            let mirror = crate::mirror::start(shared.clone(), stop_rx.clone())
-                .map_err(StartError::Runtime)?;
-            threads.push(mirror);
-            let privileges = crate::control::privileges::start(shared.clone(), stop_rx.clone())
-                .map_err(StartError::Runtime)?;
-            threads.push(privileges);
-            watcher = crate::control::rules_store::watch(shared.clone());
-        }
-        info!(%addr, legacy = %shared.legacy, workers, admin = ?admin_addr, "pgdual listening");
+        let watcher = match ctx.commits.clone() {
+            None => None,
+            Some(commits) => {
+                let mirror = Mirror {
+                    settings: config.mirror.clone(),
+                    log_values: config.reads.log_values,
+                    endpoints: endpoints.clone(),
+                    rules: rules.clone(),
+                    metrics: metrics.mirror.clone(),
+                    watermark: ctx.watermark.clone(),
+                    commits,
+                };
+                let look_ups = LookUps {
+                    privileges: ctx.privileges.clone(),
+                    rules: rules.clone(),
+                    legacy: endpoints.legacy.clone(),
+                    log_values: config.reads.log_values,
+                };
+                threads.push(mirror.start(stop.clone()).map_err(StartError::Runtime)?);
+                threads.push(look_ups.start(stop.clone()).map_err(StartError::Runtime)?);
+                crate::control::rules_store::watch(rules.clone())
+            }
+        };
+        info!(%addr, legacy = %legacy, workers, admin = ?admin_addr, "pgdual listening");
         Ok(Proxy {
-            shared,
             addr,
             admin_addr,
+            gate: ctx.gate.clone(),
+            metrics: metrics.clone(),
+            rules,
+            reads: reads.clone(),
+            privileges: ctx.privileges.clone(),
             stop_accepting,
             threads,
             _watcher: watcher,
@@ -206,15 +170,30 @@ impl Proxy {
         self.admin_addr
     }
 
-    pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The rules in force, and reloads.
+    pub fn rules(&self) -> &Arc<RulesStore> {
+        &self.rules
+    }
+
+    /// The read router's counters and samples.
+    pub fn reads(&self) -> &Arc<Reads> {
+        &self.reads
+    }
+
+    /// What each client role may read on legacy, as read routing knows it.
+    pub fn privileges(&self) -> &Arc<Privileges> {
+        &self.privileges
     }
 
     /// Stops accepting, lets open sessions finish for up to `drain`, then closes the rest
     /// with SQLSTATE 57P01 and waits for the threads.
     pub fn shutdown(mut self, drain: Duration) {
         let _ = self.stop_accepting.send(true);
-        let open = self.shared.active.load(Relaxed);
+        let open = self.gate.active.load(Relaxed);
         if open > 0 {
             info!(
                 sessions = open,
@@ -223,14 +202,14 @@ impl Proxy {
             );
         }
         let until = Instant::now() + drain;
-        while self.shared.active.load(Relaxed) > 0 && Instant::now() < until {
+        while self.gate.active.load(Relaxed) > 0 && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(20));
         }
-        let left = self.shared.active.load(Relaxed);
+        let left = self.gate.active.load(Relaxed);
         if left > 0 {
             warn!(sessions = left, "drain timeout reached; closing sessions");
         }
-        let _ = self.shared.force_close.send(true);
+        let _ = self.gate.force_close.send(true);
         for t in self.threads.drain(..) {
             if t.join().is_err() {
                 error!("a worker thread panicked");
@@ -238,6 +217,110 @@ impl Proxy {
         }
         info!("pgdual stopped");
     }
+}
+
+/// What every session works with.
+fn session_context(
+    config: &Config,
+    endpoints: &Endpoints,
+    rules: Arc<RulesStore>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> Context {
+    let connect_timeout = Duration::from_millis(config.limits.connect_timeout_ms);
+    Context {
+        limits: config.limits.clone(),
+        rules_database: config.legacy.dbname.clone(),
+        shadow_capture_bytes: config.reads.max_result_bytes,
+        legacy: endpoints.legacy.relay_target(),
+        tls,
+        gate: Arc::default(),
+        cancel: Arc::new(CancelKeys::default()),
+        metrics: Arc::new(Metrics::default()),
+        cache: Arc::new(AnalysisCache::new(ANALYSIS_CACHE_CAPACITY)),
+        rules,
+        reads: Arc::new(Reads::new(config.reads.clone(), connect_timeout, endpoints)),
+        privileges: Arc::new(Privileges::default()),
+        watermark: Arc::new(Watermark::default()),
+        // Sessions ring it only when a mirror runs to hear it.
+        commits: config.rules_file.is_some().then(CommitSignal::default),
+    }
+}
+
+/// Starts the admin server's thread; returns its address.
+fn start_admin(
+    listener: std::net::TcpListener,
+    admin: Admin,
+    stop: &watch::Receiver<bool>,
+    threads: &mut Vec<JoinHandle<()>>,
+) -> Result<SocketAddr, StartError> {
+    let addr = listener.local_addr().map_err(StartError::Runtime)?;
+    let (admin, stop) = (Arc::new(admin), stop.clone());
+    let t = std::thread::Builder::new()
+        .name("pgdual-admin".into())
+        .spawn(move || crate::admin::run(listener, admin, stop))
+        .map_err(StartError::Runtime)?;
+    threads.push(t);
+    Ok(addr)
+}
+
+/// The rules store, starting from the rules file (or no rules without one).
+fn rules_store(config: &Config, endpoints: Endpoints) -> Result<RulesStore, StartError> {
+    let Some(path) = &config.rules_file else {
+        return Ok(RulesStore::new(
+            None,
+            RuleSet::default(),
+            String::new(),
+            endpoints,
+        ));
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| StartError::RulesFile {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let set = pgdual_rules::parse_rules(&text, &path.display().to_string())?;
+    Ok(RulesStore::new(Some(path.clone()), set, text, endpoints))
+}
+
+fn bind(config: &Config) -> Result<Listeners, StartError> {
+    let bind = |field: &'static str, addr: &str| {
+        std::net::TcpListener::bind(addr)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .map_err(|source| StartError::Bind {
+                field,
+                addr: addr.to_string(),
+                source,
+            })
+    };
+    Ok(Listeners {
+        clients: bind("listen", &config.listen)?,
+        admin: match config.admin.listen.as_str() {
+            "" => None,
+            addr => Some(bind("admin.listen", addr)?),
+        },
+    })
+}
+
+fn start_workers(
+    config: &Config,
+    listeners: &Listeners,
+    ctx: &Arc<Context>,
+    stop: &watch::Receiver<bool>,
+) -> Result<Vec<JoinHandle<()>>, StartError> {
+    let workers = match config.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    (0..workers)
+        .map(|i| {
+            let listener = listeners.clients.try_clone().map_err(StartError::Runtime)?;
+            let (ctx, stop) = (ctx.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name(format!("pgdual-worker-{i}"))
+                .stack_size(WORKER_STACK_BYTES)
+                .spawn(move || worker(listener, ctx, stop))
+                .map_err(StartError::Runtime)
+        })
+        .collect()
 }
 
 impl std::fmt::Debug for Proxy {
@@ -252,11 +335,11 @@ impl std::fmt::Debug for Proxy {
 impl Drop for Proxy {
     fn drop(&mut self) {
         let _ = self.stop_accepting.send(true);
-        let _ = self.shared.force_close.send(true);
+        let _ = self.gate.force_close.send(true);
     }
 }
 
-fn worker(listener: std::net::TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+fn worker(listener: std::net::TcpListener, ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
     let Some(rt) = crate::runtime::current_thread("worker") else {
         return;
     };
@@ -273,7 +356,7 @@ fn worker(listener: std::net::TcpListener, shared: Arc<Shared>, mut stop: watch:
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
-                        tokio::task::spawn_local(crate::session::accept::serve(tcp, peer, shared.clone()));
+                        tokio::task::spawn_local(crate::session::accept::serve(tcp, peer, ctx.clone()));
                     }
                     Err(e) => {
                         // Out of file descriptors and the like: back off, keep serving.

@@ -24,4 +24,4 @@ pub mod runtime;
 pub mod session;
 pub mod telemetry;
 
-pub use app::{Proxy, Shared, StartError};
+pub use app::{Proxy, StartError};

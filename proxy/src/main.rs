@@ -234,7 +234,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let shared = proxy.shared().clone();
+        let rules = proxy.rules().clone();
         let reload = async move {
             let Ok(mut hup) =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -243,7 +243,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             };
             while hup.recv().await.is_some() {
                 tracing::info!("SIGHUP: reloading the rules file");
-                shared.rules.reload_file(&shared).await;
+                rules.reload_file().await;
             }
         };
         tokio::select! {
@@ -289,7 +289,8 @@ fn rules_check(file: &PathBuf, config: Option<&PathBuf>, offline: bool) -> anyho
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let (legacy, new) = pgdual::control::catalog::connect_both(&config)
+        let (legacy, new) = pgdual::net::endpoint::Endpoints::from_config(&config)?
+            .clients()
             .await
             .map_err(anyhow::Error::msg)?;
         let problems = pgdual::control::catalog::check(&rules, &legacy, new.as_ref()).await;

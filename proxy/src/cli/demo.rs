@@ -108,7 +108,7 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
     config.mirror.dead_letter_file = dir.path().join("dead-letters.jsonl");
     let proxy = Proxy::start(config)?;
     let ready = std::time::Instant::now() + Duration::from_secs(20);
-    let mirror = &proxy.shared().metrics.mirror;
+    let mirror = &proxy.metrics().mirror;
     while mirror.ready.load(std::sync::atomic::Ordering::Relaxed) == 0 {
         anyhow::ensure!(
             std::time::Instant::now() < ready,

@@ -3,132 +3,11 @@
 //! Every problem is reported with the same `table[i] (name).field` position as offline
 //! validation, so one listing covers both.
 
-use pgdual_config::Config;
 use pgdual_rules::ruleset::{RuleProblem, TargetDatabase, WriteMode};
 use pgdual_rules::{ReadMode, RuleSet, TableName, TableRule};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
-use crate::net::postgres_tls::MakeRustls;
-use crate::net::tls::TlsTarget;
-
-/// How long pgdual's own connections may take to open.
-const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Connects with pgdual's own role (`legacy.user`, `new.user`), over TCP with TLS as `tls`
-/// says (libpq's `sslmode` meanings), or a Unix socket.
-pub async fn connect(
-    host: &str,
-    port: u16,
-    user: &str,
-    password: Option<&str>,
-    dbname: &str,
-    tls: &TlsTarget,
-) -> Result<Client, String> {
-    let mut cfg = tokio_postgres::Config::new();
-    cfg.host(host).port(port).user(user).dbname(dbname);
-    cfg.connect_timeout(CONNECT_TIMEOUT);
-    cfg.application_name("pgdual");
-    if let Some(p) = password {
-        cfg.password(p);
-    }
-    let client = match tls.client_config().map_err(|e| e.to_string())? {
-        None => {
-            cfg.ssl_mode(tokio_postgres::config::SslMode::Disable);
-            let (client, conn) = cfg.connect(NoTls).await.map_err(|e| with_causes(&e))?;
-            spawn_connection(conn);
-            client
-        }
-        Some(config) => {
-            cfg.ssl_mode(match tls.mode {
-                pgdual_config::TlsMode::Prefer => tokio_postgres::config::SslMode::Prefer,
-                _ => tokio_postgres::config::SslMode::Require,
-            });
-            let make = MakeRustls::new(config, Some(tls.server_name.clone()));
-            let (client, conn) = cfg.connect(make).await.map_err(|e| with_causes(&e))?;
-            spawn_connection(conn);
-            client
-        }
-    };
-    Ok(client)
-}
-
-/// tokio-postgres's message and each cause under it ("error performing TLS handshake:
-/// invalid peer certificate: UnknownIssuer"): its own message alone says too little.
-fn with_causes(e: &tokio_postgres::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = std::error::Error::source(e);
-    while let Some(c) = cause {
-        out.push_str(&format!(": {c}"));
-        cause = c.source();
-    }
-    out
-}
-
-fn spawn_connection<F>(conn: F)
-where
-    F: std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static,
-{
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "catalog connection closed");
-        }
-    });
-}
-
-/// The password for an endpoint: `password`, or what `password_file` holds (read at each
-/// connect, so that a rotated file is picked up; `Proxy::start` reads it once instead).
-fn password(
-    password: &Option<String>,
-    file: &Option<std::path::PathBuf>,
-) -> Result<Option<String>, String> {
-    match file {
-        Some(path) => pgdual_config::read_password_file(path).map(|(p, _)| Some(p)),
-        None => Ok(password.clone()),
-    }
-}
-
-/// pgdual's own connection to legacy.
-pub async fn connect_legacy(config: &Config) -> Result<Client, String> {
-    let l = &config.legacy;
-    let tls = TlsTarget::legacy(l);
-    let result = match password(&l.password, &l.password_file) {
-        Ok(pw) => connect(&l.host, l.port, &l.user, pw.as_deref(), &l.dbname, &tls).await,
-        Err(e) => Err(format!("legacy.password_file: {e}")),
-    };
-    result.map_err(|e| {
-        format!(
-            "cannot connect to legacy at {}:{} as {}: {e}",
-            l.host, l.port, l.user
-        )
-    })
-}
-
-/// pgdual's own connection to new (which must be configured).
-async fn connect_new(config: &Config) -> Result<Client, String> {
-    let n = &config.new;
-    let tls = TlsTarget::new_db(n);
-    let result = match password(&n.password, &n.password_file) {
-        Ok(pw) => connect(&n.host, n.port, &n.user, pw.as_deref(), &n.dbname, &tls).await,
-        Err(e) => Err(format!("new.password_file: {e}")),
-    };
-    result.map_err(|e| {
-        format!(
-            "cannot connect to new at {}:{} as {}: {e}",
-            n.host, n.port, n.user
-        )
-    })
-}
-
-/// pgdual's own connections to legacy and (when configured) new.
-pub async fn connect_both(config: &Config) -> Result<(Client, Option<Client>), String> {
-    let legacy = connect_legacy(config).await?;
-    let new = if config.new.host.is_empty() {
-        None
-    } else {
-        Some(connect_new(config).await?)
-    };
-    Ok((legacy, new))
-}
+use crate::net::endpoint::Endpoints;
 
 struct Columns {
     /// (name, type as format_type prints it, NOT NULL without default)
@@ -248,7 +127,7 @@ pub fn needs_new_check(rule: &TableRule, previous: Option<&TableRule>) -> bool {
 /// `previous` the rules in force. Without such tables pgdual does not connect to new at
 /// all. `Err` when a needed database is unreachable.
 pub async fn check_reload(
-    config: &Config,
+    endpoints: &Endpoints,
     rules: &RuleSet,
     previous: Option<&RuleSet>,
 ) -> Result<(Vec<RuleProblem>, LegacyColumns), String> {
@@ -259,17 +138,15 @@ pub async fn check_reload(
         .filter(|(_, r)| needs_new_check(r, previous.and_then(|p| p.table(&r.legacy))))
         .map(|(i, r)| format!("table[{i}] ({})", r.legacy))
         .collect();
-    let legacy = connect_legacy(config).await?;
-    let new = if needing.is_empty() || config.new.host.is_empty() {
-        None
-    } else {
-        let new = connect_new(config).await.map_err(|e| {
+    let legacy = endpoints.legacy.client().await?;
+    let new = match &endpoints.new {
+        Some(new) if !needing.is_empty() => Some(new.client().await.map_err(|e| {
             format!(
                 "{e}; new is needed to check {}, whose writes or reads would use it",
                 needing.join(", ")
             )
-        })?;
-        Some(new)
+        })?),
+        _ => None,
     };
     Ok(check_tables(rules, &legacy, new.as_ref(), |r| {
         needs_new_check(r, previous.and_then(|p| p.table(&r.legacy)))
@@ -312,6 +189,25 @@ async fn check_tables(
     (problems, learned)
 }
 
+/// Problems of one table, each placed at `table[i] (name).field`.
+struct Report<'a> {
+    at: String,
+    problems: &'a mut Vec<RuleProblem>,
+}
+
+impl Report<'_> {
+    fn bad(&mut self, field: &str, message: String) {
+        self.problems.push(RuleProblem {
+            at: format!("{}.{field}", self.at),
+            message,
+        })
+    }
+}
+
+fn has(cols: &Columns, c: &str) -> bool {
+    cols.list.iter().any(|(n, _, _)| n == c)
+}
+
 /// One table's checks. `target` is `None` when its target database is not to be checked,
 /// `Some(None)` when it should be but is not configured.
 async fn check_table(
@@ -322,31 +218,75 @@ async fn check_table(
     problems: &mut Vec<RuleProblem>,
     learned: &mut LegacyColumns,
 ) -> Result<(), tokio_postgres::Error> {
-    let mut bad = |field: &str, message: String| {
-        problems.push(RuleProblem {
-            at: format!("table[{i}] ({}).{field}", rule.legacy),
-            message,
-        })
+    let mut report = Report {
+        at: format!("table[{i}] ({})", rule.legacy),
+        problems,
     };
+    let Some((lcols, types)) = check_legacy(rule, legacy, &mut report, learned).await? else {
+        return Ok(());
+    };
+    let Some(target) = target else {
+        return Ok(());
+    };
+    let Some(target) = target else {
+        report.bad(
+            "database",
+            "is \"new\" but no [new] database is configured".into(),
+        );
+        return Ok(());
+    };
+    let Some(ncols) = columns(target, &rule.new).await? else {
+        let db = match rule.database {
+            TargetDatabase::New => "new",
+            TargetDatabase::Legacy => "legacy",
+        };
+        report.bad(
+            "new",
+            format!("{} does not exist in the {db} database", rule.new),
+        );
+        return Ok(());
+    };
+    check_target_columns(rule, target, &ncols, &types, &mut report).await?;
+    check_read_back(rule, target, &lcols, &mut report).await?;
+    if !unique_on(target, &rule.new, &rule.new_keys).await? {
+        report.bad(
+            "keys",
+            format!(
+                "no primary key or unique index on ({}) in {}",
+                rule.new_keys.join(", "),
+                rule.new
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// The legacy side: the table, its keys, and the type each transform yields there (from
+/// legacy itself). `None` when the table does not exist.
+async fn check_legacy(
+    rule: &TableRule,
+    legacy: &Client,
+    report: &mut Report<'_>,
+    learned: &mut LegacyColumns,
+) -> Result<Option<(Columns, Vec<Option<String>>)>, tokio_postgres::Error> {
     let Some(lcols) = columns(legacy, &rule.legacy).await? else {
-        bad(
+        report.bad(
             "legacy",
             format!("{} does not exist in legacy", rule.legacy),
         );
-        return Ok(());
+        return Ok(None);
     };
     learned.push((
         rule.legacy.clone(),
         lcols.list.iter().map(|(n, _, _)| n.clone()).collect(),
     ));
-    let has = |cols: &Columns, c: &str| cols.list.iter().any(|(n, _, _)| n == c);
     for key in &rule.legacy_keys {
         if !has(&lcols, key) {
-            bad("keys", format!("{} has no column {key:?}", rule.legacy));
+            report.bad("keys", format!("{} has no column {key:?}", rule.legacy));
         }
     }
     if !unique_on(legacy, &rule.legacy, &rule.legacy_keys).await? {
-        bad(
+        report.bad(
             "keys",
             format!(
                 "no primary key or unique index on ({}) in {}",
@@ -355,12 +295,11 @@ async fn check_table(
             ),
         );
     }
-    // The type each transform yields, from legacy itself.
     let mut types = Vec::new();
     for col in &rule.columns {
         let missing: Vec<&String> = col.reads.iter().filter(|r| !has(&lcols, r)).collect();
         if !missing.is_empty() {
-            bad(
+            report.bad(
                 &format!("columns.{}", col.new),
                 format!("reads {missing:?}, which {} does not have", rule.legacy),
             );
@@ -374,7 +313,7 @@ async fn check_table(
                 let msg = e
                     .as_db_error()
                     .map_or(e.to_string(), |d| d.message().to_string());
-                bad(
+                report.bad(
                     &format!("columns.{}", col.new),
                     format!("does not run on legacy: {msg}"),
                 );
@@ -382,30 +321,21 @@ async fn check_table(
             }
         }
     }
-    let Some(target) = target else {
-        return Ok(());
-    };
-    let Some(target) = target else {
-        bad(
-            "database",
-            "is \"new\" but no [new] database is configured".into(),
-        );
-        return Ok(());
-    };
-    let Some(ncols) = columns(target, &rule.new).await? else {
-        let db = match rule.database {
-            TargetDatabase::New => "new",
-            TargetDatabase::Legacy => "legacy",
-        };
-        bad(
-            "new",
-            format!("{} does not exist in the {db} database", rule.new),
-        );
-        return Ok(());
-    };
-    for (col, ty) in rule.columns.iter().zip(&types) {
+    Ok(Some((lcols, types)))
+}
+
+/// Every mapped column exists in the target and takes its transform's type; every NOT NULL
+/// column without a default is filled.
+async fn check_target_columns(
+    rule: &TableRule,
+    target: &Client,
+    ncols: &Columns,
+    types: &[Option<String>],
+    report: &mut Report<'_>,
+) -> Result<(), tokio_postgres::Error> {
+    for (col, ty) in rule.columns.iter().zip(types) {
         let Some((_, new_ty, _)) = ncols.list.iter().find(|(n, _, _)| *n == col.new) else {
-            bad(
+            report.bad(
                 &format!("columns.{}", col.new),
                 format!("{} has no column {:?}", rule.new, col.new),
             );
@@ -413,7 +343,7 @@ async fn check_table(
         };
         if let Some(ty) = ty {
             if !assignable(target, &pg_type_name(ty), new_ty).await? {
-                bad(
+                report.bad(
                     &format!("columns.{}", col.new),
                     format!(
                         "yields {ty} on legacy, which does not fit {}.{} of type {new_ty}",
@@ -425,7 +355,7 @@ async fn check_table(
     }
     for (name, _, required) in &ncols.list {
         if *required && !rule.columns.iter().any(|c| &c.new == name) {
-            bad(
+            report.bad(
                 "columns",
                 format!(
                     "{}.{name} is NOT NULL without a default but no mapping fills it",
@@ -434,13 +364,22 @@ async fn check_table(
             );
         }
     }
-    // When the table's reads are routed, each read-back runs on new and yields the legacy
-    // column's type, or every read of it would fall back.
+    Ok(())
+}
+
+/// When the table's reads are routed, each read-back runs on new and yields the legacy
+/// column's type, or every read of it would fall back.
+async fn check_read_back(
+    rule: &TableRule,
+    target: &Client,
+    lcols: &Columns,
+    report: &mut Report<'_>,
+) -> Result<(), tokio_postgres::Error> {
     let routed = rule.read != pgdual_rules::ReadMode::Legacy;
     for back in rule.read_back.iter().filter(|_| routed) {
         let field = format!("read_back.{}", back.legacy);
         let Some((_, legacy_ty, _)) = lcols.list.iter().find(|(n, _, _)| *n == back.legacy) else {
-            bad(
+            report.bad(
                 &field,
                 format!("{} has no column {:?}", rule.legacy, back.legacy),
             );
@@ -464,7 +403,7 @@ async fn check_table(
                     .await?
                     .get(0);
                 if !same {
-                    bad(
+                    report.bad(
                         &field,
                         format!(
                             "yields {ty} on new, but {}.{} is {legacy_ty}; a read_back \
@@ -478,19 +417,9 @@ async fn check_table(
                 let msg = e
                     .as_db_error()
                     .map_or(e.to_string(), |d| d.message().to_string());
-                bad(&field, format!("does not run on {}: {msg}", rule.new));
+                report.bad(&field, format!("does not run on {}: {msg}", rule.new));
             }
         }
-    }
-    if !unique_on(target, &rule.new, &rule.new_keys).await? {
-        bad(
-            "keys",
-            format!(
-                "no primary key or unique index on ({}) in {}",
-                rule.new_keys.join(", "),
-                rule.new
-            ),
-        );
     }
     Ok(())
 }

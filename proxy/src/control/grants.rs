@@ -161,129 +161,166 @@ pub async fn missing(
 const OID: &str = "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
      WHERE n.nspname = $1 AND c.relname = $2";
 
+/// What a missing grant is: (object, privilege, fix).
+type Lack = Option<(String, String, String)>;
+
 /// (object, privilege, fix) when the connection's role lacks `need`.
 async fn lacks(
     c: &Client,
     need: &Need,
     role: &str,
     dbname: &str,
-) -> Result<Option<(String, String, String)>, tokio_postgres::Error> {
-    Ok(match need {
-        Need::PgdualSchema => {
-            let owner = c
-                .query_opt(
-                    "SELECT nspowner::regrole::text, pg_has_role(nspowner, 'USAGE') \
-                     FROM pg_namespace WHERE nspname = 'pgdual'",
-                    &[],
-                )
-                .await?;
-            match owner {
-                Some(row) if !row.get::<_, bool>(1) => Some((
-                    "schema pgdual".into(),
-                    format!("ownership (owned by {})", row.get::<_, String>(0)),
-                    format!("ALTER SCHEMA pgdual OWNER TO {role};"),
-                )),
-                Some(_) => None,
-                None => {
-                    let can: bool = c
-                        .query_one(
-                            "SELECT has_database_privilege(current_database(), 'CREATE')",
-                            &[],
-                        )
-                        .await?
-                        .get(0);
-                    (!can).then(|| {
-                        (
-                            format!("database {dbname}"),
-                            "CREATE".into(),
-                            format!("GRANT CREATE ON DATABASE {dbname} TO {role};"),
-                        )
-                    })
-                }
-            }
-        }
-        Need::Owner(t) => {
-            let row = c
-                .query_opt(
-                    &format!(
-                        "SELECT relowner::regrole::text, pg_has_role(relowner, 'USAGE') \
-                         FROM pg_class WHERE oid = ({OID})"
-                    ),
-                    &[&t.schema, &t.name],
-                )
-                .await?;
-            match row {
-                Some(row) if !row.get::<_, bool>(1) => {
-                    let owner: String = row.get(0);
-                    Some((
-                        format!("table {t}"),
-                        format!("ownership (owned by {owner})"),
-                        format!("GRANT {owner} TO {role};"),
-                    ))
-                }
-                _ => None,
-            }
-        }
-        Need::SchemaUsage(s) => {
-            let has: Option<bool> = c
-                .query_opt(
-                    "SELECT has_schema_privilege(oid, 'USAGE') FROM pg_namespace \
-                     WHERE nspname = $1",
-                    &[s],
-                )
-                .await?
-                .map(|r| r.get(0));
-            let s = quote_ident(s);
-            (has == Some(false)).then(|| {
-                (
-                    format!("schema {s}"),
-                    "USAGE".into(),
-                    format!("GRANT USAGE ON SCHEMA {s} TO {role};"),
-                )
-            })
-        }
-        Need::Table(t, privilege) => {
-            let has: Option<bool> = c
+) -> Result<Lack, tokio_postgres::Error> {
+    match need {
+        Need::PgdualSchema => lacks_pgdual_schema(c, role, dbname).await,
+        Need::Owner(t) => lacks_owner(c, role, t).await,
+        Need::SchemaUsage(s) => lacks_schema_usage(c, role, s).await,
+        Need::Table(t, privilege) => lacks_table(c, role, t, privilege).await,
+        Need::Columns(t, cols) => lacks_columns(c, role, t, cols).await,
+    }
+}
+
+/// Whether the role lacks the `pgdual` schema: its ownership, or CREATE on the database to
+/// make it.
+async fn lacks_pgdual_schema(
+    c: &Client,
+    role: &str,
+    dbname: &str,
+) -> Result<Lack, tokio_postgres::Error> {
+    let owner = c
+        .query_opt(
+            "SELECT nspowner::regrole::text, pg_has_role(nspowner, 'USAGE') \
+             FROM pg_namespace WHERE nspname = 'pgdual'",
+            &[],
+        )
+        .await?;
+    Ok(match owner {
+        Some(row) if !row.get::<_, bool>(1) => Some((
+            "schema pgdual".into(),
+            format!("ownership (owned by {})", row.get::<_, String>(0)),
+            format!("ALTER SCHEMA pgdual OWNER TO {role};"),
+        )),
+        Some(_) => None,
+        None => {
+            let can: bool = c
                 .query_one(
-                    &format!("SELECT has_table_privilege(({OID}), $3)"),
-                    &[&t.schema, &t.name, privilege],
+                    "SELECT has_database_privilege(current_database(), 'CREATE')",
+                    &[],
                 )
                 .await?
                 .get(0);
-            (has == Some(false)).then(|| {
+            (!can).then(|| {
                 (
-                    format!("table {t}"),
-                    privilege.to_string(),
-                    format!("GRANT {privilege} ON TABLE {t} TO {role};"),
-                )
-            })
-        }
-        Need::Columns(t, cols) => {
-            let lacking: Vec<String> = c
-                .query(
-                    &format!(
-                        "SELECT attname::text FROM pg_attribute \
-                         WHERE attrelid = ({OID}) AND attname = ANY($3) AND attnum > 0 \
-                           AND NOT attisdropped \
-                           AND NOT has_column_privilege(attrelid, attnum, 'SELECT') \
-                         ORDER BY attnum"
-                    ),
-                    &[&t.schema, &t.name, cols],
-                )
-                .await?
-                .iter()
-                .map(|r| quote_ident(r.get::<_, &str>(0)))
-                .collect();
-            (!lacking.is_empty()).then(|| {
-                let cols = lacking.join(", ");
-                (
-                    format!("table {t}"),
-                    format!("SELECT ({cols})"),
-                    format!("GRANT SELECT ({cols}) ON TABLE {t} TO {role};"),
+                    format!("database {dbname}"),
+                    "CREATE".into(),
+                    format!("GRANT CREATE ON DATABASE {dbname} TO {role};"),
                 )
             })
         }
     })
+}
+
+/// Whether the role lacks ownership of a table (to install triggers on it).
+async fn lacks_owner(c: &Client, role: &str, t: &TableName) -> Result<Lack, tokio_postgres::Error> {
+    let row = c
+        .query_opt(
+            &format!(
+                "SELECT relowner::regrole::text, pg_has_role(relowner, 'USAGE') \
+                 FROM pg_class WHERE oid = ({OID})"
+            ),
+            &[&t.schema, &t.name],
+        )
+        .await?;
+    Ok(match row {
+        Some(row) if !row.get::<_, bool>(1) => {
+            let owner: String = row.get(0);
+            Some((
+                format!("table {t}"),
+                format!("ownership (owned by {owner})"),
+                format!("GRANT {owner} TO {role};"),
+            ))
+        }
+        _ => None,
+    })
+}
+
+/// Whether the role lacks USAGE on a schema.
+async fn lacks_schema_usage(
+    c: &Client,
+    role: &str,
+    s: &String,
+) -> Result<Lack, tokio_postgres::Error> {
+    let has: Option<bool> = c
+        .query_opt(
+            "SELECT has_schema_privilege(oid, 'USAGE') FROM pg_namespace \
+             WHERE nspname = $1",
+            &[s],
+        )
+        .await?
+        .map(|r| r.get(0));
+    let s = quote_ident(s);
+    Ok((has == Some(false)).then(|| {
+        (
+            format!("schema {s}"),
+            "USAGE".into(),
+            format!("GRANT USAGE ON SCHEMA {s} TO {role};"),
+        )
+    }))
+}
+
+/// Whether the role lacks a privilege on a table.
+async fn lacks_table(
+    c: &Client,
+    role: &str,
+    t: &TableName,
+    privilege: &&'static str,
+) -> Result<Lack, tokio_postgres::Error> {
+    let has: Option<bool> = c
+        .query_one(
+            &format!("SELECT has_table_privilege(({OID}), $3)"),
+            &[&t.schema, &t.name, privilege],
+        )
+        .await?
+        .get(0);
+    Ok((has == Some(false)).then(|| {
+        (
+            format!("table {t}"),
+            privilege.to_string(),
+            format!("GRANT {privilege} ON TABLE {t} TO {role};"),
+        )
+    }))
+}
+
+/// Whether the role lacks SELECT on columns of a table.
+async fn lacks_columns(
+    c: &Client,
+    role: &str,
+    t: &TableName,
+    cols: &[String],
+) -> Result<Lack, tokio_postgres::Error> {
+    let lacking: Vec<String> = c
+        .query(
+            &format!(
+                "SELECT attname::text FROM pg_attribute \
+                 WHERE attrelid = ({OID}) AND attname = ANY($3) AND attnum > 0 \
+                   AND NOT attisdropped \
+                   AND NOT has_column_privilege(attrelid, attnum, 'SELECT') \
+                 ORDER BY attnum"
+            ),
+            &[&t.schema, &t.name, &cols],
+        )
+        .await?
+        .iter()
+        .map(|r| quote_ident(r.get::<_, &str>(0)))
+        .collect();
+    Ok((!lacking.is_empty()).then(|| {
+        let cols = lacking.join(", ");
+        (
+            format!("table {t}"),
+            format!("SELECT ({cols})"),
+            format!("GRANT SELECT ({cols}) ON TABLE {t} TO {role};"),
+        )
+    }))
 }
 
 #[cfg(test)]

@@ -15,7 +15,8 @@ use pgdual_rules::{ReadMode, ReadPlan, TableName};
 use tokio::sync::{watch, Notify};
 use tracing::{debug, warn};
 
-use crate::app::Shared;
+use crate::control::rules_store::RulesStore;
+use crate::net::endpoint::Endpoint;
 
 /// How often every cached role is looked up again: a REVOKE on legacy reaches routing
 /// within this long (or at the next rules change).
@@ -87,11 +88,6 @@ impl Privileges {
         }
     }
 
-    /// The rules changed: every cached role is looked up again for the new version.
-    pub fn rules_changed(&self) {
-        self.wake.notify_one();
-    }
-
     fn store(&self, role: String, access: RoleAccess) {
         if let Ok(mut roles) = self.roles.write() {
             roles.insert(role, Arc::new(access));
@@ -124,109 +120,128 @@ impl Privileges {
     }
 }
 
-/// Starts the thread that looks privileges up until `stop` is set.
-pub fn start(
-    shared: Arc<Shared>,
-    stop: watch::Receiver<bool>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("pgdual-privileges".into())
-        .spawn(move || {
-            let Some(rt) = crate::runtime::current_thread("privileges") else {
-                return;
-            };
-            rt.block_on(run(shared, stop));
-        })
+/// The look-up thread's handles.
+pub struct LookUps {
+    pub privileges: Arc<Privileges>,
+    /// The rules in force: their routed tables are what is looked up, and a change of them
+    /// looks every cached role up again.
+    pub rules: Arc<RulesStore>,
+    /// Looked up over pgdual's own connection to legacy.
+    pub legacy: Endpoint,
+    /// Values may appear in log lines (`reads.log_values`).
+    pub log_values: bool,
 }
 
-async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    let privileges = &shared.privileges;
-    let mut client: Option<tokio_postgres::Client> = None;
-    let mut refreshed = Instant::now();
-    loop {
-        tokio::select! {
-            _ = privileges.wake.notified() => {}
-            _ = tokio::time::sleep_until((refreshed + REFRESH).into()) => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-        let snap = shared.rules.load();
-        let all = refreshed.elapsed() >= REFRESH;
-        let roles = privileges.due(snap.version, all);
-        if all {
-            refreshed = Instant::now();
-        }
-        if roles.is_empty() {
-            continue;
-        }
-        // Stopping never waits on a look-up.
-        tokio::select! {
-            _ = refresh(&shared, &mut client, roles, snap.version, &snap.rules) => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-        if privileges.wanted.lock().is_ok_and(|w| !w.is_empty()) {
+impl LookUps {
+    /// Starts the thread that looks privileges up until `stop` is set.
+    pub fn start(
+        self,
+        stop: watch::Receiver<bool>,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("pgdual-privileges".into())
+            .spawn(move || {
+                let Some(rt) = crate::runtime::current_thread("privileges") else {
+                    return;
+                };
+                rt.block_on(self.run(stop));
+            })
+    }
+
+    async fn run(self, mut stop: watch::Receiver<bool>) {
+        let privileges = &self.privileges;
+        let mut rules_changed = self.rules.subscribe();
+        let mut client: Option<tokio_postgres::Client> = None;
+        let mut refreshed = Instant::now();
+        loop {
             tokio::select! {
-                _ = tokio::time::sleep(RETRY) => privileges.wake.notify_one(),
+                _ = privileges.wake.notified() => {}
+                // Every cached role is looked up again for the new version.
+                _ = rules_changed.changed() => {}
+                _ = tokio::time::sleep_until((refreshed + REFRESH).into()) => {}
                 _ = stop.wait_for(|s| *s) => return,
+            }
+            let snap = self.rules.load();
+            let all = refreshed.elapsed() >= REFRESH;
+            let roles = privileges.due(snap.version, all);
+            if all {
+                refreshed = Instant::now();
+            }
+            if roles.is_empty() {
+                continue;
+            }
+            // Stopping never waits on a look-up.
+            tokio::select! {
+                _ = self.refresh(&mut client, roles, snap.version, &snap.rules) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            if privileges.wanted.lock().is_ok_and(|w| !w.is_empty()) {
+                tokio::select! {
+                    _ = tokio::time::sleep(RETRY) => privileges.wake.notify_one(),
+                    _ = stop.wait_for(|s| *s) => return,
+                }
             }
         }
     }
-}
 
-/// Looks `roles` up for the rules at `version`; the roles it could not look up are asked
-/// for again.
-async fn refresh(
-    shared: &Shared,
-    client: &mut Option<tokio_postgres::Client>,
-    roles: Vec<String>,
-    version: u64,
-    rules: &pgdual_rules::RuleSet,
-) {
-    let privileges = &shared.privileges;
-    let tables: Vec<TableName> = rules
-        .tables()
-        .iter()
-        .filter(|t| t.read != ReadMode::Legacy)
-        .map(|t| t.legacy.clone())
-        .collect();
-    let mut pending = roles.into_iter();
-    while let Some(role) = pending.next() {
-        let c = match client {
-            Some(c) if !c.is_closed() => c,
-            _ => match crate::control::catalog::connect_legacy(&shared.config).await {
-                Ok(c) => client.insert(c),
-                Err(e) => {
-                    warn!(error = %e, "cannot look up client roles' privileges; their reads stay on legacy");
+    /// Looks `roles` up for the rules at `version`; the roles it could not look up are asked
+    /// for again.
+    async fn refresh(
+        &self,
+        client: &mut Option<tokio_postgres::Client>,
+        roles: Vec<String>,
+        version: u64,
+        rules: &pgdual_rules::RuleSet,
+    ) {
+        let privileges = &self.privileges;
+        let tables: Vec<TableName> = rules
+            .tables()
+            .iter()
+            .filter(|t| t.read != ReadMode::Legacy)
+            .map(|t| t.legacy.clone())
+            .collect();
+        let mut pending = roles.into_iter();
+        while let Some(role) = pending.next() {
+            let c = match client {
+                Some(c) if !c.is_closed() => c,
+                _ => match self.legacy.client().await {
+                    Ok(c) => client.insert(c),
+                    Err(e) => {
+                        warn!(error = %e, "cannot look up client roles' privileges; their reads stay on legacy");
+                        privileges.retry_later(std::iter::once(role).chain(pending));
+                        return;
+                    }
+                },
+            };
+            let found = tokio::time::timeout(LOOK_UP_TIMEOUT, look_up(c, &role, &tables)).await;
+            let access = |default_role, tables| RoleAccess {
+                version,
+                fetched: Instant::now(),
+                default_role,
+                tables,
+            };
+            match found {
+                Ok(Ok((default_role, tables))) => {
+                    privileges.store(role, access(default_role, tables))
+                }
+                Ok(Err(e))
+                    if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_OBJECT) =>
+                {
+                    // The role is gone from legacy: it may read nothing.
+                    let error = crate::telemetry::redact::pg_error(&e, self.log_values);
+                    debug!(%error, "client role not found on legacy");
+                    privileges.store(role, access(false, HashMap::new()));
+                }
+                failed => {
+                    let error = match failed {
+                        Ok(Err(e)) => crate::telemetry::redact::pg_error(&e, self.log_values),
+                        _ => "timed out".to_string(),
+                    };
+                    warn!(%error, "privilege look-up failed; the role's reads stay on legacy");
+                    *client = None;
                     privileges.retry_later(std::iter::once(role).chain(pending));
                     return;
                 }
-            },
-        };
-        let found = tokio::time::timeout(LOOK_UP_TIMEOUT, look_up(c, &role, &tables)).await;
-        let access = |default_role, tables| RoleAccess {
-            version,
-            fetched: Instant::now(),
-            default_role,
-            tables,
-        };
-        match found {
-            Ok(Ok((default_role, tables))) => privileges.store(role, access(default_role, tables)),
-            Ok(Err(e)) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_OBJECT) => {
-                // The role is gone from legacy: it may read nothing.
-                let error = crate::telemetry::redact::pg_error(&e, shared.config.reads.log_values);
-                debug!(%error, "client role not found on legacy");
-                privileges.store(role, access(false, HashMap::new()));
-            }
-            failed => {
-                let error = match failed {
-                    Ok(Err(e)) => {
-                        crate::telemetry::redact::pg_error(&e, shared.config.reads.log_values)
-                    }
-                    _ => "timed out".to_string(),
-                };
-                warn!(%error, "privilege look-up failed; the role's reads stay on legacy");
-                *client = None;
-                privileges.retry_later(std::iter::once(role).chain(pending));
-                return;
             }
         }
     }

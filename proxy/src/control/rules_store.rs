@@ -6,6 +6,10 @@
 //! one leaves the old snapshot serving and reports every reason. Reloads come from the file
 //! (watched, and on SIGHUP) and from the admin API, which also writes the accepted text back to
 //! the file atomically so a restart keeps it. Reloads are serialized; readers never wait.
+//!
+//! Every snapshot swapped in is also published on a channel ([`RulesStore::subscribe`]):
+//! the parts that keep something derived from the rules (the mirror's capture, the privilege
+//! cache) react to it there; nothing here reaches into them.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,12 +20,17 @@ use pgdual_rules::RuleSet;
 use serde::Serialize;
 use tracing::{info, warn};
 
-use crate::app::Shared;
+use crate::control::catalog::{self, LegacyColumns};
+use crate::net::endpoint::Endpoints;
 
 /// The rules at one version.
 #[derive(Debug)]
 pub struct RulesSnapshot {
+    /// Counts accepted rule sets: what operators see and the admin API compares.
     pub version: u64,
+    /// Counts swaps, including the one that teaches a version its legacy columns: what
+    /// caches derived from the rules are keyed by.
+    pub generation: u64,
     pub rules: Arc<RuleSet>,
     pub text: String,
 }
@@ -39,20 +48,41 @@ pub struct RulesStore {
     current: ArcSwap<RulesSnapshot>,
     path: Option<PathBuf>,
     reloading: tokio::sync::Mutex<()>,
+    /// Where reloads are checked against the catalogs.
+    endpoints: Endpoints,
+    /// The generation of the snapshot in force, for subscribers.
+    published: tokio::sync::watch::Sender<u64>,
 }
 
 impl RulesStore {
     /// The store for `path` (or an empty rule set without one), starting from `initial`.
-    pub fn new(path: Option<PathBuf>, initial: RuleSet, text: String) -> Self {
+    pub fn new(
+        path: Option<PathBuf>,
+        initial: RuleSet,
+        text: String,
+        endpoints: Endpoints,
+    ) -> Self {
         RulesStore {
             current: ArcSwap::from_pointee(RulesSnapshot {
                 version: 1,
+                generation: 1,
                 rules: Arc::new(initial),
                 text,
             }),
             path,
             reloading: tokio::sync::Mutex::new(()),
+            endpoints,
+            published: tokio::sync::watch::channel(1).0,
         }
+    }
+
+    /// Changes whenever a snapshot is swapped in (its value: the generation).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.published.subscribe()
+    }
+
+    fn publish(&self, generation: u64) {
+        self.published.send_replace(generation);
     }
 
     /// The snapshot in force; cheap, never blocks.
@@ -65,7 +95,7 @@ impl RulesStore {
     }
 
     /// Re-reads the rules file.
-    pub async fn reload_file(&self, shared: &Shared) -> ReloadOutcome {
+    pub async fn reload_file(&self) -> ReloadOutcome {
         let Some(path) = &self.path else {
             return self.rejected(vec!["no rules_file is configured".into()]);
         };
@@ -73,7 +103,7 @@ impl RulesStore {
         // written back) must not be applied after it and undo it.
         let _one_at_a_time = self.reloading.lock().await;
         match tokio::fs::read_to_string(path).await {
-            Ok(text) => self.apply_locked(shared, text, false).await,
+            Ok(text) => self.apply_locked(text, false).await,
             Err(e) => self.rejected(vec![format!("cannot read {}: {e}", path.display())]),
         }
     }
@@ -83,12 +113,11 @@ impl RulesStore {
     /// and swapping in its edit. `edit`'s error is returned as it is.
     pub async fn edit<E>(
         &self,
-        shared: &Shared,
         edit: impl FnOnce(&str) -> Result<String, E>,
     ) -> Result<ReloadOutcome, E> {
         let _one_at_a_time = self.reloading.lock().await;
         let text = edit(&self.load().text)?;
-        Ok(self.apply_locked(shared, text, true).await)
+        Ok(self.apply_locked(text, true).await)
     }
 
     fn rejected(&self, reasons: Vec<String>) -> ReloadOutcome {
@@ -99,12 +128,12 @@ impl RulesStore {
 
     /// Validates `text` whole and swaps it in, or rejects it with every reason. With
     /// `write_back`, the accepted text also replaces the rules file (atomically).
-    pub async fn apply(&self, shared: &Shared, text: String, write_back: bool) -> ReloadOutcome {
+    pub async fn apply(&self, text: String, write_back: bool) -> ReloadOutcome {
         let _one_at_a_time = self.reloading.lock().await;
-        self.apply_locked(shared, text, write_back).await
+        self.apply_locked(text, write_back).await
     }
 
-    async fn apply_locked(&self, shared: &Shared, text: String, write_back: bool) -> ReloadOutcome {
+    async fn apply_locked(&self, text: String, write_back: bool) -> ReloadOutcome {
         let old = self.load();
         if old.text == text {
             return ReloadOutcome::Unchanged {
@@ -126,8 +155,7 @@ impl RulesStore {
         // (checked when they came in; those pgdual started with are checked by the mirror,
         // which captures nothing until they pass): the way back to legacy never needs new,
         // not even right after a start with new down.
-        match crate::control::catalog::check_reload(&shared.config, &rules, Some(&old.rules)).await
-        {
+        match catalog::check_reload(&self.endpoints, &rules, Some(&old.rules)).await {
             Err(e) => {
                 return self.rejected(vec![format!("cannot check against the catalogs: {e}")])
             }
@@ -147,16 +175,15 @@ impl RulesStore {
                 }
             }
         }
-        let version = old.version + 1;
+        let (version, generation) = (old.version + 1, old.generation + 1);
         self.current.store(Arc::new(RulesSnapshot {
             version,
+            generation,
             rules: Arc::new(rules),
             text,
         }));
-        shared.reads.forget_descriptions();
-        shared.privileges.rules_changed();
         info!(version, "rules reloaded");
-        shared.mirror_nudge.notify_one();
+        self.publish(generation);
         ReloadOutcome::Reloaded { version }
     }
 }
@@ -164,7 +191,7 @@ impl RulesStore {
 impl RulesStore {
     /// Records the legacy tables' columns learned from the catalog for the rules at `version`
     /// (the rules pgdual started with were only checked offline). Same version, same rules.
-    pub fn learn_columns(&self, version: u64, learned: crate::control::catalog::LegacyColumns) {
+    pub fn learn_columns(&self, version: u64, learned: LegacyColumns) {
         let old = self.load();
         if old.version != version {
             return;
@@ -181,10 +208,11 @@ impl RulesStore {
             }
         }
         if changed {
-            self.current.rcu(|cur| {
+            let swapped = self.current.rcu(|cur| {
                 if cur.version == version {
                     Arc::new(RulesSnapshot {
                         version,
+                        generation: cur.generation + 1,
                         rules: Arc::new(rules.clone()),
                         text: cur.text.clone(),
                     })
@@ -192,6 +220,9 @@ impl RulesStore {
                     cur.clone()
                 }
             });
+            if swapped.version == version {
+                self.publish(swapped.generation + 1);
+            }
         }
     }
 }
@@ -206,10 +237,10 @@ async fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
 /// Watches the rules file and reloads it when it changes; returns the watcher, which stops
 /// watching when dropped. Only events naming the file count, and a reload of unchanged text
 /// is a no-op, so the API's own write-back does not trigger a second reload.
-pub fn watch(shared: Arc<Shared>) -> Option<notify::RecommendedWatcher> {
+pub fn watch(store: Arc<RulesStore>) -> Option<notify::RecommendedWatcher> {
     use notify::event::ModifyKind;
     use notify::{EventKind, RecursiveMode, Watcher};
-    let path = shared.rules.path()?.to_path_buf();
+    let path = store.path()?.to_path_buf();
     let name = path.file_name()?.to_os_string();
     let dir = path
         .parent()
@@ -254,7 +285,7 @@ pub fn watch(shared: Arc<Shared>) -> Option<notify::RecommendedWatcher> {
                             Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => return,
                         }
                     }
-                    shared.rules.reload_file(&shared).await;
+                    store.reload_file().await;
                 }
             });
         });

@@ -1,18 +1,16 @@
-//! Connections to the legacy database: TCP or Unix socket, optionally TLS, and the
-//! CancelRequest that pgdual forwards on a client's behalf.
+//! The relay's connections to legacy (opened for each client session, which then runs its
+//! own startup and authentication through them), and the CancelRequest that pgdual forwards
+//! on a client's behalf.
 
 use std::fmt;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use pgdual_config::LegacyConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, UnixStream};
 
-use crate::net::stream::LegacyStream;
-use crate::net::tls::{self, Negotiated, StartTlsError, TlsError, TlsTarget};
+use crate::net::stream::{self, OpenError, ServerStream};
+use crate::net::tls::{StartTlsError, TlsTarget};
 use crate::proto::codec::{put_initial, CANCEL_REQUEST_CODE};
 
 #[derive(Debug, thiserror::Error)]
@@ -34,28 +32,24 @@ pub struct LegacyTarget {
 
 impl fmt::Display for LegacyTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.socket_path() {
-            Some(p) => write!(f, "{}", p.display()),
-            None => write!(f, "{}:{}", self.host, self.port),
-        }
+        f.write_str(&stream::display_addr(&self.host, self.port))
     }
 }
 
 impl LegacyTarget {
-    pub fn new(cfg: &LegacyConfig) -> Result<Self, TlsError> {
-        let tls = TlsTarget::legacy(cfg);
-        Ok(LegacyTarget {
-            host: cfg.host.clone(),
-            port: cfg.port,
-            tls_config: tls.client_config()?,
+    /// Built by [`crate::net::endpoint::Endpoint::relay_target`].
+    pub(crate) fn new(
+        host: &str,
+        port: u16,
+        tls: TlsTarget,
+        tls_config: Option<Arc<rustls::ClientConfig>>,
+    ) -> Self {
+        LegacyTarget {
+            host: host.to_string(),
+            port,
             tls,
-        })
-    }
-
-    fn socket_path(&self) -> Option<PathBuf> {
-        self.host
-            .starts_with('/')
-            .then(|| PathBuf::from(&self.host).join(format!(".s.PGSQL.{}", self.port)))
+            tls_config,
+        }
     }
 
     fn error(&self, reason: impl fmt::Display) -> LegacyError {
@@ -66,21 +60,11 @@ impl LegacyTarget {
     }
 
     /// Opens a connection to legacy, negotiating TLS as configured, within `timeout`.
-    pub async fn connect(&self, timeout: Duration) -> Result<LegacyStream, LegacyError> {
+    pub async fn connect(&self, timeout: Duration) -> Result<ServerStream, LegacyError> {
         match tokio::time::timeout(timeout, self.connect_inner()).await {
             Ok(r) => r,
             Err(_) => Err(self.error(format!("timed out after {} ms", timeout.as_millis()))),
         }
-    }
-
-    /// A plain connection: the Unix socket, or TCP with Nagle off.
-    async fn open(&self) -> std::io::Result<LegacyStream> {
-        if let Some(path) = self.socket_path() {
-            return Ok(LegacyStream::Unix(UnixStream::connect(&path).await?));
-        }
-        let tcp = TcpStream::connect((self.host.as_str(), self.port)).await?;
-        let _ = tcp.set_nodelay(true);
-        Ok(LegacyStream::Tcp(tcp))
     }
 
     /// Runs `f` within `timeout`, naming legacy in any failure.
@@ -96,18 +80,10 @@ impl LegacyTarget {
         }
     }
 
-    async fn connect_inner(&self) -> Result<LegacyStream, LegacyError> {
-        let tcp = match self.open().await.map_err(|e| self.error(e))? {
-            LegacyStream::Tcp(tcp) => tcp,
-            other => return Ok(other),
-        };
-        let Some(config) = &self.tls_config else {
-            return Ok(LegacyStream::Tcp(tcp));
-        };
-        match tls::start_tls(tcp, self.tls.mode, config, &self.tls.server_name).await {
-            Ok(Negotiated::Plain(tcp)) => Ok(LegacyStream::Tcp(tcp)),
-            Ok(Negotiated::Tls(tls)) => Ok(LegacyStream::Tls(tls)),
-            Err(StartTlsError::Refused(mode)) => Err(LegacyError::TlsRefused {
+    async fn connect_inner(&self) -> Result<ServerStream, LegacyError> {
+        match stream::open(&self.host, self.port, &self.tls, self.tls_config.as_ref()).await {
+            Ok(s) => Ok(s),
+            Err(OpenError::Tls(StartTlsError::Refused(mode))) => Err(LegacyError::TlsRefused {
                 addr: self.to_string(),
                 mode: mode.as_str(),
             }),
@@ -117,8 +93,10 @@ impl LegacyTarget {
 
     /// Whether legacy accepts connections now (for `/readyz`).
     pub async fn reachable(&self, timeout: Duration) -> Result<(), LegacyError> {
-        self.bounded(timeout, async { self.open().await.map(drop) })
-            .await
+        self.bounded(timeout, async {
+            stream::open_plain(&self.host, self.port).await.map(drop)
+        })
+        .await
     }
 
     /// Sends a CancelRequest for legacy's backend `pid` with its `secret` key
@@ -135,7 +113,7 @@ impl LegacyTarget {
         let mut req = BytesMut::new();
         put_initial(&mut req, CANCEL_REQUEST_CODE, &body);
         self.bounded(timeout, async {
-            let mut s = self.open().await?;
+            let mut s = stream::open_plain(&self.host, self.port).await?;
             s.write_all(&req).await?;
             let _ = s.read_u8().await;
             Ok(())

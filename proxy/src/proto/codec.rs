@@ -250,81 +250,11 @@ pub fn put_message(out: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)
     out[at..at + 4].copy_from_slice(&len.to_be_bytes());
 }
 
-/// Appends an ErrorResponse (or NoticeResponse with tag `N`) with the fields PostgreSQL sends.
-pub fn put_error(out: &mut BytesMut, severity: &str, code: SqlState, message: &str) {
-    put_message(out, b'E', |b| {
-        for (field, value) in [
-            (b'S', severity),
-            (b'V', severity),
-            (b'C', code.code()),
-            (b'M', message),
-        ] {
-            b.put_u8(field);
-            b.put_slice(value.as_bytes());
-            b.put_u8(0);
-        }
-        b.put_u8(0);
-    });
-}
-
 /// Appends an untagged startup-phase packet (StartupMessage, SSLRequest, CancelRequest).
 pub fn put_initial(out: &mut BytesMut, code: i32, body: &[u8]) {
     out.put_i32(8 + body.len() as i32);
     out.put_i32(code);
     out.put_slice(body);
-}
-
-/// Fields of an ErrorResponse or NoticeResponse body, by field type byte.
-pub fn error_field(body: &[u8], field: u8) -> Option<&[u8]> {
-    let mut rest = body;
-    while let Some((&ty, tail)) = rest.split_first() {
-        if ty == 0 {
-            return None;
-        }
-        let (value, tail) = cstr(tail)?;
-        if ty == field {
-            return Some(value);
-        }
-        rest = tail;
-    }
-    None
-}
-
-/// Decoders for the client messages the session tracks. Each returns `None` on a malformed
-/// body; the relay then forwards the bytes anyway and legacy gives the client its own error.
-pub mod frontend {
-    use super::cstr;
-
-    /// Query: the SQL text.
-    pub fn query(body: &[u8]) -> Option<&[u8]> {
-        cstr(body).map(|(sql, _)| sql)
-    }
-
-    /// Parse: statement name and SQL text.
-    pub fn parse(body: &[u8]) -> Option<(&[u8], &[u8])> {
-        let (name, rest) = cstr(body)?;
-        let (sql, _) = cstr(rest)?;
-        Some((name, sql))
-    }
-
-    /// Bind: portal name and statement name.
-    pub fn bind(body: &[u8]) -> Option<(&[u8], &[u8])> {
-        let (portal, rest) = cstr(body)?;
-        let (stmt, _) = cstr(rest)?;
-        Some((portal, stmt))
-    }
-
-    /// Execute: portal name.
-    pub fn execute(body: &[u8]) -> Option<&[u8]> {
-        cstr(body).map(|(portal, _)| portal)
-    }
-
-    /// Close and Describe: `S` (statement) or `P` (portal), and the name.
-    pub fn target(body: &[u8]) -> Option<(u8, &[u8])> {
-        let (&kind, rest) = body.split_first()?;
-        let (name, _) = cstr(rest)?;
-        Some((kind, name))
-    }
 }
 
 #[cfg(test)]

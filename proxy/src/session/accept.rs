@@ -17,33 +17,35 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::app::Shared;
 use crate::net::stream::ClientStream;
-use crate::proto::codec::{initial, put_error, CodecError, Initial};
+use crate::proto::backend::put_error;
+use crate::proto::codec::{initial, CodecError, Initial};
 use crate::proto::sqlstate::SqlState;
 use crate::session::relay::{read_more, relay, RelayEnd, RelayError};
 use crate::session::state::Session;
+use crate::session::Context;
 use crate::telemetry::metrics::ErrorSource;
 
 /// Serves one accepted client connection to completion. Never panics on client input.
-pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
-    let id = shared.next_session_id.fetch_add(1, Relaxed);
+pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
+    let id = ctx.gate.next_id.fetch_add(1, Relaxed);
     let span = tracing::info_span!("session", session_id = id, peer = %peer);
-    run(tcp, id, &shared).instrument(span).await
+    run(tcp, id, &ctx).instrument(span).await
 }
 
 /// Counts a client toward `limits.max_client_connections` while alive.
-struct Slot<'a>(&'a Shared);
+struct Slot<'a>(&'a Context);
 
 impl<'a> Slot<'a> {
-    fn acquire(shared: &'a Shared) -> Option<Self> {
-        let max = shared.config.limits.max_client_connections;
-        let mut now = shared.active.load(Relaxed);
+    fn acquire(ctx: &'a Context) -> Option<Self> {
+        let max = ctx.limits.max_client_connections;
+        let mut now = ctx.gate.active.load(Relaxed);
         loop {
             if now >= max {
                 return None;
             }
-            match shared
+            match ctx
+                .gate
                 .active
                 .compare_exchange_weak(now, now + 1, Relaxed, Relaxed)
             {
@@ -51,14 +53,14 @@ impl<'a> Slot<'a> {
                 Err(actual) => now = actual,
             }
         }
-        shared.metrics.client_connections.fetch_add(1, Relaxed);
-        Some(Slot(shared))
+        ctx.metrics.client_connections.fetch_add(1, Relaxed);
+        Some(Slot(ctx))
     }
 }
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Relaxed);
+        self.0.gate.active.fetch_sub(1, Relaxed);
         self.0.metrics.client_connections.fetch_sub(1, Relaxed);
     }
 }
@@ -82,32 +84,26 @@ enum Startup {
     Done,
 }
 
-async fn run(tcp: TcpStream, id: u64, shared: &Arc<Shared>) {
-    shared
-        .metrics
-        .client_connections_total
-        .fetch_add(1, Relaxed);
+async fn run(tcp: TcpStream, id: u64, ctx: &Arc<Context>) {
+    ctx.metrics.client_connections_total.fetch_add(1, Relaxed);
     let _ = tcp.set_nodelay(true);
-    let Some((mut client, mut buf, len)) = accept_client(tcp, shared).await else {
+    let Some((mut client, mut buf, len)) = accept_client(tcp, ctx).await else {
         return;
     };
-    let Some(_slot) = Slot::acquire(shared) else {
-        shared
-            .metrics
-            .rejected_connections_total
-            .fetch_add(1, Relaxed);
+    let Some(_slot) = Slot::acquire(ctx) else {
+        ctx.metrics.rejected_connections_total.fetch_add(1, Relaxed);
         warn!(
-            max = shared.config.limits.max_client_connections,
+            max = ctx.limits.max_client_connections,
             "refusing client: too many connections"
         );
         let msg = "sorry, too many clients already (pgdual limits.max_client_connections)";
         return fatal(&mut client, SqlState::TOO_MANY_CONNECTIONS, msg).await;
     };
-    let timeout = Duration::from_millis(shared.config.limits.connect_timeout_ms);
-    let mut legacy = match shared.legacy.connect(timeout).await {
+    let timeout = Duration::from_millis(ctx.limits.connect_timeout_ms);
+    let mut legacy = match ctx.legacy.connect(timeout).await {
         Ok(s) => s,
         Err(e) => {
-            shared.metrics.error(ErrorSource::Legacy);
+            ctx.metrics.error(ErrorSource::Legacy);
             warn!(error = %e, "legacy unreachable");
             let code = SqlState::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION;
             return fatal(&mut client, code, &format!("pgdual: {e}")).await;
@@ -115,17 +111,17 @@ async fn run(tcp: TcpStream, id: u64, shared: &Arc<Shared>) {
     };
     // The StartupMessage goes to legacy exactly as the client sent it.
     if let Err(e) = legacy.write_all(&buf[..len]).await {
-        shared.metrics.error(ErrorSource::Legacy);
+        ctx.metrics.error(ErrorSource::Legacy);
         return fatal(
             &mut client,
             SqlState::CONNECTION_FAILURE,
-            &legacy_lost(shared, e),
+            &legacy_lost(ctx, e),
         )
         .await;
     }
-    let reads_routable = startup_fits_rules(&buf[..len], &shared.config.legacy.dbname);
+    let reads_routable = startup_fits_rules(&buf[..len], &ctx.rules_database);
     buf.advance(len);
-    relay_session(client, legacy, buf, id, reads_routable, shared).await;
+    relay_session(client, legacy, buf, id, reads_routable, ctx).await;
 }
 
 /// Whether a session's reads may be routed: it connects to the database the rules describe
@@ -157,20 +153,19 @@ fn startup_fits_rules(message: &[u8], dbname: &str) -> bool {
 /// when the connection was a CancelRequest, closed, or failed (already answered).
 async fn accept_client(
     mut tcp: TcpStream,
-    shared: &Shared,
+    ctx: &Context,
 ) -> Option<(ClientStream, BytesMut, usize)> {
     let mut buf = BytesMut::with_capacity(1024);
-    let timeout = Duration::from_millis(shared.config.limits.connect_timeout_ms);
+    let timeout = Duration::from_millis(ctx.limits.connect_timeout_ms);
     let deadline = tokio::time::Instant::now() + timeout;
-    let tls =
-        tokio::time::timeout_at(deadline, encryption_request(&mut tcp, &mut buf, shared)).await;
-    let mut client = match (tls, &shared.tls) {
+    let tls = tokio::time::timeout_at(deadline, encryption_request(&mut tcp, &mut buf, ctx)).await;
+    let mut client = match (tls, &ctx.tls) {
         (Ok(Ok(false)), _) => ClientStream::Plain(tcp),
         (Ok(Ok(true)), Some(acceptor)) => {
             match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => ClientStream::Tls(Box::new(tls)),
                 Ok(Err(e)) => {
-                    shared.metrics.error(ErrorSource::Client);
+                    ctx.metrics.error(ErrorSource::Client);
                     debug!(error = %e, "TLS handshake with client failed");
                     return None;
                 }
@@ -178,10 +173,10 @@ async fn accept_client(
             }
         }
         (Ok(Ok(true)), None) => return None,
-        (Ok(Err(e)), _) => return startup_failed(&mut tcp, e, shared).await,
-        (Err(_), _) => return startup_timed_out(&mut tcp, shared).await,
+        (Ok(Err(e)), _) => return startup_failed(&mut tcp, e, ctx).await,
+        (Err(_), _) => return startup_timed_out(&mut tcp, ctx).await,
     };
-    match tokio::time::timeout_at(deadline, startup(&mut client, &mut buf, shared)).await {
+    match tokio::time::timeout_at(deadline, startup(&mut client, &mut buf, ctx)).await {
         Ok(Ok(Startup::Message {
             len,
             user,
@@ -191,15 +186,15 @@ async fn accept_client(
             Some((client, buf, len))
         }
         Ok(Ok(Startup::Done)) => None,
-        Ok(Err(e)) => startup_failed(&mut client, e, shared).await,
-        Err(_) => startup_timed_out(&mut client, shared).await,
+        Ok(Err(e)) => startup_failed(&mut client, e, ctx).await,
+        Err(_) => startup_timed_out(&mut client, ctx).await,
     }
 }
 
-fn legacy_lost(shared: &Shared, e: impl std::fmt::Display) -> String {
+fn legacy_lost(ctx: &Context, e: impl std::fmt::Display) -> String {
     format!(
         "pgdual: connection to the legacy database at {} failed: {e}",
-        shared.legacy
+        ctx.legacy
     )
 }
 
@@ -207,11 +202,11 @@ fn legacy_lost(shared: &Shared, e: impl std::fmt::Display) -> String {
 /// why if pgdual ended it, and cancels a query left running for a client that is gone.
 async fn relay_session(
     client: ClientStream,
-    legacy: crate::net::stream::LegacyStream,
+    legacy: crate::net::stream::ServerStream,
     buf: BytesMut,
     id: u64,
     reads_routable: bool,
-    shared: &Arc<Shared>,
+    ctx: &Arc<Context>,
 ) {
     let key = RefCell::new(None);
     let mut session = Session::new(id);
@@ -219,9 +214,9 @@ async fn relay_session(
     let session = RefCell::new(session);
     let (mut cr, mut cw) = tokio::io::split(client);
     let (mut lr, mut lw) = tokio::io::split(legacy);
-    let mut closing = shared.force_close.subscribe();
+    let mut closing = ctx.gate.force_close.subscribe();
     let outcome = tokio::select! {
-        r = relay(&mut cr, &mut cw, &mut lr, &mut lw, &session, shared, &key, buf) => Some(r),
+        r = relay(&mut cr, &mut cw, &mut lr, &mut lw, &session, ctx, &key, buf) => Some(r),
         _ = closing.wait_for(|closing| *closing) => None,
     };
     let busy = session.borrow().busy();
@@ -231,19 +226,14 @@ async fn relay_session(
             debug!(busy, "client closed the session");
         }
         Some(Err(RelayError::Client(e))) => {
-            shared.metrics.error(ErrorSource::Client);
+            ctx.metrics.error(ErrorSource::Client);
             warn!(error = %e, "closing session: invalid message from client");
             fatal(&mut cw, e.sqlstate(), &format!("pgdual: {e}")).await;
         }
         Some(Err(RelayError::LegacyIo(e))) => {
-            shared.metrics.error(ErrorSource::Legacy);
+            ctx.metrics.error(ErrorSource::Legacy);
             warn!(error = %e, "legacy connection failed");
-            fatal(
-                &mut cw,
-                SqlState::CONNECTION_FAILURE,
-                &legacy_lost(shared, e),
-            )
-            .await;
+            fatal(&mut cw, SqlState::CONNECTION_FAILURE, &legacy_lost(ctx, e)).await;
         }
         None => {
             info!("closing session: shutdown drain timeout reached");
@@ -255,15 +245,15 @@ async fn relay_session(
     // (and locks) until it finished: cancel it.
     let key = key.into_inner();
     if let (true, Some(key)) = (busy, &key) {
-        if let Some(secret) = shared.cancel.lookup(key.pid, &key.secret) {
-            let timeout = Duration::from_millis(shared.config.limits.connect_timeout_ms);
-            if let Err(e) = shared.legacy.cancel(key.pid, &secret, timeout).await {
+        if let Some(secret) = ctx.cancel.lookup(key.pid, &key.secret) {
+            let timeout = Duration::from_millis(ctx.limits.connect_timeout_ms);
+            if let Err(e) = ctx.legacy.cancel(key.pid, &secret, timeout).await {
                 debug!(error = %e, "could not cancel the abandoned query");
             }
         }
     }
     if let Some(key) = &key {
-        shared.cancel.remove(key);
+        ctx.cancel.remove(key);
     }
     let _ = lw.shutdown().await;
 }
@@ -279,16 +269,16 @@ enum StartupError {
 async fn startup_failed<W: AsyncWrite + Unpin, T>(
     w: &mut W,
     e: StartupError,
-    shared: &Shared,
+    ctx: &Context,
 ) -> Option<T> {
     match e {
         StartupError::Codec(e) if e.closes_silently() => {
-            shared.metrics.error(ErrorSource::Client);
+            ctx.metrics.error(ErrorSource::Client);
             debug!(error = %e, "not a startup packet; closing as PostgreSQL does");
             let _ = w.shutdown().await;
         }
         StartupError::Codec(e) => {
-            shared.metrics.error(ErrorSource::Client);
+            ctx.metrics.error(ErrorSource::Client);
             warn!(error = %e, "invalid startup packet");
             fatal(w, e.sqlstate(), &format!("pgdual: {e}")).await;
         }
@@ -297,8 +287,8 @@ async fn startup_failed<W: AsyncWrite + Unpin, T>(
     None
 }
 
-async fn startup_timed_out<W: AsyncWrite + Unpin, T>(w: &mut W, shared: &Shared) -> Option<T> {
-    shared.metrics.error(ErrorSource::Client);
+async fn startup_timed_out<W: AsyncWrite + Unpin, T>(w: &mut W, ctx: &Context) -> Option<T> {
+    ctx.metrics.error(ErrorSource::Client);
     debug!("no startup packet within limits.connect_timeout_ms");
     let msg = "pgdual: no startup packet received within limits.connect_timeout_ms";
     fatal(w, SqlState::PROTOCOL_VIOLATION, msg).await;
@@ -326,7 +316,7 @@ async fn next_initial<S: AsyncRead + Unpin>(
 async fn encryption_request(
     tcp: &mut TcpStream,
     buf: &mut BytesMut,
-    shared: &Shared,
+    ctx: &Context,
 ) -> Result<bool, StartupError> {
     loop {
         let Some((msg, len)) = next_initial(tcp, buf).await? else {
@@ -344,7 +334,7 @@ async fn encryption_request(
             .into());
         }
         buf.advance(len);
-        if msg == Initial::SslRequest && shared.tls.is_some() {
+        if msg == Initial::SslRequest && ctx.tls.is_some() {
             tcp.write_all(b"S").await?;
             return Ok(true);
         }
@@ -356,7 +346,7 @@ async fn encryption_request(
 async fn startup(
     client: &mut ClientStream,
     buf: &mut BytesMut,
-    shared: &Shared,
+    ctx: &Context,
 ) -> Result<Startup, StartupError> {
     let Some((msg, len)) = next_initial(client, buf).await? else {
         return Ok(Startup::Done);
@@ -367,8 +357,8 @@ async fn startup(
         }
         .into()),
         Initial::Cancel { pid, secret } => {
-            shared.metrics.cancel_requests_total.fetch_add(1, Relaxed);
-            forward_cancel(pid, &secret, shared).await;
+            ctx.metrics.cancel_requests_total.fetch_add(1, Relaxed);
+            forward_cancel(pid, &secret, ctx).await;
             Ok(Startup::Done)
         }
         Initial::Startup { params, .. } => {
@@ -388,14 +378,14 @@ async fn startup(
     }
 }
 
-async fn forward_cancel(pid: i32, secret: &[u8], shared: &Shared) {
-    let Some(legacy_secret) = shared.cancel.lookup(pid, secret) else {
+async fn forward_cancel(pid: i32, secret: &[u8], ctx: &Context) {
+    let Some(legacy_secret) = ctx.cancel.lookup(pid, secret) else {
         debug!(pid, "CancelRequest with an unknown key ignored");
         return;
     };
-    let timeout = Duration::from_millis(shared.config.limits.connect_timeout_ms);
-    if let Err(e) = shared.legacy.cancel(pid, &legacy_secret, timeout).await {
-        shared.metrics.error(ErrorSource::Legacy);
+    let timeout = Duration::from_millis(ctx.limits.connect_timeout_ms);
+    if let Err(e) = ctx.legacy.cancel(pid, &legacy_secret, timeout).await {
+        ctx.metrics.error(ErrorSource::Legacy);
         warn!(error = %e, "could not forward CancelRequest");
     }
 }

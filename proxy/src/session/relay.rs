@@ -15,10 +15,10 @@ use bytes::{Buf, Bytes, BytesMut};
 use pgdual_rules::{Analysis, StatementKind};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::app::Shared;
 use crate::proto::codec::{frames, scan, CodecError};
 use crate::session::cancel::ClientKey;
 use crate::session::state::{AfterWrite, Session};
+use crate::session::Context;
 
 /// Bytes asked of the kernel per read, and the least free room before a read.
 const READ_SIZE: usize = 16 * 1024;
@@ -69,7 +69,7 @@ pub async fn relay<CR, CW, LR, LW>(
     legacy_r: &mut LR,
     legacy_w: &mut LW,
     session: &RefCell<Session>,
-    shared: &Arc<Shared>,
+    ctx: &Arc<Context>,
     key: &RefCell<Option<ClientKey>>,
     pending: BytesMut,
 ) -> Result<RelayEnd, RelayError>
@@ -82,8 +82,8 @@ where
     // Legacy's answers and the reads new answers both go to the client, each as whole
     // messages; a read goes to new only when legacy owes nothing.
     let client_w = tokio::sync::Mutex::new(client_w);
-    let up = client_to_legacy(client_r, legacy_w, &client_w, session, shared, pending);
-    let down = legacy_to_client(legacy_r, &client_w, session, shared, key);
+    let up = client_to_legacy(client_r, legacy_w, &client_w, session, ctx, pending);
+    let down = legacy_to_client(legacy_r, &client_w, session, ctx, key);
     tokio::select! {
         r = up => r,
         r = down => r,
@@ -113,7 +113,7 @@ async fn client_to_legacy<R, W, CW>(
     w: &mut W,
     client_w: &tokio::sync::Mutex<&mut CW>,
     session: &RefCell<Session>,
-    shared: &Arc<Shared>,
+    ctx: &Arc<Context>,
     mut buf: BytesMut,
 ) -> Result<RelayEnd, RelayError>
 where
@@ -121,7 +121,7 @@ where
     W: AsyncWrite + Unpin,
     CW: AsyncWrite + Unpin,
 {
-    let max = shared.config.limits.max_message_bytes;
+    let max = ctx.limits.max_message_bytes;
     let mut pass = 0;
     let mut after = Vec::new();
     let mut started = Instant::now();
@@ -129,7 +129,7 @@ where
         let found = scan(&buf, &mut pass, max, frontend_inspected)?;
         if found.first == 0 && pass == 0 && found.complete > 0 {
             let answered =
-                crate::reads::route::route_group(&buf[..found.complete], session, shared).await;
+                crate::session::route::route_group(&buf[..found.complete], session, ctx).await;
             if let Some((end, answer)) = answered {
                 buf.advance(end);
                 let mut out = client_w.lock().await;
@@ -146,14 +146,13 @@ where
                 }
             }
             w.write_all(&chunk).await.map_err(RelayError::LegacyIo)?;
-            shared.metrics.added_latency.observe(started.elapsed());
-            shared
-                .metrics
+            ctx.metrics.added_latency.observe(started.elapsed());
+            ctx.metrics
                 .bytes_from_clients
                 .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
             let mut seen = Seen::default();
             for done in after.drain(..) {
-                analyze_after_write(done, &chunk, shared, &mut seen);
+                analyze_after_write(done, &chunk, ctx, &mut seen);
             }
             if seen.write || seen.settings {
                 let mut s = session.borrow_mut();
@@ -177,7 +176,7 @@ struct Seen {
 }
 
 /// Classifies what was just sent to legacy and counts it.
-fn analyze_after_write(done: AfterWrite, chunk: &[u8], shared: &Shared, seen: &mut Seen) {
+fn analyze_after_write(done: AfterWrite, chunk: &[u8], ctx: &Context, seen: &mut Seen) {
     let mut count = |a: &Analysis| {
         for s in &a.statements {
             seen.write |= matches!(
@@ -187,13 +186,12 @@ fn analyze_after_write(done: AfterWrite, chunk: &[u8], shared: &Shared, seen: &m
             // A text pgdual could not read may have changed settings or the role (SET ROLE,
             // set_config): its session's reads stay on legacy.
             seen.settings |= matches!(s.kind, StatementKind::Session | StatementKind::Unknown);
-            shared.metrics.statement(s.kind);
+            ctx.metrics.statement(s.kind);
         }
         match a.exceeded {
-            Some(why) => shared.metrics.analysis_skipped(why),
+            Some(why) => ctx.metrics.analysis_skipped(why),
             None if a.is_unknown() => {
-                shared
-                    .metrics
+                ctx.metrics
                     .parse_failures_total
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
@@ -203,11 +201,9 @@ fn analyze_after_write(done: AfterWrite, chunk: &[u8], shared: &Shared, seen: &m
     match done {
         AfterWrite::Query { start, end } => {
             let sql = String::from_utf8_lossy(&chunk[start..end]);
-            count(&shared.cache.get(&sql))
+            count(&ctx.cache.get(&sql))
         }
-        AfterWrite::Execute(stmt) => {
-            count(stmt.analysis.get_or_init(|| shared.cache.get(&stmt.sql)))
-        }
+        AfterWrite::Execute(stmt) => count(stmt.analysis.get_or_init(|| ctx.cache.get(&stmt.sql))),
     }
 }
 
@@ -215,7 +211,7 @@ async fn legacy_to_client<R, W>(
     r: &mut R,
     w: &tokio::sync::Mutex<&mut W>,
     session: &RefCell<Session>,
-    shared: &Arc<Shared>,
+    ctx: &Arc<Context>,
     key: &RefCell<Option<ClientKey>>,
 ) -> Result<RelayEnd, RelayError>
 where
@@ -255,15 +251,14 @@ where
                             &mut s,
                             tag,
                             &buf[at + 5..at + len],
-                            shared.config.reads.max_result_bytes,
+                            ctx.shadow_capture_bytes,
                         )
                     });
                 }
                 s.on_backend(tag, &buf[at + 5..at + len]);
                 match tag {
                     b'E' => {
-                        shared
-                            .metrics
+                        ctx.metrics
                             .legacy_error_responses_total
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
@@ -275,27 +270,26 @@ where
             if s.wrote && s.tx == crate::session::state::TxStatus::Idle && !s.busy() && !s.unsynced
             {
                 s.wrote = false;
-                s.last_write_done = Some(shared.reads.now());
+                s.last_write_done = Some(ctx.watermark.now());
                 nudge = true;
             }
         }
         if let Some(job) = shadowed {
-            crate::reads::spawn_shadow(shared.clone(), *job);
+            crate::reads::spawn_shadow(ctx.reads.clone(), *job);
         }
-        if nudge && shared.config.rules_file.is_some() {
-            shared.mirror_nudge.notify_one();
+        if let (true, Some(commits)) = (nudge, &ctx.commits) {
+            commits.ring();
         }
         if let Some((at, end)) = key_at {
-            *key.borrow_mut() = Some(replace_backend_secret(&mut buf[at..end], shared));
+            *key.borrow_mut() = Some(replace_backend_secret(&mut buf[at..end], ctx));
         }
         w.lock()
             .await
             .write_all(&buf[..found.forward])
             .await
             .map_err(RelayError::ClientIo)?;
-        shared.metrics.added_latency.observe(started.elapsed());
-        shared
-            .metrics
+        ctx.metrics.added_latency.observe(started.elapsed());
+        ctx.metrics
             .bytes_from_legacy
             .fetch_add(found.forward as u64, std::sync::atomic::Ordering::Relaxed);
         buf.advance(found.forward);
@@ -333,9 +327,10 @@ fn capture(
 /// Keeps legacy's process ID in its BackendKeyData and swaps its secret for pgdual's (of the
 /// same length), remembering legacy's so that a CancelRequest sent to pgdual reaches the
 /// right backend.
-fn replace_backend_secret(body: &mut [u8], shared: &Shared) -> ClientKey {
-    let legacy_pid = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
-    let key = shared.cancel.register(legacy_pid, &body[4..]);
+fn replace_backend_secret(body: &mut [u8], ctx: &Context) -> ClientKey {
+    let (legacy_pid, legacy_secret) =
+        crate::proto::backend::backend_key_data(body).unwrap_or((0, &[]));
+    let key = ctx.cancel.register(legacy_pid, legacy_secret);
     body[4..].copy_from_slice(&key.secret);
     key
 }

@@ -6,6 +6,7 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::Duration;
 
 use pgdual_rules::bounds::Exceeded;
@@ -165,7 +166,7 @@ pub struct Metrics {
     /// Time a chunk of bytes spends inside pgdual, from the read that completed it to the
     /// end of the write that forwarded it, in either direction.
     pub added_latency: Histogram,
-    pub mirror: MirrorMetrics,
+    pub mirror: Arc<MirrorMetrics>,
 }
 
 impl Default for Metrics {
@@ -183,7 +184,7 @@ impl Default for Metrics {
             parse_failures_total: AtomicU64::new(0),
             analysis_skipped: Default::default(),
             added_latency: Histogram::latency(),
-            mirror: MirrorMetrics::default(),
+            mirror: Arc::default(),
         }
     }
 }

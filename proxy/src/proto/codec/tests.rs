@@ -1,4 +1,6 @@
 use super::*;
+use crate::proto::backend::{error_field, put_error};
+use crate::proto::frontend;
 use proptest::prelude::*;
 
 fn msg(tag: u8, body: &[u8]) -> Vec<u8> {

@@ -2,14 +2,11 @@
 //! database with the server's bytes passed through unchanged.
 //!
 //! A [`BackendConn`] speaks protocol 3.0 over TCP, with TLS as the endpoint's `tls` setting
-//! says (or a Unix socket when the host starts with `/`), authenticates with trust, cleartext, MD5 or SCRAM-SHA-256, and then exchanges whole
-//! request groups ([`BackendConn::round_trip`]) up to ReadyForQuery. Server bytes are never
-//! trusted: a malformed frame is a [`BackendError::Protocol`], never a panic.
-//!
-//! Idle connections are pooled per worker thread ([`checkout`], [`checkin`]): pgdual runs one
-//! current-thread runtime per worker, and a socket must stay on the runtime that opened it.
+//! says (or a Unix socket when the host starts with `/`), authenticates with trust,
+//! cleartext, MD5 or SCRAM-SHA-256, and then exchanges whole request groups
+//! ([`BackendConn::round_trip`]) up to ReadyForQuery. Server bytes are never trusted: a
+//! malformed frame is a [`BackendError::Protocol`], never a panic.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
@@ -18,9 +15,10 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use postgres_protocol::authentication::{md5_hash, sasl};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, UnixStream};
 
-use crate::net::tls::{Negotiated, TlsTarget};
+use crate::net::stream::{self, ServerStream};
+use crate::net::tls::TlsTarget;
+use crate::proto::backend::error_fields;
 use crate::proto::codec::{self, cstr, put_initial, put_message, PROTOCOL_3_0};
 
 /// Largest frame accepted from a server (PostgreSQL's own limit on a message is 1 GB).
@@ -28,10 +26,6 @@ const MAX_FRAME: u64 = 1 << 30;
 /// Frames that are always buffered whole (authentication, ParameterStatus, ReadyForQuery...)
 /// may be at most this long.
 const MAX_CONTROL_FRAME: usize = 1 << 20;
-/// Idle connections kept per target and worker thread: enough for the busy sessions of one
-/// worker each to find one, so a burst of reads does not open and close connections (a
-/// process fork on the server each time).
-pub const MAX_IDLE_PER_KEY: usize = 32;
 /// Terminate.
 const TERMINATE: [u8; 5] = [b'X', 0, 0, 0, 4];
 
@@ -75,103 +69,16 @@ impl Frame {
     }
 }
 
-enum Stream {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+/// Opens the stream, building the TLS configuration (an invalid CA file is an error here).
+async fn open_stream(host: &str, port: u16, tls: &TlsTarget) -> Result<ServerStream, String> {
+    let config = tls.client_config().map_err(|e| e.to_string())?;
+    stream::open(host, port, tls, config.as_ref())
+        .await
+        .map_err(|e| e.to_string())
 }
-
-impl Stream {
-    async fn open(host: &str, port: u16, tls: &TlsTarget) -> Result<Stream, String> {
-        if host.starts_with('/') {
-            let path = std::path::Path::new(host).join(format!(".s.PGSQL.{port}"));
-            let unix = UnixStream::connect(path).await.map_err(|e| e.to_string())?;
-            return Ok(Stream::Unix(unix));
-        }
-        let tcp = TcpStream::connect((host, port))
-            .await
-            .map_err(|e| e.to_string())?;
-        let _ = tcp.set_nodelay(true);
-        let Some(config) = tls.client_config().map_err(|e| e.to_string())? else {
-            return Ok(Stream::Tcp(tcp));
-        };
-        match crate::net::tls::start_tls(tcp, tls.mode, &config, &tls.server_name).await {
-            Ok(Negotiated::Plain(tcp)) => Ok(Stream::Tcp(tcp)),
-            Ok(Negotiated::Tls(tls)) => Ok(Stream::Tls(tls)),
-            Err(e) => Err(e.to_string()),
-        }
-    }
-
-    async fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        match self {
-            Stream::Tcp(s) => s.write_all(buf).await,
-            Stream::Unix(s) => s.write_all(buf).await,
-            Stream::Tls(s) => {
-                s.write_all(buf).await?;
-                s.flush().await
-            }
-        }
-    }
-
-    async fn read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.read_buf(buf).await,
-            Stream::Unix(s) => s.read_buf(buf).await,
-            Stream::Tls(s) => s.read_buf(buf).await,
-        }
-    }
-
-    /// Reads the socket itself, under TLS too: used only to see whether an idle connection
-    /// got anything (then it is dropped, so bytes taken from under TLS do not matter).
-    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.try_read(buf),
-            Stream::Unix(s) => s.try_read(buf),
-            Stream::Tls(s) => s.get_ref().0.try_read(buf),
-        }
-    }
-
-    /// Writes what the socket takes now, without waiting; under TLS, `buf` then a
-    /// close_notify, encrypted.
-    fn try_write(&mut self, buf: &[u8]) -> io::Result<()> {
-        match self {
-            Stream::Tcp(s) => s.try_write(buf).map(drop),
-            Stream::Unix(s) => s.try_write(buf).map(drop),
-            Stream::Tls(s) => {
-                use std::io::Write;
-                let (tcp, conn) = s.get_mut();
-                conn.writer().write_all(buf)?;
-                conn.send_close_notify();
-                struct NonBlocking<'a>(&'a TcpStream);
-                impl Write for NonBlocking<'_> {
-                    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-                        self.0.try_write(b)
-                    }
-                    fn flush(&mut self) -> io::Result<()> {
-                        Ok(())
-                    }
-                }
-                while conn.wants_write() {
-                    conn.write_tls(&mut NonBlocking(tcp))?;
-                }
-                Ok(())
-            }
-        }
-    }
-}
-
-/// `host:port`, or the socket path for a Unix socket directory.
-fn display_addr(host: &str, port: u16) -> String {
-    if host.starts_with('/') {
-        format!("{host}/.s.PGSQL.{port}")
-    } else {
-        format!("{host}:{port}")
-    }
-}
-
 /// An authenticated protocol-3.0 session with a PostgreSQL server.
 pub struct BackendConn {
-    stream: Stream,
+    stream: ServerStream,
     buf: BytesMut,
     addr: String,
     params: HashMap<String, String>,
@@ -214,6 +121,55 @@ fn password_frame(out: &mut BytesMut, body: impl FnOnce(&mut BytesMut)) {
     put_message(out, b'p', body);
 }
 
+/// The PasswordMessage answering AuthenticationMD5Password with its salt (`body`).
+fn md5_message(out: &mut BytesMut, user: &str, pw: &str, body: &[u8]) -> Result<(), BackendError> {
+    let salt: [u8; 4] = body
+        .get(..4)
+        .and_then(|s| s.try_into().ok())
+        .ok_or_else(|| protocol("short MD5 salt"))?;
+    let hash = md5_hash(user.as_bytes(), pw.as_bytes(), salt);
+    password_frame(out, |o| {
+        o.put_slice(hash.as_bytes());
+        o.put_u8(0);
+    });
+    Ok(())
+}
+
+/// The SASLInitialResponse answering AuthenticationSASL with its mechanisms (`body`), and
+/// the SCRAM exchange it starts.
+fn sasl_start(
+    out: &mut BytesMut,
+    user: &str,
+    pw: &str,
+    body: &[u8],
+) -> Result<sasl::ScramSha256, BackendError> {
+    let mut mechanisms = Vec::new();
+    let mut rest = body;
+    while let Some((m, tail)) = cstr(rest) {
+        if m.is_empty() {
+            break;
+        }
+        mechanisms.push(String::from_utf8_lossy(m).into_owned());
+        rest = tail;
+    }
+    if !mechanisms.iter().any(|m| m == sasl::SCRAM_SHA_256) {
+        return Err(BackendError::Auth(format!(
+            "user \"{user}\": the server offers SASL mechanisms {mechanisms:?}; \
+             pgdual supports only {}",
+            sasl::SCRAM_SHA_256
+        )));
+    }
+    let s = sasl::ScramSha256::new(pw.as_bytes(), sasl::ChannelBinding::unsupported());
+    let msg = s.message();
+    password_frame(out, |o| {
+        o.put_slice(sasl::SCRAM_SHA_256.as_bytes());
+        o.put_u8(0);
+        o.put_i32(msg.len() as i32);
+        o.put_slice(msg);
+    });
+    Ok(s)
+}
+
 fn read_i32(b: &mut &[u8]) -> Option<i32> {
     if b.len() < 4 {
         return None;
@@ -234,7 +190,7 @@ impl BackendConn {
         tls: &TlsTarget,
         timeout: Duration,
     ) -> Result<Self, BackendError> {
-        let addr = display_addr(host, port);
+        let addr = stream::display_addr(host, port);
         match tokio::time::timeout(
             timeout,
             Self::connect_inner(host, port, &addr, user, password, dbname, tls),
@@ -259,7 +215,7 @@ impl BackendConn {
         tls: &TlsTarget,
     ) -> Result<Self, BackendError> {
         let connect_err = |e: io::Error| BackendError::Connect(format!("{addr}: {e}"));
-        let stream = Stream::open(host, port, tls)
+        let stream = open_stream(host, port, tls)
             .await
             .map_err(|e| BackendError::Connect(format!("{addr}: {e}")))?;
         let mut conn = BackendConn {
@@ -287,7 +243,7 @@ impl BackendConn {
         body.put_u8(0);
         let mut startup = BytesMut::new();
         put_initial(&mut startup, PROTOCOL_3_0, &body);
-        conn.stream.write_all(&startup).await.map_err(connect_err)?;
+        conn.send(&startup).await.map_err(connect_err)?;
         conn.authenticate(user, password).await?;
         conn.finish_startup(user).await?;
         conn.broken = false;
@@ -338,47 +294,8 @@ impl BackendConn {
                         o.put_u8(0);
                     });
                 }
-                5 => {
-                    let pw = need_password()?;
-                    let salt: [u8; 4] = b
-                        .get(..4)
-                        .and_then(|s| s.try_into().ok())
-                        .ok_or_else(|| protocol("short MD5 salt"))?;
-                    let hash = md5_hash(user.as_bytes(), pw.as_bytes(), salt);
-                    password_frame(&mut out, |o| {
-                        o.put_slice(hash.as_bytes());
-                        o.put_u8(0);
-                    });
-                }
-                10 => {
-                    let pw = need_password()?;
-                    let mut mechanisms = Vec::new();
-                    let mut rest = b;
-                    while let Some((m, tail)) = cstr(rest) {
-                        if m.is_empty() {
-                            break;
-                        }
-                        mechanisms.push(String::from_utf8_lossy(m).into_owned());
-                        rest = tail;
-                    }
-                    if !mechanisms.iter().any(|m| m == sasl::SCRAM_SHA_256) {
-                        return Err(BackendError::Auth(format!(
-                            "user \"{user}\": the server offers SASL mechanisms {mechanisms:?}; \
-                             pgdual supports only {}",
-                            sasl::SCRAM_SHA_256
-                        )));
-                    }
-                    let s =
-                        sasl::ScramSha256::new(pw.as_bytes(), sasl::ChannelBinding::unsupported());
-                    let msg = s.message();
-                    password_frame(&mut out, |o| {
-                        o.put_slice(sasl::SCRAM_SHA_256.as_bytes());
-                        o.put_u8(0);
-                        o.put_i32(msg.len() as i32);
-                        o.put_slice(msg);
-                    });
-                    scram = Some(s);
-                }
+                5 => md5_message(&mut out, user, need_password()?, b)?,
+                10 => scram = Some(sasl_start(&mut out, user, need_password()?, b)?),
                 11 => {
                     let s = scram
                         .as_mut()
@@ -407,7 +324,7 @@ impl BackendConn {
                     )))
                 }
             }
-            self.stream.write_all(&out).await?;
+            self.send(&out).await?;
         }
     }
 
@@ -466,6 +383,12 @@ impl BackendConn {
             }
             _ => Err(protocol("malformed ReadyForQuery")),
         }
+    }
+
+    /// Writes `buf` whole (and flushes it, which TLS needs).
+    async fn send(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.stream.write_all(buf).await?;
+        self.stream.flush().await
     }
 
     /// Reads until `buf` holds at least `n` bytes.
@@ -571,7 +494,7 @@ impl BackendConn {
         mut syncs: usize,
         max_bytes: usize,
     ) -> Result<(Vec<Frame>, usize, bool), BackendError> {
-        self.stream.write_all(request).await?;
+        self.send(request).await?;
         let mut frames = Vec::new();
         let mut total = 0usize;
         let mut over = false;
@@ -594,7 +517,7 @@ impl BackendConn {
                         o.put_slice(b"pgdual does not relay COPY FROM STDIN here");
                         o.put_u8(0);
                     });
-                    self.stream.write_all(&out).await?;
+                    self.send(&out).await?;
                     continue;
                 }
                 b'W' => return Err(protocol("unexpected CopyBothResponse")),
@@ -684,13 +607,13 @@ impl BackendConn {
 
     /// Whether the connection can go back to a pool: not broken, outside a transaction, with
     /// nothing left unread.
-    fn reusable(&self) -> bool {
+    pub(crate) fn reusable(&self) -> bool {
         !self.broken && self.status == b'I' && self.buf.is_empty()
     }
 
     /// Reusable, and the server has sent nothing since (such as a FATAL error before
     /// closing): one non-blocking read, paid when the connection leaves the pool.
-    fn still_usable(&self) -> bool {
+    pub(crate) fn still_usable(&self) -> bool {
         let mut probe = [0u8; 1];
         self.reusable()
             && matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
@@ -721,189 +644,10 @@ fn sync_points(request: &[u8]) -> Result<usize, BackendError> {
     Ok(count)
 }
 
-/// SQLSTATE (`C`) and message (`M`) of an ErrorResponse or NoticeResponse body; empty strings
-/// when missing.
-pub fn error_fields(body: &[u8]) -> (String, String) {
-    let field = |f| {
-        codec::error_field(body, f)
-            .map(|v| String::from_utf8_lossy(v).into_owned())
-            .unwrap_or_default()
-    };
-    (field(b'C'), field(b'M'))
-}
-
-fn put_cstr(out: &mut BytesMut, s: &str) {
-    out.put_slice(s.as_bytes());
-    out.put_u8(0);
-}
-
-/// A simple Query.
-pub fn query_frame(sql: &str) -> BytesMut {
-    let mut out = BytesMut::new();
-    put_message(&mut out, b'Q', |o| put_cstr(o, sql));
-    out
-}
-
-/// Parse of `sql` as statement `name` with declared parameter type OIDs (0: unspecified).
-pub fn parse_frame(name: &str, sql: &str, param_types: &[u32]) -> BytesMut {
-    let mut out = BytesMut::new();
-    put_message(&mut out, b'P', |o| {
-        put_cstr(o, name);
-        put_cstr(o, sql);
-        o.put_i16(param_types.len() as i16);
-        for t in param_types {
-            o.put_u32(*t);
-        }
-    });
-    out
-}
-
-/// Bind of `statement` to `portal`; `raw_rest` is the rest of a Bind body after the two
-/// names (parameter formats, values, result formats), such as a client's, passed unchanged.
-pub fn bind_frame(portal: &str, statement: &str, raw_rest: &[u8]) -> BytesMut {
-    let mut out = BytesMut::new();
-    put_message(&mut out, b'B', |o| {
-        put_cstr(o, portal);
-        put_cstr(o, statement);
-        o.put_slice(raw_rest);
-    });
-    out
-}
-
-/// Describe of a statement (`b'S'`) or portal (`b'P'`).
-pub fn describe_frame(kind: u8, name: &str) -> BytesMut {
-    let mut out = BytesMut::new();
-    put_message(&mut out, b'D', |o| {
-        o.put_u8(kind);
-        put_cstr(o, name);
-    });
-    out
-}
-
-/// Execute of `portal`, at most `max_rows` rows (0: all).
-pub fn execute_frame(portal: &str, max_rows: i32) -> BytesMut {
-    let mut out = BytesMut::new();
-    put_message(&mut out, b'E', |o| {
-        put_cstr(o, portal);
-        o.put_i32(max_rows);
-    });
-    out
-}
-
-pub fn sync_frame() -> BytesMut {
-    let mut out = BytesMut::new();
-    put_message(&mut out, b'S', |_| {});
-    out
-}
-
-/// Where and as whom to connect; the key of the per-thread pool.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Target {
-    pub host: String,
-    pub port: u16,
-    pub user: String,
-    pub password: Option<String>,
-    pub dbname: String,
-    /// TLS to this server (`legacy.tls*` or `new.tls*`).
-    pub tls: TlsTarget,
-    pub connect_timeout: Duration,
-}
-
-impl fmt::Debug for Target {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Target")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("user", &self.user)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field("dbname", &self.dbname)
-            .field("tls", &self.tls.mode)
-            .field("connect_timeout", &self.connect_timeout)
-            .finish()
-    }
-}
-
-impl Target {
-    /// `user@host:port/dbname`: connections with equal keys are interchangeable.
-    pub fn key(&self) -> String {
-        format!("{}@{}:{}/{}", self.user, self.host, self.port, self.dbname)
-    }
-
-    /// Opens a new connection (not from the pool).
-    pub async fn connect(&self) -> Result<BackendConn, BackendError> {
-        BackendConn::connect(
-            &self.host,
-            self.port,
-            &self.user,
-            self.password.as_deref(),
-            &self.dbname,
-            &self.tls,
-            self.connect_timeout,
-        )
-        .await
-    }
-}
-
-thread_local! {
-    /// Idle connections of this worker thread, by [`Target::key`].
-    static IDLE: RefCell<HashMap<String, Vec<BackendConn>>> = RefCell::new(HashMap::new());
-}
-
-/// An idle connection to `target` from this thread's pool (the most recently used one that is
-/// still open), or a new one.
-pub async fn checkout(target: &Target) -> Result<BackendConn, BackendError> {
-    let key = target.key();
-    loop {
-        let idle = IDLE
-            .try_with(|p| p.borrow_mut().get_mut(&key).and_then(Vec::pop))
-            .ok()
-            .flatten();
-        match idle {
-            Some(conn) if conn.still_usable() => return Ok(conn),
-            Some(_) => continue,
-            None => return target.connect().await,
-        }
-    }
-}
-
-/// Returns a connection to this thread's pool; a broken one, one left in a transaction, or
-/// one over [`MAX_IDLE_PER_KEY`] is closed instead.
-pub fn checkin(target: &Target, conn: BackendConn) {
-    if !conn.reusable() {
-        return;
-    }
-    let key = target.key();
-    let _ = IDLE.try_with(move |p| {
-        let mut pool = p.borrow_mut();
-        let idle = pool.entry(key).or_default();
-        if idle.len() < MAX_IDLE_PER_KEY {
-            idle.push(conn);
-        }
-    });
-}
-
-/// Idle connections to `target` in this thread's pool.
-pub fn idle_count(target: &Target) -> usize {
-    IDLE.try_with(|p| p.borrow().get(&target.key()).map_or(0, Vec::len))
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn frames_are_well_formed() {
-        let q = query_frame("SELECT 1");
-        assert_eq!(&q[..], b"Q\0\0\0\x0dSELECT 1\0");
-        let p = parse_frame("s", "SELECT $1", &[23]);
-        assert_eq!(&p[..], b"P\0\0\0\x16s\0SELECT $1\0\0\x01\0\0\0\x17");
-        let b = bind_frame("", "s", b"\0\0\0\0\0\0");
-        assert_eq!(&b[..], b"B\0\0\0\x0d\0s\0\0\0\0\0\0\0");
-        assert_eq!(&describe_frame(b'P', "")[..], b"D\0\0\0\x06P\0");
-        assert_eq!(&execute_frame("", 0)[..], b"E\0\0\0\x09\0\0\0\0\0");
-        assert_eq!(&sync_frame()[..], b"S\0\0\0\x04");
-    }
+    use crate::proto::frontend::{parse_frame, query_frame, sync_frame};
 
     #[test]
     fn sync_points_counts_and_validates() {
@@ -915,34 +659,5 @@ mod tests {
         assert!(sync_points(&r[..r.len() - 1]).is_err());
         assert!(sync_points(b"Q\0\0\0\x01").is_err());
         assert!(sync_points(b"").is_err());
-    }
-
-    #[test]
-    fn error_fields_reads_code_and_message() {
-        let mut e = BytesMut::new();
-        codec::put_error(
-            &mut e,
-            "ERROR",
-            crate::proto::sqlstate::SqlState::PROTOCOL_VIOLATION,
-            "bad",
-        );
-        let (code, msg) = error_fields(&e[5..]);
-        assert_eq!((code.as_str(), msg.as_str()), ("08P01", "bad"));
-        assert_eq!(error_fields(b"C4"), (String::new(), String::new()));
-    }
-
-    #[test]
-    fn target_debug_hides_password() {
-        let t = Target {
-            host: "h".into(),
-            port: 1,
-            user: "u".into(),
-            password: Some("secret".into()),
-            dbname: "d".into(),
-            tls: TlsTarget::disabled(),
-            connect_timeout: Duration::from_secs(1),
-        };
-        assert!(!format!("{t:?}").contains("secret"));
-        assert_eq!(t.key(), "u@h:1/d");
     }
 }

@@ -12,10 +12,11 @@ use pgdual_rules::read_plan::KeyRef;
 use pgdual_rules::route::{bucket, route, Route, SessionView};
 use pgdual_rules::{Analysis, ReadPlan, RuleSet, StatementKind, TableName};
 
-use crate::app::Shared;
-use crate::proto::codec::{frames, frontend};
-use crate::reads::{self, Request, ShadowJob};
+use crate::proto::codec::frames;
+use crate::proto::frontend;
+use crate::reads::{self, CachedPlan, Request, ShadowJob};
 use crate::session::state::{Session, TxStatus};
+use crate::session::Context;
 
 /// The first request group of `buf` when it is a read of tables whose reads are routed: a
 /// simple Query, or Bind, optional Describe of that portal, Execute (all rows) and Sync.
@@ -24,7 +25,7 @@ use crate::session::state::{Session, TxStatus};
 fn read_group(
     buf: &[u8],
     s: &Session,
-    shared: &Shared,
+    ctx: &Context,
     rules: &RuleSet,
 ) -> Option<(usize, Request, Vec<TableName>)> {
     let mut it = frames(buf, 0, buf.len());
@@ -33,7 +34,7 @@ fn read_group(
     match tag {
         b'Q' => {
             let sql = std::str::from_utf8(frontend::query(body)?).ok()?;
-            let routed = routed_tables(&shared.cache.get(sql), rules)?;
+            let routed = routed_tables(&ctx.cache.get(sql), rules)?;
             Some((at + len, Request::Simple { sql: sql.into() }, routed))
         }
         b'B' => {
@@ -41,9 +42,9 @@ fn read_group(
             let prepared = s.confirmed(stmt)?;
             let analysis = prepared
                 .analysis
-                .get_or_init(|| shared.cache.get(&prepared.sql));
+                .get_or_init(|| ctx.cache.get(&prepared.sql));
             let routed = routed_tables(analysis, rules)?;
-            let bind_rest = reads::bind_rest(&Bytes::copy_from_slice(body))?;
+            let bind_rest = frontend::bind_rest(&Bytes::copy_from_slice(body))?;
             let (mut at, mut tag, mut len) = it.next()?;
             let mut describe = false;
             if tag == b'D' {
@@ -133,16 +134,50 @@ impl Who {
     /// Whether new (or a shadow) may answer `plan` for this session. Legacy exempts a
     /// superuser from privileges and row-level security; any other role needs its
     /// privileges on legacy, from the cache (a miss stays on legacy and fills it).
-    fn access(&self, shared: &Shared, version: u64, plan: &ReadPlan) -> Access {
+    fn access(&self, ctx: &Context, version: u64, plan: &ReadPlan) -> Access {
         if self.role_changed {
             return Access::RoleChanged;
         }
         match &self.role {
             None => Access::RoleChanged,
             Some(_) if self.superuser => Access::Allowed,
-            Some(role) => shared.privileges.access(role, version, plan),
+            Some(role) => ctx.privileges.access(role, version, plan),
         }
     }
+}
+
+/// A read group that may be routed, with what the decision needs of the session.
+struct Pending {
+    end: usize,
+    request: Request,
+    routed: Vec<TableName>,
+    view: SessionView,
+    settings: reads::Settings,
+    conn_seed: u64,
+    who: Who,
+}
+
+fn pending(buf: &[u8], s: &Session, ctx: &Context, rules: &RuleSet) -> Option<Pending> {
+    // Only between batches (a Sync legacy needs must reach it), and only for UTF-8
+    // sessions: the statement text is handed to new as UTF-8.
+    if !s.reads_routable || s.busy() || s.unsynced || !s.utf8() {
+        return None;
+    }
+    let (end, request, routed) = read_group(buf, s, ctx, rules)?;
+    Some(Pending {
+        end,
+        request,
+        routed,
+        view: SessionView {
+            in_block: s.tx != TxStatus::Idle,
+            unmirrored_write: ctx.watermark.unmirrored(s.last_write_done),
+            own_settings: s.own_settings,
+            access: Access::Unchecked,
+        },
+        settings: s.settings.clone(),
+        conn_seed: s.id,
+        who: Who::of(s),
+    })
 }
 
 /// Routes the group at the head of `buf`. When new answered, returns the group's length and
@@ -151,69 +186,35 @@ impl Who {
 pub async fn route_group(
     buf: &[u8],
     session: &RefCell<Session>,
-    shared: &Arc<Shared>,
+    ctx: &Arc<Context>,
 ) -> Option<(usize, BytesMut)> {
-    let snap = shared.rules.load();
+    let snap = ctx.rules.load();
     if !snap.rules.routes_reads() {
         return None;
     }
-    let (end, request, routed, mut view, settings, conn_seed, who) = {
-        let s = session.borrow();
-        // Only between batches (a Sync legacy needs must reach it), and only for UTF-8
-        // sessions: the statement text is handed to new as UTF-8.
-        if !s.reads_routable || s.busy() || s.unsynced || !s.utf8() {
-            return None;
-        }
-        let (end, request, routed) = read_group(buf, &s, shared, &snap.rules)?;
-        let view = SessionView {
-            in_block: s.tx != TxStatus::Idle,
-            unmirrored_write: shared.reads.unmirrored(s.last_write_done),
-            own_settings: s.own_settings,
-            access: Access::Unchecked,
-        };
-        (
-            end,
-            request,
-            routed,
-            view,
-            s.settings.clone(),
-            s.id,
-            Who::of(&s),
-        )
-    };
-    let plan = shared.reads.plan(snap.version, &snap.rules, request.sql());
-    let stick = match plan.as_ref() {
-        Ok(p) => match &p.key {
-            Some(keys) => {
-                let mut seed = p.tables.first().map(|t| t.to_string()).unwrap_or_default();
-                for k in keys {
-                    seed.push('\0');
-                    match k {
-                        KeyRef::Literal(v) => seed.push_str(v),
-                        KeyRef::Param(n) => match request.param(*n) {
-                            Some(v) => seed.push_str(&String::from_utf8_lossy(&v)),
-                            None => seed.push_str(&conn_seed.to_string()),
-                        },
-                    }
-                }
-                bucket(seed.as_bytes())
-            }
-            None => bucket(&conn_seed.to_le_bytes()),
-        },
-        Err(_) => 0,
-    };
+    let Pending {
+        end,
+        request,
+        routed,
+        mut view,
+        settings,
+        conn_seed,
+        who,
+    } = pending(buf, &session.borrow(), ctx, &snap.rules)?;
+    let plan = ctx.reads.plan(&snap, request.sql());
+    let stick = stickiness(&plan, &request, conn_seed);
     if let Ok(p) = plan.as_ref() {
-        view.access = who.access(shared, snap.version, p);
+        view.access = who.access(ctx, snap.version, p);
     }
     let decision = route(&plan, &snap.rules, view, stick);
     let Ok(p) = plan.as_ref() else {
         // A read of routed tables that new cannot answer: legacy's, and counted so.
-        shared.reads.count_tables(&routed, |t| {
+        ctx.reads.count_tables(&routed, |t| {
             t.legacy.fetch_add(1, Relaxed);
         });
         return None;
     };
-    let reads = &shared.reads;
+    let reads = &ctx.reads;
     match decision {
         Route::Legacy(why) => {
             tracing::trace!(reason = why.as_str(), "read stays on legacy");
@@ -239,12 +240,12 @@ pub async fn route_group(
             }));
             None
         }
-        Route::New => match reads::answer(shared, &snap.rules, p, &request, &settings).await {
+        Route::New => match reads::answer(&ctx.reads, &snap.rules, p, &request, &settings).await {
             Ok(answer) => {
                 reads.count(p, |t| {
                     t.new.fetch_add(1, Relaxed);
                 });
-                shared.metrics.statement(StatementKind::Read);
+                ctx.metrics.statement(StatementKind::Read);
                 Some((end, answer))
             }
             Err(why) => {
@@ -255,5 +256,30 @@ pub async fn route_group(
                 None
             }
         },
+    }
+}
+
+/// The bucket that decides a ramped read: by the pinned key's value when the plan pins one
+/// (every read of one key goes the same way), else by the connection.
+fn stickiness(plan: &CachedPlan, request: &Request, conn_seed: u64) -> u8 {
+    match plan.as_ref() {
+        Ok(p) => match &p.key {
+            Some(keys) => {
+                let mut seed = p.tables.first().map(|t| t.to_string()).unwrap_or_default();
+                for k in keys {
+                    seed.push('\0');
+                    match k {
+                        KeyRef::Literal(v) => seed.push_str(v),
+                        KeyRef::Param(n) => match request.param(*n) {
+                            Some(v) => seed.push_str(&String::from_utf8_lossy(&v)),
+                            None => seed.push_str(&conn_seed.to_string()),
+                        },
+                    }
+                }
+                bucket(seed.as_bytes())
+            }
+            None => bucket(&conn_seed.to_le_bytes()),
+        },
+        Err(_) => 0,
     }
 }

@@ -1,0 +1,127 @@
+//! Idle protocol connections, pooled per worker thread: pgdual runs one current-thread
+//! runtime per worker, and a socket must stay on the runtime that opened it.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
+
+use crate::net::conn::{BackendConn, BackendError};
+use crate::net::tls::TlsTarget;
+
+/// Idle connections kept per target and worker thread: enough for the busy sessions of one
+/// worker each to find one, so a burst of reads does not open and close connections (a
+/// process fork on the server each time).
+pub const MAX_IDLE_PER_KEY: usize = 32;
+
+/// Where and as whom to connect; the key of the per-thread pool.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Option<String>,
+    pub dbname: String,
+    /// TLS to this server (`legacy.tls*` or `new.tls*`).
+    pub tls: TlsTarget,
+    pub connect_timeout: Duration,
+}
+
+impl fmt::Debug for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Target")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("dbname", &self.dbname)
+            .field("tls", &self.tls.mode)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+impl Target {
+    /// `user@host:port/dbname`: connections with equal keys are interchangeable.
+    pub fn key(&self) -> String {
+        format!("{}@{}:{}/{}", self.user, self.host, self.port, self.dbname)
+    }
+
+    /// Opens a new connection (not from the pool).
+    pub async fn connect(&self) -> Result<BackendConn, BackendError> {
+        BackendConn::connect(
+            &self.host,
+            self.port,
+            &self.user,
+            self.password.as_deref(),
+            &self.dbname,
+            &self.tls,
+            self.connect_timeout,
+        )
+        .await
+    }
+}
+
+thread_local! {
+    /// Idle connections of this worker thread, by [`Target::key`].
+    static IDLE: RefCell<HashMap<String, Vec<BackendConn>>> = RefCell::new(HashMap::new());
+}
+
+/// An idle connection to `target` from this thread's pool (the most recently used one that is
+/// still open), or a new one.
+pub async fn checkout(target: &Target) -> Result<BackendConn, BackendError> {
+    let key = target.key();
+    loop {
+        let idle = IDLE
+            .try_with(|p| p.borrow_mut().get_mut(&key).and_then(Vec::pop))
+            .ok()
+            .flatten();
+        match idle {
+            Some(conn) if conn.still_usable() => return Ok(conn),
+            Some(_) => continue,
+            None => return target.connect().await,
+        }
+    }
+}
+
+/// Returns a connection to this thread's pool; a broken one, one left in a transaction, or
+/// one over [`MAX_IDLE_PER_KEY`] is closed instead.
+pub fn checkin(target: &Target, conn: BackendConn) {
+    if !conn.reusable() {
+        return;
+    }
+    let key = target.key();
+    let _ = IDLE.try_with(move |p| {
+        let mut pool = p.borrow_mut();
+        let idle = pool.entry(key).or_default();
+        if idle.len() < MAX_IDLE_PER_KEY {
+            idle.push(conn);
+        }
+    });
+}
+
+/// Idle connections to `target` in this thread's pool.
+pub fn idle_count(target: &Target) -> usize {
+    IDLE.try_with(|p| p.borrow().get(&target.key()).map_or(0, Vec::len))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_debug_hides_password() {
+        let t = Target {
+            host: "h".into(),
+            port: 1,
+            user: "u".into(),
+            password: Some("secret".into()),
+            dbname: "d".into(),
+            tls: TlsTarget::disabled(),
+            connect_timeout: Duration::from_secs(1),
+        };
+        assert!(!format!("{t:?}").contains("secret"));
+        assert_eq!(t.key(), "u@h:1/d");
+    }
+}

@@ -1,0 +1,226 @@
+//! Frontend (client) messages: decoders for those the session tracks and read routing
+//! inspects, and encoders for those pgdual sends as a client itself. Decoders return `None`
+//! on a malformed body; the relay then forwards the bytes anyway and legacy gives the client
+//! its own error.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::codec::{cstr, put_message};
+use super::{be_i16, be_i32};
+
+/// Query: the SQL text.
+pub fn query(body: &[u8]) -> Option<&[u8]> {
+    cstr(body).map(|(sql, _)| sql)
+}
+
+/// Parse: statement name and SQL text.
+pub fn parse(body: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (name, rest) = cstr(body)?;
+    let (sql, _) = cstr(rest)?;
+    Some((name, sql))
+}
+
+/// Bind: portal name and statement name.
+pub fn bind(body: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (portal, rest) = cstr(body)?;
+    let (stmt, _) = cstr(rest)?;
+    Some((portal, stmt))
+}
+
+/// Execute: portal name.
+pub fn execute(body: &[u8]) -> Option<&[u8]> {
+    cstr(body).map(|(portal, _)| portal)
+}
+
+/// Close and Describe: `S` (statement) or `P` (portal), and the name.
+pub fn target(body: &[u8]) -> Option<(u8, &[u8])> {
+    let (&kind, rest) = body.split_first()?;
+    let (name, _) = cstr(rest)?;
+    Some((kind, name))
+}
+
+/// Parameter types a Parse body declares.
+pub fn parse_declared_types(body: &[u8]) -> Vec<u32> {
+    let Some(a) = body.iter().position(|&c| c == 0) else {
+        return Vec::new();
+    };
+    let Some(b) = body[a + 1..].iter().position(|&c| c == 0) else {
+        return Vec::new();
+    };
+    super::backend::parameter_types(&body[a + 1 + b + 1..])
+}
+
+/// The Bind body after the portal and statement names.
+pub fn bind_rest(body: &Bytes) -> Option<Bytes> {
+    let a = body.iter().position(|&c| c == 0)?;
+    let b = body[a + 1..].iter().position(|&c| c == 0)?;
+    Some(body.slice(a + 1 + b + 1..))
+}
+
+/// Where a Bind's parameter values sit (offset, length; `None` for NULL) and
+/// the result formats it asks for.
+struct BindParts {
+    values: Vec<Option<(usize, usize)>>,
+    formats: Vec<i16>,
+}
+
+/// Walks a Bind body's rest: parameter formats, values, result formats.
+fn bind_parts(rest: &[u8]) -> Option<BindParts> {
+    let nf = be_i16(rest, 0)?.max(0) as usize;
+    let mut at = 2 + 2 * nf;
+    let np = be_i16(rest, at)?.max(0) as usize;
+    at += 2;
+    let mut values = Vec::with_capacity(np);
+    for _ in 0..np {
+        let len = be_i32(rest, at)?;
+        at += 4;
+        if len < 0 {
+            values.push(None);
+        } else {
+            rest.get(at..at + len as usize)?;
+            values.push(Some((at, len as usize)));
+            at += len as usize;
+        }
+    }
+    let nr = be_i16(rest, at)?.max(0) as usize;
+    at += 2;
+    let formats = (0..nr)
+        .map(|i| be_i16(rest, at + 2 * i))
+        .collect::<Option<Vec<_>>>()?;
+    Some(BindParts { values, formats })
+}
+
+pub fn result_formats(rest: &[u8]) -> Option<Vec<i16>> {
+    bind_parts(rest).map(|p| p.formats)
+}
+
+pub fn bind_param(rest: &Bytes, n: usize) -> Option<Bytes> {
+    let values = bind_parts(rest)?.values;
+    let (at, len) = (*values.get(n.checked_sub(1)?)?)?;
+    Some(rest.slice(at..at + len))
+}
+
+/// Whether parameter `n` (from 1) of a Bind body's rest is sent in binary format (format
+/// codes: none means all text, one applies to all, else one per parameter).
+pub fn bind_param_binary(rest: &[u8], n: usize) -> bool {
+    let at = match be_i16(rest, 0) {
+        Some(1) => 2,
+        Some(nf) if nf > 1 && n >= 1 => 2 * n,
+        _ => return false,
+    };
+    be_i16(rest, at) == Some(1)
+}
+
+fn put_cstr(out: &mut BytesMut, s: &str) {
+    out.put_slice(s.as_bytes());
+    out.put_u8(0);
+}
+
+/// A simple Query.
+pub fn query_frame(sql: &str) -> BytesMut {
+    let mut out = BytesMut::new();
+    put_message(&mut out, b'Q', |o| put_cstr(o, sql));
+    out
+}
+
+/// Parse of `sql` as statement `name` with declared parameter type OIDs (0: unspecified).
+pub fn parse_frame(name: &str, sql: &str, param_types: &[u32]) -> BytesMut {
+    let mut out = BytesMut::new();
+    put_message(&mut out, b'P', |o| {
+        put_cstr(o, name);
+        put_cstr(o, sql);
+        o.put_i16(param_types.len() as i16);
+        for t in param_types {
+            o.put_u32(*t);
+        }
+    });
+    out
+}
+
+/// Bind of `statement` to `portal`; `raw_rest` is the rest of a Bind body after the two
+/// names (parameter formats, values, result formats), such as a client's, passed unchanged.
+pub fn bind_frame(portal: &str, statement: &str, raw_rest: &[u8]) -> BytesMut {
+    let mut out = BytesMut::new();
+    put_message(&mut out, b'B', |o| {
+        put_cstr(o, portal);
+        put_cstr(o, statement);
+        o.put_slice(raw_rest);
+    });
+    out
+}
+
+/// Describe of a statement (`b'S'`) or portal (`b'P'`).
+pub fn describe_frame(kind: u8, name: &str) -> BytesMut {
+    let mut out = BytesMut::new();
+    put_message(&mut out, b'D', |o| {
+        o.put_u8(kind);
+        put_cstr(o, name);
+    });
+    out
+}
+
+/// Execute of `portal`, at most `max_rows` rows (0: all).
+pub fn execute_frame(portal: &str, max_rows: i32) -> BytesMut {
+    let mut out = BytesMut::new();
+    put_message(&mut out, b'E', |o| {
+        put_cstr(o, portal);
+        o.put_i32(max_rows);
+    });
+    out
+}
+
+pub fn sync_frame() -> BytesMut {
+    let mut out = BytesMut::new();
+    put_message(&mut out, b'S', |_| {});
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_well_formed() {
+        let q = query_frame("SELECT 1");
+        assert_eq!(&q[..], b"Q\0\0\0\x0dSELECT 1\0");
+        let p = parse_frame("s", "SELECT $1", &[23]);
+        assert_eq!(&p[..], b"P\0\0\0\x16s\0SELECT $1\0\0\x01\0\0\0\x17");
+        let b = bind_frame("", "s", b"\0\0\0\0\0\0");
+        assert_eq!(&b[..], b"B\0\0\0\x0d\0s\0\0\0\0\0\0\0");
+        assert_eq!(&describe_frame(b'P', "")[..], b"D\0\0\0\x06P\0");
+        assert_eq!(&execute_frame("", 0)[..], b"E\0\0\0\x09\0\0\0\0\0");
+        assert_eq!(&sync_frame()[..], b"S\0\0\0\x04");
+    }
+
+    #[test]
+    fn bind_bodies_are_walked_safely() {
+        let mut b = BytesMut::new();
+        b.put_i16(1);
+        b.put_i16(0);
+        b.put_i16(2);
+        b.put_i32(2);
+        b.put_slice(b"42");
+        b.put_i32(-1);
+        b.put_i16(1);
+        b.put_i16(1);
+        let rest = b.freeze();
+        assert_eq!(result_formats(&rest), Some(vec![1]));
+        assert_eq!(bind_param(&rest, 1).as_deref(), Some(&b"42"[..]));
+        assert_eq!(bind_param(&rest, 2), None);
+        assert_eq!(bind_param(&rest, 3), None);
+        assert_eq!(bind_param(&rest, 0), None);
+        assert!(!bind_param_binary(&rest, 1));
+        for cut in 0..rest.len() {
+            let _ = result_formats(&rest[..cut]);
+            let _ = bind_param_binary(&rest[..cut], 1);
+        }
+        assert_eq!(
+            parse_declared_types(b"s\0SELECT $1\0\0\x01\0\0\0\x17"),
+            vec![23]
+        );
+        assert_eq!(
+            parse_declared_types(b"s\0SELECT 1\0\0\0"),
+            Vec::<u32>::new()
+        );
+    }
+}

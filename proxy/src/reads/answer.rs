@@ -1,0 +1,238 @@
+//! Answering a read from new: the plan's SQL run on a pooled connection to new with the
+//! client's parameters and the session's printing settings, and the answer sent as legacy
+//! would have sent it (legacy's own RowDescription, new's rows and command tag). Anything
+//! off is a [`Fallback`], and legacy answers.
+
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use pgdual_rules::{ReadPlan, RuleSet};
+use tracing::{debug, warn};
+
+use super::describe::{describe, Described};
+use super::{Fallback, Reads, Request, Settings};
+use crate::net::conn::{BackendConn, BackendError, Frame};
+use crate::net::pool;
+use crate::proto::backend::{error_fields, same_shape, with_formats};
+use crate::proto::codec::put_message;
+use crate::proto::frontend;
+
+/// What new said to one read.
+pub(super) struct NewAnswer {
+    pub row: Option<Bytes>,
+    pub rows: Vec<Bytes>,
+    pub complete: Bytes,
+}
+
+/// Runs the plan's SQL on new with the request's parameters and result formats.
+pub(super) async fn run_on_new(
+    reads: &Reads,
+    rules: &RuleSet,
+    plan: &ReadPlan,
+    request: &Request,
+    described: &Described,
+    settings: &Settings,
+) -> Result<NewAnswer, Fallback> {
+    if reads.health.is_down() {
+        return Err(Fallback::Unavailable);
+    }
+    let cfg = &reads.settings;
+    let timeout = reads.timeout();
+    let Some(target) = reads.targets.for_plan(plan, rules) else {
+        return Err(Fallback::Unavailable);
+    };
+    let mut conn = match pool::checkout(target).await {
+        Ok(c) => c,
+        Err(e) => {
+            let retry_after = Duration::from_millis(cfg.retry_after_ms);
+            if reads.health.failed(retry_after) {
+                warn!(error = %e, "new is unreachable; reads fall back to legacy");
+            } else {
+                debug!(error = %e, "a connection to new failed; this read falls back");
+            }
+            return Err(Fallback::Unavailable);
+        }
+    };
+    let result = async {
+        align_settings(&mut conn, settings, timeout, cfg.log_values).await?;
+        exchange(
+            &mut conn,
+            plan,
+            request,
+            described,
+            cfg.max_result_bytes,
+            timeout,
+        )
+        .await
+    }
+    .await;
+    pool::checkin(target, conn);
+    if result.is_ok() {
+        reads.health.answered();
+    }
+    let frames = result.map_err(|e| match e {
+        BackendError::TooLarge(_) => Fallback::TooLarge,
+        BackendError::Protocol(e) => {
+            debug!(error = %e, "read on new failed");
+            Fallback::Error
+        }
+        e => {
+            debug!(error = %e, "read on new failed");
+            Fallback::Unavailable
+        }
+    })?;
+    new_answer(frames, cfg.log_values)
+}
+
+/// Sends the plan's SQL with the request's parameters (a simple Query, or the statement
+/// prepared once per connection, as the client prepared it on legacy) and reads the answer.
+async fn exchange(
+    conn: &mut BackendConn,
+    plan: &ReadPlan,
+    request: &Request,
+    described: &Described,
+    max_bytes: usize,
+    timeout: Duration,
+) -> Result<Vec<Frame>, BackendError> {
+    let mut out = BytesMut::new();
+    let mut preparing = None;
+    match request {
+        Request::Simple { .. } => out.extend_from_slice(&frontend::query_frame(&plan.sql)),
+        Request::Extended { bind_rest, .. } => {
+            let name = match conn.statement(&plan.sql, &described.params) {
+                Some(known) => known.to_string(),
+                None => {
+                    let name = conn.statement_name().unwrap_or_default();
+                    let parse = frontend::parse_frame(&name, &plan.sql, &described.params);
+                    out.extend_from_slice(&parse);
+                    preparing = Some(name.clone()).filter(|n| !n.is_empty());
+                    name
+                }
+            };
+            out.extend_from_slice(&frontend::bind_frame("", &name, bind_rest));
+            out.extend_from_slice(&frontend::describe_frame(b'P', ""));
+            out.extend_from_slice(&frontend::execute_frame("", 0));
+            out.extend_from_slice(&frontend::sync_frame());
+        }
+    }
+    let frames = conn.round_trip(&out, max_bytes, timeout).await?;
+    if let Some(name) = preparing {
+        if frames.iter().any(|f| f.tag == b'1') {
+            conn.prepared(&plan.sql, &described.params, name);
+        }
+    }
+    Ok(frames)
+}
+
+/// New's answer from its frames; an ErrorResponse is a [`Fallback::Error`].
+fn new_answer(frames: Vec<Frame>, log_values: bool) -> Result<NewAnswer, Fallback> {
+    let mut answer = NewAnswer {
+        row: None,
+        rows: Vec::new(),
+        complete: Bytes::new(),
+    };
+    for Frame { tag, body } in frames {
+        match tag {
+            b'T' => answer.row = Some(body),
+            b'D' => answer.rows.push(body),
+            b'C' => answer.complete = body,
+            b'E' => {
+                let (code, message) = error_fields(&body);
+                let message = crate::telemetry::redact::server_message(&code, &message, log_values);
+                debug!(code, message, "new answered a read with an error");
+                return Err(Fallback::Error);
+            }
+            _ => {}
+        }
+    }
+    Ok(answer)
+}
+
+/// Makes the connection's printing settings those of the session.
+async fn align_settings(
+    conn: &mut BackendConn,
+    settings: &Settings,
+    timeout: Duration,
+    show_values: bool,
+) -> Result<(), BackendError> {
+    let mut sql = String::new();
+    for (name, value) in settings {
+        if conn.parameter(name) != Some(value.as_str()) {
+            sql.push_str(&format!(
+                "SET {} TO '{}';",
+                pgdual_rules::ruleset::quote_ident(name),
+                value.replace('\'', "''")
+            ));
+        }
+    }
+    if !sql.is_empty() {
+        let frames = conn
+            .round_trip(&frontend::query_frame(&sql), 1 << 16, timeout)
+            .await?;
+        if let Some(f) = frames.iter().find(|f| f.tag == b'E') {
+            let (code, message) = error_fields(&f.body);
+            let message = crate::telemetry::redact::server_message(&code, &message, show_values);
+            return Err(BackendError::Protocol(format!(
+                "new refused the session's settings: {code} {message}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Answers a read from new: the bytes to send the client, or why legacy must answer.
+pub async fn answer(
+    reads: &Reads,
+    rules: &RuleSet,
+    plan: &ReadPlan,
+    request: &Request,
+    settings: &Settings,
+) -> Result<BytesMut, Fallback> {
+    if reads.health.is_down() {
+        return Err(Fallback::Unavailable);
+    }
+    let described = describe(reads, plan, request)
+        .await
+        .map_err(|()| Fallback::Describe)?;
+    let Some(legacy_row) = &described.row else {
+        return Err(Fallback::Shape);
+    };
+    let new = run_on_new(reads, rules, plan, request, &described, settings).await?;
+    if !same_shape(legacy_row, new.row.as_deref()) {
+        return Err(Fallback::Shape);
+    }
+    if new.rows.is_empty()
+        && plan
+            .tables
+            .iter()
+            .any(|t| rules.table(t).is_some_and(|r| r.fallback_on_empty))
+    {
+        return Err(Fallback::Empty);
+    }
+    let mut out = BytesMut::with_capacity(
+        64 + legacy_row.len() + new.rows.iter().map(|r| r.len() + 5).sum::<usize>(),
+    );
+    match request {
+        Request::Simple { .. } => {
+            put_message(&mut out, b'T', |b| b.put_slice(legacy_row));
+        }
+        Request::Extended {
+            bind_rest,
+            describe,
+            ..
+        } => {
+            put_message(&mut out, b'2', |_| {});
+            if *describe {
+                let formats = frontend::result_formats(bind_rest).ok_or(Fallback::Shape)?;
+                let row = with_formats(legacy_row, &formats).ok_or(Fallback::Shape)?;
+                put_message(&mut out, b'T', |b| b.put_slice(&row));
+            }
+        }
+    }
+    for r in &new.rows {
+        put_message(&mut out, b'D', |b| b.put_slice(r));
+    }
+    put_message(&mut out, b'C', |b| b.put_slice(&new.complete));
+    put_message(&mut out, b'Z', |b| b.put_u8(b'I'));
+    Ok(out)
+}

@@ -1,0 +1,63 @@
+//! A client's read request group, as it would go to legacy, and the session settings new
+//! must share to print values as legacy would.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::proto::frontend;
+
+/// Settings that change how values print, kept equal on new's connection to the session's.
+pub const TRACKED_SETTINGS: [&str; 4] =
+    ["TimeZone", "DateStyle", "IntervalStyle", "client_encoding"];
+
+/// One read request group of the client, as it would go to legacy.
+#[derive(Debug, Clone)]
+pub enum Request {
+    /// A simple Query.
+    Simple { sql: Arc<str> },
+    /// Bind (of a statement prepared on legacy), optional Describe of the portal, Execute, Sync.
+    Extended {
+        sql: Arc<str>,
+        /// The parameter types the client gave in Parse (0 = unspecified).
+        param_types: Vec<u32>,
+        /// The Bind body after the portal and statement names.
+        bind_rest: Bytes,
+        /// The client asked for a RowDescription of the portal.
+        describe: bool,
+    },
+}
+
+impl Request {
+    pub fn sql(&self) -> &str {
+        match self {
+            Request::Simple { sql } | Request::Extended { sql, .. } => sql,
+        }
+    }
+
+    pub fn param_types(&self) -> &[u32] {
+        match self {
+            Request::Simple { .. } => &[],
+            Request::Extended { param_types, .. } => param_types,
+        }
+    }
+
+    /// The bytes of parameter `n` (1-based) in text or binary as the client sent it.
+    pub fn param(&self, n: usize) -> Option<Bytes> {
+        match self {
+            Request::Simple { .. } => None,
+            Request::Extended { bind_rest, .. } => frontend::bind_param(bind_rest, n),
+        }
+    }
+
+    /// Whether parameter `n` (from 1) was sent in binary format.
+    pub fn param_binary(&self, n: usize) -> bool {
+        match self {
+            Request::Simple { .. } => false,
+            Request::Extended { bind_rest, .. } => frontend::bind_param_binary(bind_rest, n),
+        }
+    }
+}
+
+/// The connection settings of a session that new must share.
+pub type Settings = Vec<(String, String)>;
