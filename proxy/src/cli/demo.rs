@@ -95,27 +95,7 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
     std::fs::write(&rules_path, RULES)?;
     println!("  rules:{RULES}");
 
-    let mut config = Config {
-        listen: opts.listen.unwrap_or_else(|| pick("127.0.0.1:6432")),
-        rules_file: Some(rules_path),
-        ..Config::default()
-    };
-    config.admin.listen = pick("127.0.0.1:9187");
-    config.legacy.port = legacy.port;
-    config.new.host = "127.0.0.1".into();
-    config.new.port = new.port;
-    config.mirror.poll_interval_ms = 50;
-    config.mirror.dead_letter_file = dir.path().join("dead-letters.jsonl");
-    let proxy = Proxy::start(config)?;
-    let ready = std::time::Instant::now() + Duration::from_secs(20);
-    let mirror = &proxy.metrics().mirror;
-    while mirror.ready.load(std::sync::atomic::Ordering::Relaxed) == 0 {
-        anyhow::ensure!(
-            std::time::Instant::now() < ready,
-            "the mirror did not start; see the log above"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let proxy = start_proxy(opts.listen, &legacy, &new, &rules_path, dir.path())?;
     let addr = proxy.local_addr();
     let url = format!("postgres://postgres@{addr}/postgres");
     println!(
@@ -126,9 +106,67 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
         println!("  metrics: http://{admin}/metrics");
     }
 
+    workload(&url, &legacy, &new)?;
+
+    if let Some(admin) = proxy.admin_addr() {
+        reads_on_new(&admin.to_string(), &url, &legacy)?;
+    }
+
+    let drain = Duration::from_secs(5);
+    if opts.once {
+        proxy.shutdown(drain);
+        return Ok(());
+    }
+    println!("\nConnect your application or psql to:\n  {url}\n  psql \"{url}\"");
+    println!("Press Ctrl-C to stop pgdual and remove the demo database.");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(crate::cli::signals::terminated());
+    println!("\nStopping ...");
+    proxy.shutdown(drain);
+    drop((legacy, new));
+    Ok(())
+}
+
+/// pgdual for the demo's servers, with its mirror ready.
+fn start_proxy(
+    listen: Option<String>,
+    legacy: &PgCluster,
+    new: &PgCluster,
+    rules_path: &std::path::Path,
+    dir: &std::path::Path,
+) -> anyhow::Result<Proxy> {
+    let mut config = Config {
+        listen: listen.unwrap_or_else(|| pick("127.0.0.1:6432")),
+        rules_file: Some(rules_path.to_path_buf()),
+        ..Config::default()
+    };
+    config.admin.listen = pick("127.0.0.1:9187");
+    config.legacy.port = legacy.port;
+    config.new.host = "127.0.0.1".into();
+    config.new.port = new.port;
+    config.mirror.poll_interval_ms = 50;
+    config.mirror.dead_letter_file = dir.join("dead-letters.jsonl");
+    let proxy = Proxy::start(config)?;
+    let ready = std::time::Instant::now() + Duration::from_secs(20);
+    let mirror = &proxy.metrics().mirror;
+    while mirror.ready.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        anyhow::ensure!(
+            std::time::Instant::now() < ready,
+            "the mirror did not start; see the log above"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(proxy)
+}
+
+/// Runs the sample workload through pgdual with psql, waits for new to catch up, and shows
+/// both sides.
+fn workload(url: &str, legacy: &PgCluster, new: &PgCluster) -> anyhow::Result<()> {
     println!("\nA short workload through pgdual (psql):");
     let mut psql = Command::new(legacy.bin_dir().join("psql"));
-    psql.args(["-X", "-e", "-v", "ON_ERROR_STOP=1", &url]);
+    psql.args(["-X", "-e", "-v", "ON_ERROR_STOP=1", url]);
     for sql in WORKLOAD {
         psql.args(["-c", sql]);
     }
@@ -149,12 +187,12 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
     for (name, cluster, sql) in [
         (
             "legacy public.users",
-            &legacy,
+            legacy,
             "SELECT id, first_name, last_name, email, created_at FROM users ORDER BY id",
         ),
         (
             "new app.customers (mirrored by pgdual)",
-            &new,
+            new,
             "SELECT * FROM app.customers ORDER BY customer_id",
         ),
     ] {
@@ -176,25 +214,6 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
             String::from_utf8_lossy(&out.stdout).trim_end()
         );
     }
-
-    if let Some(admin) = proxy.admin_addr() {
-        reads_on_new(&admin.to_string(), &url, &legacy)?;
-    }
-
-    let drain = Duration::from_secs(5);
-    if opts.once {
-        proxy.shutdown(drain);
-        return Ok(());
-    }
-    println!("\nConnect your application or psql to:\n  {url}\n  psql \"{url}\"");
-    println!("Press Ctrl-C to stop pgdual and remove the demo database.");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(crate::cli::signals::terminated());
-    println!("\nStopping ...");
-    proxy.shutdown(drain);
-    drop((legacy, new));
     Ok(())
 }
 

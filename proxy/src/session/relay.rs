@@ -15,7 +15,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use pgdual_rules::{Analysis, StatementKind};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::proto::codec::{frames, scan, CodecError};
+use crate::proto::codec::{frames, scan, CodecError, Scan};
 use crate::session::cancel::ClientKey;
 use crate::session::state::{AfterWrite, Session};
 use crate::session::Context;
@@ -234,46 +234,11 @@ where
         if found.forward == 0 {
             continue;
         }
-        let mut key_at = None;
-        let mut nudge = false;
-        let mut shadowed = None;
-        {
-            let mut s = session.borrow_mut();
-            if pass > 0 {
-                if let Some(job) = &mut s.shadow {
-                    job.capture.spoiled = true;
-                }
-            }
-            for (at, tag, len) in frames(&buf, found.first, found.complete) {
-                if s.shadow.is_some() {
-                    shadowed = shadowed.or_else(|| {
-                        capture(
-                            &mut s,
-                            tag,
-                            &buf[at + 5..at + len],
-                            ctx.shadow_capture_bytes,
-                        )
-                    });
-                }
-                s.on_backend(tag, &buf[at + 5..at + len]);
-                match tag {
-                    b'E' => {
-                        ctx.metrics
-                            .legacy_error_responses_total
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    // Process ID and a secret of 4 bytes (3.0) or more (3.2).
-                    b'K' if len >= 13 => key_at = Some((at + 5, at + len)),
-                    _ => {}
-                }
-            }
-            if s.wrote && s.tx == crate::session::state::TxStatus::Idle && !s.busy() && !s.unsynced
-            {
-                s.wrote = false;
-                s.last_write_done = Some(ctx.watermark.now());
-                nudge = true;
-            }
-        }
+        let Inspected {
+            key_at,
+            nudge,
+            shadowed,
+        } = inspect(&buf, &found, pass, session, ctx);
         if let Some(job) = shadowed {
             crate::reads::spawn_shadow(ctx.reads.clone(), *job);
         }
@@ -293,6 +258,66 @@ where
             .bytes_from_legacy
             .fetch_add(found.forward as u64, std::sync::atomic::Ordering::Relaxed);
         buf.advance(found.forward);
+    }
+}
+
+/// What the relay does after a read of legacy's frames, besides forwarding them.
+struct Inspected {
+    /// Where BackendKeyData's body is, to swap its secret.
+    key_at: Option<(usize, usize)>,
+    /// A transaction that wrote has ended: the mirror may look at once.
+    nudge: bool,
+    /// A shadowed read whose legacy answer is now whole.
+    shadowed: Option<Box<crate::reads::ShadowJob>>,
+}
+
+/// Walks the whole frames legacy sent: the session's state, shadow capture, error counts.
+fn inspect(
+    buf: &[u8],
+    found: &Scan,
+    pass: usize,
+    session: &RefCell<Session>,
+    ctx: &Context,
+) -> Inspected {
+    let (mut key_at, mut nudge, mut shadowed) = (None, false, None);
+    let mut s = session.borrow_mut();
+    if pass > 0 {
+        if let Some(job) = &mut s.shadow {
+            job.capture.spoiled = true;
+        }
+    }
+    for (at, tag, len) in frames(buf, found.first, found.complete) {
+        if s.shadow.is_some() {
+            shadowed = shadowed.or_else(|| {
+                capture(
+                    &mut s,
+                    tag,
+                    &buf[at + 5..at + len],
+                    ctx.shadow_capture_bytes,
+                )
+            });
+        }
+        s.on_backend(tag, &buf[at + 5..at + len]);
+        match tag {
+            b'E' => {
+                ctx.metrics
+                    .legacy_error_responses_total
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            // Process ID and a secret of 4 bytes (3.0) or more (3.2).
+            b'K' if len >= 13 => key_at = Some((at + 5, at + len)),
+            _ => {}
+        }
+    }
+    if s.wrote && s.tx == crate::session::state::TxStatus::Idle && !s.busy() && !s.unsynced {
+        s.wrote = false;
+        s.last_write_done = Some(ctx.watermark.now());
+        nudge = true;
+    }
+    Inspected {
+        key_at,
+        nudge,
+        shadowed,
     }
 }
 
