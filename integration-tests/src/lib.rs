@@ -278,12 +278,31 @@ fn http(
     (status, body)
 }
 
-/// The value of an unlabelled or labelled sample in a Prometheus text page.
+/// The value of an unlabelled or labelled sample in a Prometheus text page; labels match in
+/// any order, as they do for Prometheus.
 pub fn metric(page: &str, name_and_labels: &str) -> f64 {
+    let want = series(name_and_labels);
     page.lines()
-        .find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (s, v) = l.rsplit_once(' ')?;
+            (series(s) == want).then(|| v.trim().parse().ok())?
+        })
         .unwrap_or_else(|| panic!("metric {name_and_labels} not found in:\n{page}"))
+}
+
+/// A sample's name and its labels, sorted.
+fn series(text: &str) -> (String, Vec<String>) {
+    let Some((name, labels)) = text.split_once('{') else {
+        return (text.to_string(), Vec::new());
+    };
+    let mut labels: Vec<String> = labels
+        .trim_end_matches('}')
+        .split("\",")
+        .map(|l| l.trim_end_matches('"').to_string())
+        .collect();
+    labels.sort();
+    (name.to_string(), labels)
 }
 
 /// pgdual with dual-write: `rules` written to a file, the new database at `new`, a fast
@@ -341,7 +360,7 @@ pub async fn assert_converges(
 pub async fn wait_mirror_ready(p: &Proxy) {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let ready = &p.metrics().mirror.ready;
-    while ready.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+    while ready.get() == 0 {
         assert!(
             std::time::Instant::now() < deadline,
             "mirror never became ready"
@@ -352,8 +371,5 @@ pub async fn wait_mirror_ready(p: &Proxy) {
 
 /// Changes the mirror dead-lettered so far.
 pub fn dead_letters(p: &Proxy) -> u64 {
-    p.metrics()
-        .mirror
-        .dead_letters_total
-        .load(std::sync::atomic::Ordering::Relaxed)
+    p.metrics().mirror.dead_letters_total.get()
 }

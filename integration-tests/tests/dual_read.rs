@@ -105,7 +105,7 @@ async fn extended(
 
 /// Reads of `t` counted on `route`; a table not read yet has no sample.
 fn reads(p: &Proxy, t: &str, route: &str) -> f64 {
-    let page = p.reads().render();
+    let page = p.metrics().render();
     let name = format!("pgdual_reads_total{{table=\"public.{t}\",route=\"{route}\"}}");
     if page.contains(&name) {
         metric(&page, &name)
@@ -119,7 +119,7 @@ fn fallbacks(p: &Proxy, t: &str) -> u64 {
         .all_tables()
         .iter()
         .filter(|(name, _)| name == &format!("public.{t}"))
-        .map(|(_, r)| r.fallbacks.iter().map(|f| f.load(Relaxed)).sum::<u64>())
+        .map(|(_, r)| r.fallbacks.iter().map(|f| f.get()).sum::<u64>())
         .sum()
 }
 
@@ -189,7 +189,7 @@ async fn new_mode_answers_exactly_what_legacy_would_in_both_protocols() {
         served,
         (SIMPLE_READS.len() + 20) as f64,
         "every read was answered by new; fallbacks: {}",
-        p.reads().render()
+        p.metrics().render()
     );
     assert_eq!(fallbacks(&p, t), 0);
     // One-shot statements (prepared, executed, closed by the driver): the close goes to
@@ -311,20 +311,16 @@ async fn shadow_counts_and_samples_a_row_corrupted_in_new_while_clients_get_lega
     let ext = format!("SELECT id, first_name, last_name, email FROM {t} WHERE id = $1");
     assert_eq!(extended(&via, &ext, 2).await.unwrap()[0].1, "First2");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while table.shadow_matches.load(Relaxed) + table.shadow_mismatches.load(Relaxed) < 6 {
+    while table.shadow_matches.get() + table.shadow_mismatches.get() < 6 {
         assert!(
             Instant::now() < deadline,
             "shadow reads were never compared"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(
-        table.shadow_mismatches.load(Relaxed),
-        2,
-        "id 2, in both protocols"
-    );
-    assert_eq!(table.shadow_matches.load(Relaxed), 4);
-    assert_eq!(table.shadow_errors.load(Relaxed), 0);
+    assert_eq!(table.shadow_mismatches.get(), 2, "id 2, in both protocols");
+    assert_eq!(table.shadow_matches.get(), 4);
+    assert_eq!(table.shadow_errors.get(), 0);
     let (code, body) = http_get(p.admin_addr().unwrap(), "/reads/mismatches", None);
     assert_eq!(code, 200);
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -580,7 +576,7 @@ async fn with_log_values_a_sample_shows_a_binary_key_decoded() {
     assert_eq!(extended(&via, &ext, 2).await.unwrap()[0].1, "First2");
     let table = p.reads().table(&format!("public.{t}"));
     let deadline = Instant::now() + Duration::from_secs(10);
-    while table.shadow_mismatches.load(Relaxed) < 1 {
+    while table.shadow_mismatches.get() < 1 {
         assert!(Instant::now() < deadline, "the mismatch was never seen");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

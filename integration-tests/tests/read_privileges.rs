@@ -132,7 +132,7 @@ async fn extended(c: &Client, sql: &str, id: i64) -> Answer {
 
 /// The value of `name{table="public.<table>",<label>}`, 0 before the table's first read.
 fn counter(p: &Proxy, name: &str, table: &str, label: &str) -> f64 {
-    let page = p.reads().render();
+    let page = p.metrics().render();
     let key = format!("{name}{{table=\"public.{table}\",{label}}}");
     if page.contains(&key) {
         metric(&page, &key)
@@ -315,7 +315,7 @@ async fn privilege_matrix_matches_legacy_in_every_read_mode() {
             assert!(
                 on_new(&p, t) > before,
                 "{mode}: permitted reads still reach new:\n{}",
-                p.reads().render()
+                p.metrics().render()
             );
         }
     }

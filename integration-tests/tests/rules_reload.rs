@@ -46,7 +46,7 @@ async fn triggers(table: &str) -> String {
 async fn mirror_at(p: &pgdual::Proxy, version: i64) {
     let deadline = Instant::now() + Duration::from_secs(20);
     let v = &p.metrics().mirror.rules_version;
-    while v.load(std::sync::atomic::Ordering::Relaxed) != version {
+    while v.get() != version {
         assert!(
             Instant::now() < deadline,
             "mirror never reached rules version {version}"

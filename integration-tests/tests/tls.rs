@@ -387,7 +387,7 @@ async fn own_connections_use_verify_full_tls_to_servers_that_refuse_plaintext() 
         (row.get::<_, i64>(0), row.get::<_, String>(1)),
         (3, "renamed".to_string())
     );
-    let page = p.reads().render();
+    let page = p.metrics().render();
     assert_eq!(
         metric(
             &page,

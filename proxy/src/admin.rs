@@ -238,7 +238,6 @@ async fn mismatches(State(admin): State<Arc<Admin>>) -> Response {
 /// Read counters per legacy table.
 fn reads_json(reads: &Reads) -> serde_json::Value {
     use crate::reads::Fallback;
-    use std::sync::atomic::Ordering::Relaxed;
     let mut out = serde_json::Map::new();
     for (table, r) in reads.all_tables() {
         let fallbacks: serde_json::Map<String, serde_json::Value> = Fallback::ALL
@@ -249,22 +248,22 @@ fn reads_json(reads: &Reads) -> serde_json::Value {
             crate::reads::KeptForRole::ALL
                 .iter()
                 .map(|k| {
-                    let n = r.kept_for_role[*k as usize].load(Relaxed);
+                    let n = r.kept_for_role[*k as usize].get();
                     (k.as_str().to_string(), n.into())
                 })
                 .collect();
         out.insert(
             table,
             serde_json::json!({
-                "legacy": r.legacy.load(Relaxed),
-                "new": r.new.load(Relaxed),
-                "shadow": r.shadow.load(Relaxed),
+                "legacy": r.legacy.get(),
+                "new": r.new.get(),
+                "shadow": r.shadow.get(),
                 "fallbacks": fallbacks,
                 "kept_on_legacy_for_role": kept_for_role,
-                "shadow_matches": r.shadow_matches.load(Relaxed),
-                "shadow_mismatches": r.shadow_mismatches.load(Relaxed),
-                "shadow_errors": r.shadow_errors.load(Relaxed),
-                "shadow_skipped": r.shadow_skipped.load(Relaxed),
+                "shadow_matches": r.shadow_matches.get(),
+                "shadow_mismatches": r.shadow_mismatches.get(),
+                "shadow_errors": r.shadow_errors.get(),
+                "shadow_skipped": r.shadow_skipped.get(),
                 "shadow_match_rate": r.match_rate(),
             }),
         );
@@ -274,22 +273,21 @@ fn reads_json(reads: &Reads) -> serde_json::Value {
 
 /// Rules version, per-table modes, and the mirror's state, in one JSON document.
 async fn status(State(admin): State<Arc<Admin>>) -> Response {
-    use std::sync::atomic::Ordering::Relaxed;
     let snap = admin.rules.load();
     let m = &admin.metrics.mirror;
     Json(serde_json::json!({
         "rules_version": snap.version,
         "tables": tables_json(&snap.rules),
-        "client_connections": admin.metrics.client_connections.load(Relaxed),
+        "client_connections": admin.metrics.client_connections.get(),
         "reads": reads_json(&admin.reads),
         "mirror": {
-            "ready": m.ready.load(Relaxed) == 1,
-            "rules_version": m.rules_version.load(Relaxed),
-            "backlog_changes": m.backlog.load(Relaxed),
-            "batches": m.batches_total.load(Relaxed),
-            "changes": m.changes_total.load(Relaxed),
-            "dead_letters": m.dead_letters_total.load(Relaxed),
-            "retries": m.retries_total.load(Relaxed),
+            "ready": m.ready.get() == 1,
+            "rules_version": m.rules_version.get(),
+            "backlog_changes": m.backlog.get(),
+            "batches": m.batches_total.get(),
+            "changes": m.changes_total.get(),
+            "dead_letters": m.dead_letters_total.get(),
+            "retries": m.retries_total.get(),
         },
     }))
     .into_response()
@@ -298,7 +296,7 @@ async fn status(State(admin): State<Arc<Admin>>) -> Response {
 async fn metrics(State(admin): State<Arc<Admin>>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        admin.metrics.render(&admin.cache) + &admin.reads.render(),
+        admin.metrics.render(),
     )
         .into_response()
 }

@@ -227,6 +227,10 @@ fn session_context(
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) -> Context {
     let connect_timeout = Duration::from_millis(config.limits.connect_timeout_ms);
+    let metrics = Arc::new(Metrics::default());
+    let cache = Arc::new(AnalysisCache::new(ANALYSIS_CACHE_CAPACITY));
+    metrics.watch_cache(cache.clone());
+    let families = crate::reads::Families::register(&metrics.registrar());
     Context {
         limits: config.limits.clone(),
         rules_database: config.legacy.dbname.clone(),
@@ -235,10 +239,15 @@ fn session_context(
         tls,
         gate: Arc::default(),
         cancel: Arc::new(CancelKeys::default()),
-        metrics: Arc::new(Metrics::default()),
-        cache: Arc::new(AnalysisCache::new(ANALYSIS_CACHE_CAPACITY)),
+        metrics,
+        cache,
         rules,
-        reads: Arc::new(Reads::new(config.reads.clone(), connect_timeout, endpoints)),
+        reads: Arc::new(Reads::new(
+            config.reads.clone(),
+            connect_timeout,
+            endpoints,
+            families,
+        )),
         privileges: Arc::new(Privileges::default()),
         watermark: Arc::new(Watermark::default()),
         // Sessions ring it only when a mirror runs to hear it.

@@ -151,7 +151,7 @@ fn start_proxy(
     let proxy = Proxy::start(config)?;
     let ready = std::time::Instant::now() + Duration::from_secs(20);
     let mirror = &proxy.metrics().mirror;
-    while mirror.ready.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+    while mirror.ready.get() == 0 {
         anyhow::ensure!(
             std::time::Instant::now() < ready,
             "the mirror did not start; see the log above"

@@ -15,7 +15,6 @@ mod error;
 pub mod watermark;
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,7 +29,7 @@ use crate::capture::{triggers, ChangeSource, CommitSignal};
 use crate::control::catalog;
 use crate::control::rules_store::{RulesSnapshot, RulesStore};
 use crate::net::endpoint::Endpoints;
-use crate::telemetry::metrics::MirrorMetrics;
+use crate::telemetry::metrics::{MirrorMetrics, ObserveDuration};
 use apply::Target;
 use copy::CopyPlan;
 use error::MirrorError;
@@ -148,20 +147,18 @@ impl Mirror {
         )
         .await
         .map_err(MirrorError::Legacy)?;
-        self.metrics.ready.store(1, Relaxed);
-        self.metrics
-            .rules_version
-            .store(snapshot.version as i64, Relaxed);
+        self.metrics.ready.set(1);
+        self.metrics.rules_version.set(snapshot.version as i64);
         Ok(())
     }
 
     /// Counts and logs an interruption; keeps the backlog gauge true while new is away (it
     /// is what operators watch).
     async fn interrupted(&self, rules: &RuleSet, e: MirrorError, delay: Duration) {
-        self.metrics.retries_total.fetch_add(1, Relaxed);
+        self.metrics.retries_total.inc();
         if let Ok(c) = self.endpoints.legacy.client().await {
             if let Ok(n) = triggers::backlog(&c, rules).await {
-                self.metrics.backlog.store(n, Relaxed);
+                self.metrics.backlog.set(n);
             }
         }
         let error = e.for_log(self.log_values);
@@ -231,9 +228,7 @@ where
             let started = m.watermark.now();
             while self.drain_once().await? > 0 {}
             m.watermark.mirrored(started);
-            m.metrics
-                .backlog
-                .store(self.source.backlog().await?, Relaxed);
+            m.metrics.backlog.set(self.source.backlog().await?);
             tokio::select! {
                 _ = m.commits.rung() => {}
                 _ = rules_changed.changed() => {}
@@ -256,8 +251,8 @@ where
         let legacy = self.source.legacy();
         match apply::apply(legacy, self.new.as_ref(), self.targets, &ops).await {
             Ok((upserted, deleted)) => {
-                m.metrics.rows_upserted_total.fetch_add(upserted, Relaxed);
-                m.metrics.rows_deleted_total.fetch_add(deleted, Relaxed);
+                m.metrics.rows_upserted_total.inc_by(upserted);
+                m.metrics.rows_deleted_total.inc_by(deleted);
             }
             Err(e) if e.is_transient() => return Err(e),
             Err(e) => {
@@ -279,17 +274,15 @@ where
                         op,
                     )
                     .await?;
-                    m.metrics.dead_letters_total.fetch_add(dead, Relaxed);
+                    m.metrics.dead_letters_total.inc_by(dead);
                 }
             }
         }
         for lag in self.source.acknowledge().await? {
-            m.metrics.lag.observe(lag);
+            m.metrics.lag.observe_duration(lag);
         }
-        m.metrics.batches_total.fetch_add(1, Relaxed);
-        m.metrics
-            .changes_total
-            .fetch_add(changes.len() as u64, Relaxed);
+        m.metrics.batches_total.inc();
+        m.metrics.changes_total.inc_by(changes.len() as u64);
         Ok(changes.len())
     }
 }

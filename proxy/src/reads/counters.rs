@@ -1,10 +1,10 @@
 //! What routed reads did, per legacy table: who answered, why a read fell back or stayed
 //! on legacy, how shadow comparisons came out, and samples of the comparisons that differed.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
-
+use prometheus::{IntCounter, IntCounterVec};
 use serde::Serialize;
+
+use crate::telemetry::metrics::Registrar;
 
 /// Why a read meant for new was answered by legacy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,31 +88,90 @@ impl KeptForRole {
     }
 }
 
-/// Read counters of one legacy table.
-#[derive(Debug, Default)]
+/// Read counters of one legacy table: children of the [`Families`], so they are on
+/// `/metrics` under the table's name.
+#[derive(Debug)]
 pub struct TableReads {
-    pub legacy: AtomicU64,
-    pub new: AtomicU64,
-    pub shadow: AtomicU64,
-    pub fallbacks: [AtomicU64; Fallback::ALL.len()],
+    pub legacy: IntCounter,
+    pub new: IntCounter,
+    pub shadow: IntCounter,
+    pub fallbacks: [IntCounter; Fallback::ALL.len()],
     /// Reads kept on legacy for the client's role, by [`KeptForRole`].
-    pub kept_for_role: [AtomicU64; KeptForRole::ALL.len()],
-    pub shadow_matches: AtomicU64,
-    pub shadow_mismatches: AtomicU64,
-    pub shadow_errors: AtomicU64,
-    pub shadow_skipped: AtomicU64,
+    pub kept_for_role: [IntCounter; KeptForRole::ALL.len()],
+    pub shadow_matches: IntCounter,
+    pub shadow_mismatches: IntCounter,
+    pub shadow_errors: IntCounter,
+    pub shadow_skipped: IntCounter,
 }
 
 impl TableReads {
     pub fn fallback(&self, why: Fallback) -> u64 {
-        self.fallbacks[why as usize].load(Relaxed)
+        self.fallbacks[why as usize].get()
     }
 
     /// Matches over compared reads, when any were compared.
     pub fn match_rate(&self) -> Option<f64> {
-        let m = self.shadow_matches.load(Relaxed);
-        let n = m + self.shadow_mismatches.load(Relaxed);
+        let m = self.shadow_matches.get();
+        let n = m + self.shadow_mismatches.get();
         (n > 0).then(|| m as f64 / n as f64)
+    }
+}
+
+/// The metric families of routed reads, labelled by table.
+pub struct Families {
+    reads: IntCounterVec,
+    fallbacks: IntCounterVec,
+    kept: IntCounterVec,
+    shadow: IntCounterVec,
+}
+
+impl Families {
+    pub fn register(r: &Registrar<'_>) -> Families {
+        Families {
+            reads: r.counters(
+                "pgdual_reads_total",
+                "Reads of tables with routing rules, by the side that answered (legacy, new) \
+                 or shadow.",
+                &["table", "route"],
+            ),
+            fallbacks: r.counters(
+                "pgdual_read_fallbacks_total",
+                "Reads meant for new that legacy answered, by reason.",
+                &["table", "reason"],
+            ),
+            kept: r.counters(
+                "pgdual_reads_kept_on_legacy_total",
+                "Reads new or a shadow would have taken that legacy answered alone because of \
+                 the client's role: privilege (no SELECT on a table or column read), \
+                 privilege_unchecked (the role's privileges were being looked up), rls \
+                 (row-level security), role (the session changed its role).",
+                &["table", "reason"],
+            ),
+            shadow: r.counters(
+                "pgdual_shadow_reads_total",
+                "Shadow comparisons by outcome (match, mismatch, error on new, skipped).",
+                &["table", "outcome"],
+            ),
+        }
+    }
+
+    /// The counters of `table` (created at zero on first use).
+    pub fn table(&self, table: &str) -> TableReads {
+        let reads = |route| self.reads.with_label_values(&[table, route]);
+        let shadow = |outcome| self.shadow.with_label_values(&[table, outcome]);
+        TableReads {
+            legacy: reads("legacy"),
+            new: reads("new"),
+            shadow: reads("shadow"),
+            fallbacks: Fallback::ALL
+                .map(|f| self.fallbacks.with_label_values(&[table, f.as_str()])),
+            kept_for_role: KeptForRole::ALL
+                .map(|k| self.kept.with_label_values(&[table, k.as_str()])),
+            shadow_matches: shadow("match"),
+            shadow_mismatches: shadow("mismatch"),
+            shadow_errors: shadow("error"),
+            shadow_skipped: shadow("skipped"),
+        }
     }
 }
 
@@ -132,73 +191,4 @@ pub struct Sample {
     pub column: Option<String>,
     pub legacy_value: Option<String>,
     pub new_value: Option<String>,
-}
-
-/// Per-table read counters in the Prometheus text format.
-pub fn render(tables: Vec<(String, Arc<TableReads>)>) -> String {
-    use std::fmt::Write;
-    let tables: Vec<(String, Arc<TableReads>)> = tables
-        .into_iter()
-        .map(|(t, r)| (t.replace('\\', "\\\\").replace('"', "\\\""), r))
-        .collect();
-    let mut out = String::new();
-    let mut family = |name: &str, help: &str, rows: &mut dyn Iterator<Item = (String, u64)>| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-        for (labels, v) in rows {
-            let _ = writeln!(out, "{name}{{{labels}}} {v}");
-        }
-    };
-    family(
-        "pgdual_reads_total",
-        "Reads of tables with routing rules, by the side that answered (legacy, new) or shadow.",
-        &mut tables.iter().flat_map(|(t, r)| {
-            [
-                ("legacy", &r.legacy),
-                ("new", &r.new),
-                ("shadow", &r.shadow),
-            ]
-            .map(|(m, v)| (format!("table=\"{t}\",route=\"{m}\""), v.load(Relaxed)))
-        }),
-    );
-    family(
-        "pgdual_read_fallbacks_total",
-        "Reads meant for new that legacy answered, by reason.",
-        &mut tables.iter().flat_map(|(t, r)| {
-            Fallback::ALL.map(|f| {
-                (
-                    format!("table=\"{t}\",reason=\"{}\"", f.as_str()),
-                    r.fallback(f),
-                )
-            })
-        }),
-    );
-    family(
-        "pgdual_reads_kept_on_legacy_total",
-        "Reads new or a shadow would have taken that legacy answered alone because of the \
-             client's role: privilege (no SELECT on a table or column read), privilege_unchecked \
-             (the role's privileges were being looked up), rls (row-level security), role (the \
-             session changed its role).",
-        &mut tables.iter().flat_map(|(t, r)| {
-            KeptForRole::ALL.map(|k| {
-                (
-                    format!("table=\"{t}\",reason=\"{}\"", k.as_str()),
-                    r.kept_for_role[k as usize].load(Relaxed),
-                )
-            })
-        }),
-    );
-    family(
-        "pgdual_shadow_reads_total",
-        "Shadow comparisons by outcome (match, mismatch, error on new, skipped).",
-        &mut tables.iter().flat_map(|(t, r)| {
-            [
-                ("match", &r.shadow_matches),
-                ("mismatch", &r.shadow_mismatches),
-                ("error", &r.shadow_errors),
-                ("skipped", &r.shadow_skipped),
-            ]
-            .map(|(o, v)| (format!("table=\"{t}\",outcome=\"{o}\""), v.load(Relaxed)))
-        }),
-    );
-    out
 }

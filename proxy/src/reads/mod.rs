@@ -30,7 +30,7 @@ use crate::control::rules_store::RulesSnapshot;
 use crate::net::endpoint::Endpoints;
 use crate::net::pool::Target;
 pub use answer::answer;
-pub use counters::{Fallback, KeptForRole, Sample, TableReads};
+pub use counters::{Fallback, Families, KeptForRole, Sample, TableReads};
 pub use describe::Described;
 pub use request::{Request, Settings, TRACKED_SETTINGS};
 pub use shadow::{spawn_shadow, Capture, ShadowJob};
@@ -80,6 +80,7 @@ pub struct Reads {
     /// The rules generation `described` was learned under: a rules change forgets it.
     described_generation: AtomicU64,
     tables: DashMap<String, Arc<TableReads>>,
+    families: Families,
     samples: Mutex<VecDeque<Sample>>,
     shadow_slots: Arc<tokio::sync::Semaphore>,
     health: health::Health,
@@ -88,7 +89,12 @@ pub struct Reads {
 impl Reads {
     /// `connect_timeout` bounds opening a connection (`limits.connect_timeout_ms`); a read's
     /// connection to new is also bounded by `reads.timeout_ms`.
-    pub fn new(settings: ReadsConfig, connect_timeout: Duration, endpoints: &Endpoints) -> Self {
+    pub fn new(
+        settings: ReadsConfig,
+        connect_timeout: Duration,
+        endpoints: &Endpoints,
+        families: Families,
+    ) -> Self {
         let read_connect = connect_timeout.min(Duration::from_millis(settings.timeout_ms));
         Reads {
             targets: Targets {
@@ -101,6 +107,7 @@ impl Reads {
             described: DashMap::new(),
             described_generation: AtomicU64::new(0),
             tables: DashMap::new(),
+            families,
             samples: Mutex::new(VecDeque::new()),
             shadow_slots: Arc::new(tokio::sync::Semaphore::new(settings.shadow_concurrency)),
             health: Default::default(),
@@ -165,7 +172,10 @@ impl Reads {
         if let Some(t) = self.tables.get(name) {
             return t.clone();
         }
-        self.tables.entry(name.to_string()).or_default().clone()
+        self.tables
+            .entry(name.to_string())
+            .or_insert_with(|| Arc::new(self.families.table(name)))
+            .clone()
     }
 
     /// Counters of every table that has seen a routed read.
@@ -177,11 +187,6 @@ impl Reads {
             .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
-    }
-
-    /// Per-table read counters in the Prometheus text format.
-    pub fn render(&self) -> String {
-        counters::render(self.all_tables())
     }
 
     pub fn samples(&self) -> Vec<Sample> {
@@ -231,7 +236,9 @@ mod tests {
         rules.set_legacy_columns(&users, vec!["id".into(), "email".into()]);
         let config = pgdual_config::Config::default();
         let endpoints = Endpoints::from_config(&config).unwrap();
-        let reads = Reads::new(config.reads, Duration::from_secs(1), &endpoints);
+        let metrics = crate::telemetry::metrics::Metrics::default();
+        let families = Families::register(&metrics.registrar());
+        let reads = Reads::new(config.reads, Duration::from_secs(1), &endpoints, families);
         let snap = |generation| RulesSnapshot {
             version: 1,
             generation,

@@ -3,7 +3,6 @@
 //! counted per table and sampled for the admin API, with values redacted unless
 //! `reads.log_values`.
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -42,7 +41,7 @@ pub struct ShadowJob {
 pub fn spawn_shadow(reads: Arc<Reads>, job: ShadowJob) {
     let Ok(plan) = &*job.plan else { return };
     let skipped = |t: &TableReads| {
-        t.shadow_skipped.fetch_add(1, Relaxed);
+        t.shadow_skipped.inc();
     };
     if job.capture.spoiled || !job.capture.complete {
         return reads.count(plan, skipped);
@@ -79,17 +78,17 @@ async fn shadow(reads: &Reads, mut job: ShadowJob) {
         Err(why) => {
             debug!(reason = why.as_str(), "shadow read failed on new");
             return reads.count(plan, |t| {
-                t.shadow_errors.fetch_add(1, Relaxed);
+                t.shadow_errors.inc();
             });
         }
     };
     let Some(diff) = compare(&job.capture, &new, plan.ordered) else {
         return reads.count(plan, |t| {
-            t.shadow_matches.fetch_add(1, Relaxed);
+            t.shadow_matches.inc();
         });
     };
     reads.count(plan, |t| {
-        t.shadow_mismatches.fetch_add(1, Relaxed);
+        t.shadow_mismatches.inc();
     });
     let sample = sample(
         reads.log_values(),

@@ -53,7 +53,7 @@ impl<'a> Slot<'a> {
                 Err(actual) => now = actual,
             }
         }
-        ctx.metrics.client_connections.fetch_add(1, Relaxed);
+        ctx.metrics.client_connections.inc();
         Some(Slot(ctx))
     }
 }
@@ -61,7 +61,7 @@ impl<'a> Slot<'a> {
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
         self.0.gate.active.fetch_sub(1, Relaxed);
-        self.0.metrics.client_connections.fetch_sub(1, Relaxed);
+        self.0.metrics.client_connections.dec();
     }
 }
 
@@ -85,13 +85,13 @@ enum Startup {
 }
 
 async fn run(tcp: TcpStream, id: u64, ctx: &Arc<Context>) {
-    ctx.metrics.client_connections_total.fetch_add(1, Relaxed);
+    ctx.metrics.client_connections_total.inc();
     let _ = tcp.set_nodelay(true);
     let Some((mut client, mut buf, len)) = accept_client(tcp, ctx).await else {
         return;
     };
     let Some(_slot) = Slot::acquire(ctx) else {
-        ctx.metrics.rejected_connections_total.fetch_add(1, Relaxed);
+        ctx.metrics.rejected_connections_total.inc();
         warn!(
             max = ctx.limits.max_client_connections,
             "refusing client: too many connections"
@@ -357,7 +357,7 @@ async fn startup(
         }
         .into()),
         Initial::Cancel { pid, secret } => {
-            ctx.metrics.cancel_requests_total.fetch_add(1, Relaxed);
+            ctx.metrics.cancel_requests_total.inc();
             forward_cancel(pid, &secret, ctx).await;
             Ok(Startup::Done)
         }

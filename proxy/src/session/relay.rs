@@ -19,6 +19,7 @@ use crate::proto::codec::{frames, scan, CodecError, Scan};
 use crate::session::cancel::ClientKey;
 use crate::session::state::{AfterWrite, Session};
 use crate::session::Context;
+use crate::telemetry::metrics::ObserveDuration;
 
 /// Bytes asked of the kernel per read, and the least free room before a read.
 const READ_SIZE: usize = 16 * 1024;
@@ -146,10 +147,10 @@ where
                 }
             }
             w.write_all(&chunk).await.map_err(RelayError::LegacyIo)?;
-            ctx.metrics.added_latency.observe(started.elapsed());
             ctx.metrics
-                .bytes_from_clients
-                .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                .added_latency
+                .observe_duration(started.elapsed());
+            ctx.metrics.bytes_from_clients.inc_by(chunk.len() as u64);
             let mut seen = Seen::default();
             for done in after.drain(..) {
                 analyze_after_write(done, &chunk, ctx, &mut seen);
@@ -191,9 +192,7 @@ fn analyze_after_write(done: AfterWrite, chunk: &[u8], ctx: &Context, seen: &mut
         match a.exceeded {
             Some(why) => ctx.metrics.analysis_skipped(why),
             None if a.is_unknown() => {
-                ctx.metrics
-                    .parse_failures_total
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                ctx.metrics.parse_failures_total.inc();
             }
             None => {}
         }
@@ -253,10 +252,10 @@ where
             .write_all(&buf[..found.forward])
             .await
             .map_err(RelayError::ClientIo)?;
-        ctx.metrics.added_latency.observe(started.elapsed());
         ctx.metrics
-            .bytes_from_legacy
-            .fetch_add(found.forward as u64, std::sync::atomic::Ordering::Relaxed);
+            .added_latency
+            .observe_duration(started.elapsed());
+        ctx.metrics.bytes_from_legacy.inc_by(found.forward as u64);
         buf.advance(found.forward);
     }
 }
@@ -300,9 +299,7 @@ fn inspect(
         s.on_backend(tag, &buf[at + 5..at + len]);
         match tag {
             b'E' => {
-                ctx.metrics
-                    .legacy_error_responses_total
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                ctx.metrics.legacy_error_responses_total.inc();
             }
             // Process ID and a secret of 4 bytes (3.0) or more (3.2).
             b'K' if len >= 13 => key_at = Some((at + 5, at + len)),

@@ -3,7 +3,6 @@
 //! still owes an answer, go to legacy untouched.
 
 use std::cell::RefCell;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -210,7 +209,7 @@ pub async fn route_group(
     let Ok(p) = plan.as_ref() else {
         // A read of routed tables that new cannot answer: legacy's, and counted so.
         ctx.reads.count_tables(&routed, |t| {
-            t.legacy.fetch_add(1, Relaxed);
+            t.legacy.inc();
         });
         return None;
     };
@@ -220,16 +219,16 @@ pub async fn route_group(
             tracing::trace!(reason = why.as_str(), "read stays on legacy");
             let kept = reads::KeptForRole::of(why);
             reads.count(p, |t| {
-                t.legacy.fetch_add(1, Relaxed);
+                t.legacy.inc();
                 if let Some(k) = kept {
-                    t.kept_for_role[k as usize].fetch_add(1, Relaxed);
+                    t.kept_for_role[k as usize].inc();
                 }
             });
             None
         }
         Route::Shadow => {
             reads.count(p, |t| {
-                t.shadow.fetch_add(1, Relaxed);
+                t.shadow.inc();
             });
             session.borrow_mut().shadow = Some(Box::new(ShadowJob {
                 plan: plan.clone(),
@@ -243,7 +242,7 @@ pub async fn route_group(
         Route::New => match reads::answer(&ctx.reads, &snap.rules, p, &request, &settings).await {
             Ok(answer) => {
                 reads.count(p, |t| {
-                    t.new.fetch_add(1, Relaxed);
+                    t.new.inc();
                 });
                 ctx.metrics.statement(StatementKind::Read);
                 Some((end, answer))
@@ -251,7 +250,7 @@ pub async fn route_group(
             Err(why) => {
                 tracing::debug!(reason = why.as_str(), "read falls back to legacy");
                 reads.count(p, |t| {
-                    t.fallbacks[why as usize].fetch_add(1, Relaxed);
+                    t.fallbacks[why as usize].inc();
                 });
                 None
             }

@@ -1,23 +1,34 @@
-//! Process metrics, rendered in the Prometheus text format for `/metrics`.
+//! Process metrics through the `prometheus` crate, rendered in the Prometheus text format
+//! for `/metrics`.
 //!
-//! Counters are plain atomics updated once per relayed chunk, not per message, so the relay
-//! hot path pays a handful of uncontended `fetch_add`s. No global statics: one `Metrics` is
-//! created per proxy and passed in, so tests can run several proxies in one process.
+//! Every metric is registered in the proxy's own [`Registry`] (no global statics, so tests
+//! can run several proxies in one process), and the parts hold the handles they update: an
+//! `IntCounter` is one atomic add, cheap enough for the relay's hot path, which updates them
+//! once per relayed chunk, not per message. Values kept elsewhere (the analysis cache's hits)
+//! are read when the page is rendered, by a collector of their own. This is the one place
+//! metrics are defined; another exporter (OpenTelemetry) reads the same registry.
 
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
 use pgdual_rules::bounds::Exceeded;
 use pgdual_rules::{AnalysisCache, StatementKind};
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
 
-fn skipped_index(why: Exceeded) -> usize {
-    match why {
-        Exceeded::Length(_) => 0,
-        Exceeded::Depth => 1,
-    }
-}
+/// Upper bounds of the added-latency histogram buckets, in seconds.
+const LATENCY_BOUNDS: [f64; 14] = [
+    1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 1e-2, 1e-1, 1.0,
+];
+
+/// Upper bounds of the mirror-lag histogram buckets, in seconds.
+const LAG_BOUNDS: [f64; 14] = [
+    1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
 
 /// Where a failure came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,123 +57,137 @@ impl ErrorSource {
     }
 }
 
-/// Upper bounds of the added-latency histogram buckets, in seconds.
-const LATENCY_BOUNDS: [f64; 14] = [
-    1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 1e-2, 1e-1, 1.0,
-];
-
-/// Upper bounds of the mirror-lag histogram buckets, in seconds.
-const LAG_BOUNDS: [f64; 14] = [
-    1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-];
-
-/// A fixed-bucket histogram of durations.
-pub struct Histogram {
-    bounds: &'static [f64; 14],
-    buckets: [AtomicU64; 14],
-    count: AtomicU64,
-    sum_nanos: AtomicU64,
+fn skipped_index(why: Exceeded) -> usize {
+    match why {
+        Exceeded::Length(_) => 0,
+        Exceeded::Depth => 1,
+    }
 }
 
-impl Histogram {
-    const fn new(bounds: &'static [f64; 14]) -> Self {
-        Histogram {
-            bounds,
-            buckets: [const { AtomicU64::new(0) }; 14],
-            count: AtomicU64::new(0),
-            sum_nanos: AtomicU64::new(0),
-        }
+/// Registers metrics in one registry; a name registered twice is a programming error.
+pub struct Registrar<'a>(&'a Registry);
+
+impl Registrar<'_> {
+    fn add<C: Collector + Clone + 'static>(&self, c: C) -> C {
+        self.0
+            .register(Box::new(c.clone()))
+            .expect("metric names are unique");
+        c
     }
 
-    /// Buckets for the microseconds pgdual adds to a message.
-    pub const fn latency() -> Self {
-        Histogram::new(&LATENCY_BOUNDS)
+    pub fn counter(&self, name: &str, help: &str) -> IntCounter {
+        self.add(IntCounter::new(name, help).expect("valid metric"))
     }
 
-    /// Buckets for mirror lag, milliseconds to seconds.
-    pub const fn lag() -> Self {
-        Histogram::new(&LAG_BOUNDS)
+    pub fn gauge(&self, name: &str, help: &str) -> IntGauge {
+        self.add(IntGauge::new(name, help).expect("valid metric"))
     }
 
-    pub fn observe(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        if let Some(i) = self.bounds.iter().position(|&b| secs <= b) {
-            self.buckets[i].fetch_add(1, Relaxed);
-        }
-        self.count.fetch_add(1, Relaxed);
-        self.sum_nanos.fetch_add(d.as_nanos() as u64, Relaxed);
+    /// A family of counters by `labels`.
+    pub fn counters(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        self.add(IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
     }
 
-    pub fn count(&self) -> u64 {
-        self.count.load(Relaxed)
+    fn histogram(&self, name: &str, help: &str, bounds: &[f64]) -> Histogram {
+        let opts = HistogramOpts::new(name, help).buckets(bounds.to_vec());
+        self.add(Histogram::with_opts(opts).expect("valid metric"))
     }
+}
 
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (bound, bucket) in self.bounds.iter().zip(&self.buckets) {
-            cumulative += bucket.load(Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
-        }
-        let count = self.count.load(Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let sum = self.sum_nanos.load(Relaxed) as f64 / 1e9;
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+/// Durations observed in seconds.
+pub trait ObserveDuration {
+    fn observe_duration(&self, d: Duration);
+}
+
+impl ObserveDuration for Histogram {
+    fn observe_duration(&self, d: Duration) {
+        self.observe(d.as_secs_f64());
     }
 }
 
 /// The dual-write mirror.
 pub struct MirrorMetrics {
     /// 1 once the changelog and capture triggers are installed.
-    pub ready: AtomicI64,
+    pub ready: IntGauge,
     /// The rules version whose triggers are installed.
-    pub rules_version: AtomicI64,
+    pub rules_version: IntGauge,
     /// Batches applied to new, each one new transaction holding whole legacy transactions.
-    pub batches_total: AtomicU64,
+    pub batches_total: IntCounter,
     /// Captured changes (row keys and TRUNCATE markers) consumed from the backlog.
-    pub changes_total: AtomicU64,
-    pub rows_upserted_total: AtomicU64,
-    pub rows_deleted_total: AtomicU64,
+    pub changes_total: IntCounter,
+    pub rows_upserted_total: IntCounter,
+    pub rows_deleted_total: IntCounter,
     /// Transient failures (new or legacy unreachable, serialization) that were retried.
-    pub retries_total: AtomicU64,
+    pub retries_total: IntCounter,
     /// Changes new refused for good, written to the dead-letter file.
-    pub dead_letters_total: AtomicU64,
+    pub dead_letters_total: IntCounter,
     /// Changes captured but not yet applied (approximate: the span of backlog ids).
-    pub backlog: AtomicI64,
+    pub backlog: IntGauge,
     /// Legacy change to new commit.
     pub lag: Histogram,
 }
 
-impl Default for MirrorMetrics {
-    fn default() -> Self {
+impl MirrorMetrics {
+    fn register(r: &Registrar<'_>) -> Self {
         MirrorMetrics {
-            ready: AtomicI64::new(0),
-            rules_version: AtomicI64::new(0),
-            batches_total: AtomicU64::new(0),
-            changes_total: AtomicU64::new(0),
-            rows_upserted_total: AtomicU64::new(0),
-            rows_deleted_total: AtomicU64::new(0),
-            retries_total: AtomicU64::new(0),
-            dead_letters_total: AtomicU64::new(0),
-            backlog: AtomicI64::new(0),
-            lag: Histogram::lag(),
+            ready: r.gauge(
+                "pgdual_mirror_ready",
+                "1 once capture triggers are installed on legacy.",
+            ),
+            rules_version: r.gauge(
+                "pgdual_mirror_rules_version",
+                "Rules version whose capture triggers are installed.",
+            ),
+            batches_total: r.counter(
+                "pgdual_mirror_batches_total",
+                "Batches applied to new, each one new transaction holding whole legacy \
+                 transactions.",
+            ),
+            changes_total: r.counter(
+                "pgdual_mirror_changes_total",
+                "Captured changes consumed from the backlog.",
+            ),
+            rows_upserted_total: r.counter(
+                "pgdual_mirror_rows_upserted_total",
+                "Rows inserted or updated in new.",
+            ),
+            rows_deleted_total: r
+                .counter("pgdual_mirror_rows_deleted_total", "Rows deleted from new."),
+            retries_total: r.counter(
+                "pgdual_mirror_retries_total",
+                "Transient mirror failures retried with backoff.",
+            ),
+            dead_letters_total: r.counter(
+                "pgdual_mirror_dead_letters_total",
+                "Changes new refused for good, written to the dead-letter file.",
+            ),
+            backlog: r.gauge(
+                "pgdual_mirror_backlog_changes",
+                "Captured changes waiting in legacy (approximate).",
+            ),
+            lag: r.histogram(
+                "pgdual_mirror_lag_seconds",
+                "From a change on legacy to its row image committed in new.",
+                &LAG_BOUNDS,
+            ),
         }
     }
 }
 
 pub struct Metrics {
-    pub client_connections: AtomicI64,
-    pub client_connections_total: AtomicU64,
-    pub rejected_connections_total: AtomicU64,
-    pub cancel_requests_total: AtomicU64,
-    statements: [AtomicU64; StatementKind::ALL.len()],
-    pub bytes_from_clients: AtomicU64,
-    pub bytes_from_legacy: AtomicU64,
-    errors: [AtomicU64; ErrorSource::ALL.len()],
-    pub legacy_error_responses_total: AtomicU64,
-    pub parse_failures_total: AtomicU64,
+    registry: Registry,
+    pub client_connections: IntGauge,
+    pub client_connections_total: IntCounter,
+    pub rejected_connections_total: IntCounter,
+    pub cancel_requests_total: IntCounter,
+    statements: [IntCounter; StatementKind::ALL.len()],
+    pub bytes_from_clients: IntCounter,
+    pub bytes_from_legacy: IntCounter,
+    errors: [IntCounter; ErrorSource::ALL.len()],
+    pub legacy_error_responses_total: IntCounter,
+    pub parse_failures_total: IntCounter,
     /// Statements over the analysis bounds, never parsed: too long, too deep.
-    analysis_skipped: [AtomicU64; 2],
+    analysis_skipped: [IntCounter; 2],
     /// Time a chunk of bytes spends inside pgdual, from the read that completed it to the
     /// end of the write that forwarded it, in either direction.
     pub added_latency: Histogram,
@@ -171,181 +196,204 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        Metrics {
-            client_connections: AtomicI64::new(0),
-            client_connections_total: AtomicU64::new(0),
-            rejected_connections_total: AtomicU64::new(0),
-            cancel_requests_total: AtomicU64::new(0),
-            statements: Default::default(),
-            bytes_from_clients: AtomicU64::new(0),
-            bytes_from_legacy: AtomicU64::new(0),
-            errors: Default::default(),
-            legacy_error_responses_total: AtomicU64::new(0),
-            parse_failures_total: AtomicU64::new(0),
-            analysis_skipped: Default::default(),
-            added_latency: Histogram::latency(),
-            mirror: Arc::default(),
-        }
+        Metrics::new(Registry::new())
     }
 }
 
 impl Metrics {
+    fn new(registry: Registry) -> Self {
+        let r = Registrar(&registry);
+        let statements = r.counters(
+            "pgdual_statements_total",
+            "Statements seen, by kind.",
+            &["kind"],
+        );
+        let bytes = r.counters(
+            "pgdual_relayed_bytes_total",
+            "Bytes relayed, by direction.",
+            &["direction"],
+        );
+        let errors = r.counters(
+            "pgdual_errors_total",
+            "Failures by where they came from.",
+            &["source"],
+        );
+        let skipped = r.counters(
+            "pgdual_analysis_skipped_total",
+            "Statements over the analysis bounds, relayed unchanged without being parsed \
+             (kind=unknown).",
+            &["reason"],
+        );
+        Metrics {
+            client_connections: r
+                .gauge("pgdual_client_connections", "Client connections open now."),
+            client_connections_total: r.counter(
+                "pgdual_client_connections_total",
+                "Client connections accepted.",
+            ),
+            rejected_connections_total: r.counter(
+                "pgdual_rejected_connections_total",
+                "Client connections refused over limits.max_client_connections.",
+            ),
+            cancel_requests_total: r.counter(
+                "pgdual_cancel_requests_total",
+                "CancelRequests received from clients.",
+            ),
+            statements: StatementKind::ALL.map(|k| statements.with_label_values(&[k.to_string()])),
+            bytes_from_clients: bytes.with_label_values(&["client_to_legacy"]),
+            bytes_from_legacy: bytes.with_label_values(&["legacy_to_client"]),
+            errors: ErrorSource::ALL.map(|s| errors.with_label_values(&[s.as_str()])),
+            legacy_error_responses_total: r.counter(
+                "pgdual_legacy_error_responses_total",
+                "ErrorResponses legacy sent to clients (relayed unchanged).",
+            ),
+            parse_failures_total: r.counter(
+                "pgdual_parse_failures_total",
+                "Statements sqlparser could not parse (relayed unchanged, kind=unknown).",
+            ),
+            analysis_skipped: [Exceeded::Length(0), Exceeded::Depth]
+                .map(|why| skipped.with_label_values(&[why.reason()])),
+            added_latency: r.histogram(
+                "pgdual_added_latency_seconds",
+                "Time bytes spend inside pgdual between the read that completes them and the \
+                 end of the write that forwards them.",
+                &LATENCY_BOUNDS,
+            ),
+            mirror: Arc::new(MirrorMetrics::register(&r)),
+            registry: registry.clone(),
+        }
+    }
+
+    /// Registers more metrics (the read router's families) in this proxy's registry.
+    pub fn registrar(&self) -> Registrar<'_> {
+        Registrar(&self.registry)
+    }
+
+    /// Exports the analysis cache's counters, read when the page is rendered.
+    pub fn watch_cache(&self, cache: Arc<AnalysisCache>) {
+        let _ = self.registry.register(Box::new(CacheCollector::new(cache)));
+    }
+
     pub fn statement(&self, kind: StatementKind) {
-        self.statements[kind.index()].fetch_add(1, Relaxed);
+        self.statements[kind.index()].inc();
     }
 
     pub fn statements(&self, kind: StatementKind) -> u64 {
-        self.statements[kind.index()].load(Relaxed)
+        self.statements[kind.index()].get()
     }
 
     /// Counts a statement that was over the analysis bounds.
     pub fn analysis_skipped(&self, why: Exceeded) {
-        self.analysis_skipped[skipped_index(why)].fetch_add(1, Relaxed);
+        self.analysis_skipped[skipped_index(why)].inc();
     }
 
     pub fn error(&self, source: ErrorSource) {
-        self.errors[source as usize].fetch_add(1, Relaxed);
+        self.errors[source as usize].inc();
     }
 
     pub fn errors(&self, source: ErrorSource) -> u64 {
-        self.errors[source as usize].load(Relaxed)
+        self.errors[source as usize].get()
     }
 
-    /// The Prometheus text exposition of every metric.
-    pub fn render(&self, cache: &AnalysisCache) -> String {
-        let mut out = String::with_capacity(4096);
-        let mut scalar = |name: &str, kind: &str, help: &str, value: i64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
-        };
-        let load = |a: &AtomicU64| a.load(Relaxed) as i64;
-        scalar(
-            "pgdual_client_connections",
-            "gauge",
-            "Client connections open now.",
-            self.client_connections.load(Relaxed),
-        );
-        scalar(
-            "pgdual_client_connections_total",
-            "counter",
-            "Client connections accepted.",
-            load(&self.client_connections_total),
-        );
-        scalar(
-            "pgdual_rejected_connections_total",
-            "counter",
-            "Client connections refused over limits.max_client_connections.",
-            load(&self.rejected_connections_total),
-        );
-        scalar(
-            "pgdual_cancel_requests_total",
-            "counter",
-            "CancelRequests received from clients.",
-            load(&self.cancel_requests_total),
-        );
-        scalar(
-            "pgdual_legacy_error_responses_total",
-            "counter",
-            "ErrorResponses legacy sent to clients (relayed unchanged).",
-            load(&self.legacy_error_responses_total),
-        );
-        scalar(
-            "pgdual_parse_failures_total",
-            "counter",
-            "Statements sqlparser could not parse (relayed unchanged, kind=unknown).",
-            load(&self.parse_failures_total),
-        );
-        scalar(
+    /// The Prometheus text exposition (format 0.0.4) of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::with_capacity(8192);
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "cannot render the metrics");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// The analysis cache's hits, misses and size, as they are when collected.
+struct CacheCollector {
+    cache: Arc<AnalysisCache>,
+    /// One collection at a time: each sets the values whole.
+    collecting: std::sync::Mutex<()>,
+    hits: IntCounter,
+    misses: IntCounter,
+    entries: IntGauge,
+    descs: Vec<Desc>,
+}
+
+impl CacheCollector {
+    fn new(cache: Arc<AnalysisCache>) -> Self {
+        let hits = IntCounter::new(
             "pgdual_analysis_cache_hits_total",
-            "counter",
             "Statement analyses served from the cache.",
-            cache.hits() as i64,
-        );
-        scalar(
+        )
+        .expect("valid metric");
+        let misses = IntCounter::new(
             "pgdual_analysis_cache_misses_total",
-            "counter",
             "Statement analyses that had to parse.",
-            cache.misses() as i64,
-        );
-        scalar(
+        )
+        .expect("valid metric");
+        let entries = IntGauge::new(
             "pgdual_analysis_cache_entries",
-            "gauge",
             "SQL texts in the analysis cache.",
-            cache.len() as i64,
-        );
-        let _ = writeln!(
-            out,
-            "# HELP pgdual_analysis_skipped_total Statements over the analysis bounds, relayed unchanged without being parsed (kind=unknown).\n\
-             # TYPE pgdual_analysis_skipped_total counter"
-        );
-        for why in [Exceeded::Length(0), Exceeded::Depth] {
-            let _ = writeln!(
-                out,
-                "pgdual_analysis_skipped_total{{reason=\"{}\"}} {}",
-                why.reason(),
-                load(&self.analysis_skipped[skipped_index(why)])
-            );
+        )
+        .expect("valid metric");
+        let descs = [hits.desc(), misses.desc(), entries.desc()]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        CacheCollector {
+            cache,
+            collecting: Default::default(),
+            hits,
+            misses,
+            entries,
+            descs,
         }
-        let _ = writeln!(
-            out,
-            "# HELP pgdual_relayed_bytes_total Bytes relayed, by direction.\n\
-             # TYPE pgdual_relayed_bytes_total counter\n\
-             pgdual_relayed_bytes_total{{direction=\"client_to_legacy\"}} {}\n\
-             pgdual_relayed_bytes_total{{direction=\"legacy_to_client\"}} {}",
-            load(&self.bytes_from_clients),
-            load(&self.bytes_from_legacy)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP pgdual_statements_total Statements seen, by kind.\n\
-             # TYPE pgdual_statements_total counter"
-        );
-        for kind in StatementKind::ALL {
-            let _ = writeln!(
-                out,
-                "pgdual_statements_total{{kind=\"{kind}\"}} {}",
-                self.statements(kind)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP pgdual_errors_total Failures by where they came from.\n\
-             # TYPE pgdual_errors_total counter"
-        );
-        for source in ErrorSource::ALL {
-            let _ = writeln!(
-                out,
-                "pgdual_errors_total{{source=\"{}\"}} {}",
-                source.as_str(),
-                self.errors(source)
-            );
-        }
-        let m = &self.mirror;
-        for (name, kind, help, value) in [
-            ("pgdual_mirror_ready", "gauge", "1 once capture triggers are installed on legacy.", m.ready.load(Relaxed)),
-            ("pgdual_mirror_rules_version", "gauge", "Rules version whose capture triggers are installed.", m.rules_version.load(Relaxed)),
-            ("pgdual_mirror_batches_total", "counter", "Batches applied to new, each one new transaction holding whole legacy transactions.", load(&m.batches_total)),
-            ("pgdual_mirror_changes_total", "counter", "Captured changes consumed from the backlog.", load(&m.changes_total)),
-            ("pgdual_mirror_rows_upserted_total", "counter", "Rows inserted or updated in new.", load(&m.rows_upserted_total)),
-            ("pgdual_mirror_rows_deleted_total", "counter", "Rows deleted from new.", load(&m.rows_deleted_total)),
-            ("pgdual_mirror_retries_total", "counter", "Transient mirror failures retried with backoff.", load(&m.retries_total)),
-            ("pgdual_mirror_dead_letters_total", "counter", "Changes new refused for good, written to the dead-letter file.", load(&m.dead_letters_total)),
-            ("pgdual_mirror_backlog_changes", "gauge", "Captured changes waiting in legacy (approximate).", m.backlog.load(Relaxed)),
+    }
+}
+
+impl Collector for CacheCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let _one = self.collecting.lock();
+        self.hits.reset();
+        self.hits.inc_by(self.cache.hits());
+        self.misses.reset();
+        self.misses.inc_by(self.cache.misses());
+        self.entries.set(self.cache.len() as i64);
+        [
+            self.hits.collect(),
+            self.misses.collect(),
+            self.entries.collect(),
+        ]
+        .concat()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_page_keeps_the_documented_names_and_labels() {
+        let m = Metrics::default();
+        m.statement(StatementKind::Read);
+        m.bytes_from_clients.inc_by(7);
+        m.added_latency.observe_duration(Duration::from_micros(3));
+        m.mirror.dead_letters_total.inc();
+        m.watch_cache(Arc::new(AnalysisCache::new(4)));
+        let page = m.render();
+        for line in [
+            "# TYPE pgdual_statements_total counter",
+            "pgdual_statements_total{kind=\"read\"} 1",
+            "pgdual_relayed_bytes_total{direction=\"client_to_legacy\"} 7",
+            "pgdual_added_latency_seconds_bucket{le=\"0.000005\"} 1",
+            "pgdual_added_latency_seconds_count 1",
+            "pgdual_mirror_dead_letters_total 1",
+            "pgdual_analysis_cache_hits_total 0",
+            "pgdual_analysis_skipped_total{reason=\"too_deep\"} 0",
         ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+            assert!(page.lines().any(|l| l == line), "{line} not in:\n{page}");
         }
-        m.lag.render(
-            &mut out,
-            "pgdual_mirror_lag_seconds",
-            "From a change on legacy to its row image committed in new.",
-        );
-        self.added_latency.render(
-            &mut out,
-            "pgdual_added_latency_seconds",
-            "Time bytes spend inside pgdual between the read that completes them and the end of the write that forwards them.",
-        );
-        out
     }
 }
