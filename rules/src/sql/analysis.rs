@@ -10,7 +10,7 @@ use sqlparser::ast::{
     CopySource, Expr, ObjectName, ObjectNamePart, Query, SetExpr, Statement as Ast,
 };
 
-use crate::bounds::{self, BoundedError, Exceeded};
+use crate::sql::bounds::{self, BoundedError, Exceeded};
 
 /// The kind of one statement, as the metrics and (later) the router see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -39,8 +39,8 @@ use sqlparser::ast::{
     WildcardAdditionalOptions,
 };
 
-use crate::bounds::{BoundedError, Exceeded};
 use crate::ruleset::{quote_ident, ReadBack, RuleSet, TableName, TableRule, TargetDatabase};
+use crate::sql::bounds::{BoundedError, Exceeded};
 
 /// A read the new schema can answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,7 +190,7 @@ impl fmt::Display for NotRoutable {
             NotRoutable::TooDeep => write!(
                 f,
                 "the text nests deeper than {} levels and is not parsed",
-                crate::bounds::MAX_DEPTH
+                crate::sql::bounds::MAX_DEPTH
             ),
             NotRoutable::Unsupported(what) => write!(f, "{what} is not routed"),
         }
@@ -261,7 +261,7 @@ pub fn plan_read(sql: &str, rules: &RuleSet) -> Result<ReadPlan, NotRoutable> {
     if sql.len() > MAX_SQL_LEN {
         return Err(NotRoutable::TooLong(sql.len()));
     }
-    let mut statements = crate::bounds::parse(sql).map_err(|e| match e {
+    let mut statements = crate::sql::bounds::parse(sql).map_err(|e| match e {
         BoundedError::Exceeded(Exceeded::Length(n)) => NotRoutable::TooLong(n),
         BoundedError::Exceeded(Exceeded::Depth) => NotRoutable::TooDeep,
         BoundedError::Parse(e) => NotRoutable::Parse(e),
@@ -1927,9 +1927,9 @@ mod tests {
     fn long_texts_are_not_routed_and_deep_chains_do_not_overflow() {
         let set = rules();
         let head = "SELECT email FROM users WHERE id = 1";
-        let deepest = format!("{head}{}", "+1".repeat(crate::bounds::MAX_DEPTH - 8));
+        let deepest = format!("{head}{}", "+1".repeat(crate::sql::bounds::MAX_DEPTH - 8));
         assert!(plan_read(&deepest, &set).is_ok());
-        let deep = format!("{head}{}", "+1".repeat(crate::bounds::MAX_DEPTH));
+        let deep = format!("{head}{}", "+1".repeat(crate::sql::bounds::MAX_DEPTH));
         assert_eq!(plan_read(&deep, &set).unwrap_err().reason(), "too_deep");
         let long = format!("{head}{}", " OR id = 1".repeat(MAX_SQL_LEN / 10));
         assert_eq!(plan_read(&long, &set).unwrap_err().reason(), "too_long");

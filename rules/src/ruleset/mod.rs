@@ -315,7 +315,7 @@ pub fn parse_table_name(text: &str) -> Result<TableName, String> {
 
 /// Parses a column expression and lists the columns it reads.
 fn parse_column_expr(text: &str) -> Result<(Expr, Vec<String>), String> {
-    crate::bounds::check(text).map_err(|e| e.to_string())?;
+    crate::sql::bounds::check(text).map_err(|e| e.to_string())?;
     let dialect = PostgreSqlDialect {};
     let mut parser = Parser::new(&dialect)
         .try_with_sql(text)
