@@ -39,8 +39,11 @@ use sqlparser::ast::{
     WildcardAdditionalOptions,
 };
 
-use crate::ruleset::{quote_ident, ReadBack, RuleSet, TableName, TableRule, TargetDatabase};
+use crate::ruleset::{ReadBack, RuleSet, TableRule, TargetDatabase};
 use crate::sql::bounds::{BoundedError, Exceeded};
+use crate::sql::ident::{
+    fold, quote_ident, sql_ident as ident, TableName, TableRef, DEFAULT_SCHEMA,
+};
 
 /// A read the new schema can answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -472,24 +475,6 @@ fn statement_word(stmt: &Statement) -> String {
     word.to_uppercase()
 }
 
-/// PostgreSQL's identifier folding.
-fn fold(id: &Ident) -> String {
-    if id.quote_style.is_some() {
-        id.value.clone()
-    } else {
-        id.value.to_lowercase()
-    }
-}
-
-/// An identifier that prints as PostgreSQL needs it: bare when it folds to itself.
-fn ident(name: &str) -> Ident {
-    if quote_ident(name) == name {
-        Ident::new(name)
-    } else {
-        Ident::with_quote('"', name)
-    }
-}
-
 fn number(n: usize) -> Expr {
     Expr::value(Value::Number(
         n.to_string().parse().unwrap_or_default(),
@@ -773,25 +758,16 @@ fn read_back_of<'a>(rule: &'a TableRule, column: &str) -> Option<&'a ReadBack> {
     rule.read_back.iter().find(|r| r.legacy == column)
 }
 
+/// The legacy table a FROM item names; unqualified names resolve to `public`.
 fn table_name_of(name: &ObjectName) -> Result<TableName, NotRoutable> {
-    let mut parts = Vec::new();
-    for p in &name.0 {
-        match p {
-            ObjectNamePart::Identifier(id) => parts.push(fold(id)),
-            _ => return Err(NotRoutable::Unsupported(format!("the table name {name}"))),
-        }
-    }
-    match parts.as_slice() {
-        [n] => Ok(TableName {
-            schema: "public".into(),
-            name: n.clone(),
-        }),
-        [s, n] => Ok(TableName {
-            schema: s.clone(),
-            name: n.clone(),
-        }),
-        _ => Err(NotRoutable::Unsupported(format!("the table name {name}"))),
-    }
+    let plain = name
+        .0
+        .iter()
+        .all(|p| matches!(p, ObjectNamePart::Identifier(_)));
+    plain
+        .then(|| TableRef::of(name).resolve(DEFAULT_SCHEMA))
+        .flatten()
+        .ok_or_else(|| NotRoutable::Unsupported(format!("the table name {name}")))
 }
 
 impl<'r> Scope<'r> {
@@ -1025,7 +1001,7 @@ impl<'r> Scope<'r> {
             if let (TableFactor::Table { name, alias, .. }, Some(source)) = (factor, sources.next())
             {
                 let new = &source.rule.new;
-                *name = ObjectName::from(vec![ident(&new.schema), ident(&new.name)]);
+                *name = new.to_object_name();
                 match alias {
                     Some(a) => a.explicit = true,
                     None => {

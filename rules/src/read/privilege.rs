@@ -6,7 +6,7 @@
 //! here leans towards legacy: anything unknown or unsure is a refusal, never a pass.
 
 use crate::read::plan::ReadPlan;
-use crate::ruleset::TableName;
+use crate::sql::ident::TableName;
 
 /// What a role may read of one legacy table, as legacy's catalog says.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -11,10 +11,13 @@ use std::fmt;
 use std::ops::ControlFlow;
 
 use serde::{Deserialize, Serialize};
-use sqlparser::ast::{Expr, ObjectNamePart};
+use sqlparser::ast::Expr;
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 use sqlparser::tokenizer::Token;
+
+use crate::sql::ident::{fold, fold_unquoted};
+pub use crate::sql::ident::{parse_table_name, quote_ident, TableName};
 
 /// The file as written.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -111,40 +114,6 @@ pub enum WriteMode {
     #[default]
     Off,
     On,
-}
-
-/// A schema-qualified table name, folded as PostgreSQL folds identifiers.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct TableName {
-    pub schema: String,
-    pub name: String,
-}
-
-impl fmt::Display for TableName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}.{}",
-            quote_ident(&self.schema),
-            quote_ident(&self.name)
-        )
-    }
-}
-
-/// An identifier as SQL text: bare when PostgreSQL would fold it to itself, else quoted.
-pub fn quote_ident(id: &str) -> String {
-    let plain = id
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-        && id
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-    if plain {
-        id.to_string()
-    } else {
-        format!("\"{}\"", id.replace('"', "\"\""))
-    }
 }
 
 /// One new column and where its value comes from.
@@ -276,43 +245,6 @@ pub fn parse_rules(text: &str, origin: &str) -> Result<RuleSet, RulesError> {
     })
 }
 
-fn fold(id: &sqlparser::ast::Ident) -> String {
-    if id.quote_style.is_some() {
-        id.value.clone()
-    } else {
-        id.value.to_lowercase()
-    }
-}
-
-/// Parses `schema.table`.
-pub fn parse_table_name(text: &str) -> Result<TableName, String> {
-    let dialect = PostgreSqlDialect {};
-    let mut parser = Parser::new(&dialect)
-        .try_with_sql(text)
-        .map_err(|e| e.to_string())?;
-    let object = parser.parse_object_name(false).map_err(|e| e.to_string())?;
-    if parser.peek_token().token != Token::EOF {
-        return Err(format!("{text:?} is not a table name"));
-    }
-    let parts: Vec<String> = object
-        .0
-        .iter()
-        .filter_map(|p| match p {
-            ObjectNamePart::Identifier(id) => Some(fold(id)),
-            _ => None,
-        })
-        .collect();
-    match &parts[..] {
-        [schema, name] if parts.len() == object.0.len() => Ok(TableName {
-            schema: schema.clone(),
-            name: name.clone(),
-        }),
-        _ => Err(format!(
-            "{text:?} must be schema-qualified, like public.users"
-        )),
-    }
-}
-
 /// Parses a column expression and lists the columns it reads.
 fn parse_column_expr(text: &str) -> Result<(Expr, Vec<String>), String> {
     crate::sql::bounds::check(text).map_err(|e| e.to_string())?;
@@ -411,7 +343,7 @@ impl RulesFile {
                     }
                 }
             }
-            let legacy_keys: Vec<String> = spec.keys.iter().map(|k| k.to_lowercase()).collect();
+            let legacy_keys: Vec<String> = spec.keys.iter().map(|k| fold_unquoted(k)).collect();
             let mut new_keys = Vec::new();
             for key in &legacy_keys {
                 match columns.iter().find(|c| c.rename_of.as_deref() == Some(key)) {
@@ -604,14 +536,6 @@ mod tests {
             .to_string();
         assert!(err.contains("also the new table of table[0]"), "{err}");
         assert!(err.contains("more than one rule"), "{err}");
-    }
-
-    #[test]
-    fn identifiers_are_quoted_only_when_needed() {
-        assert_eq!(quote_ident("users"), "users");
-        assert_eq!(quote_ident("Total"), "\"Total\"");
-        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
-        assert_eq!(quote_ident("2x"), "\"2x\"");
     }
 }
 

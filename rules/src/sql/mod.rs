@@ -7,3 +7,4 @@ pub mod analysis;
 pub mod bounds;
 pub mod cache;
 pub mod fingerprint;
+pub mod ident;
