@@ -20,4 +20,5 @@ pub use analysis::{analyze, Analysis, StatementInfo, StatementKind};
 pub use cache::AnalysisCache;
 pub use fingerprint::fingerprint;
 pub use read_plan::{plan_read, KeyRef, NotRoutable, ReadPlan};
-pub use ruleset::{parse_rules, ReadMode, RuleSet, RulesError, TableName, TableRule};
+pub use ruleset::{parse_rules, ReadMode, RuleSet, RulesError, TableRule};
+pub use sql::ident::{TableName, TableRef};
