@@ -698,3 +698,63 @@ fn every_reason_has_a_sentence() {
             .all(|c| c.is_ascii_lowercase() || c == '_'));
     }
 }
+
+#[test]
+fn quoted_table_names_plan_onto_quoted_new_names() {
+    let text = r#"
+        [[table]]
+        legacy = 'public."Orders"'
+        new = 'app."Orders V2"'
+        keys = ["id"]
+        columns = { id = "id" }
+
+        [[table]]
+        legacy = 'public."a.b"'
+        new = 'app."x.y"'
+        keys = ["id"]
+        columns = { id = "id" }
+
+        [[table]]
+        legacy = '"PUBLIC"."ORDERS"'
+        new = 'app."My Table"'
+        keys = ["id"]
+        columns = { id = "id" }
+    "#;
+    let set = parse_rules(text, "t").unwrap();
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "SELECT id FROM \"Orders\"",
+            "SELECT \"Orders\".id AS id FROM app.\"Orders V2\" AS \"Orders\"",
+            "public.\"Orders\"",
+        ),
+        (
+            "SELECT id FROM public.\"Orders\" o WHERE o.id = 1",
+            "SELECT o.id AS id FROM app.\"Orders V2\" AS o WHERE o.id = 1",
+            "public.\"Orders\"",
+        ),
+        (
+            "SELECT \"a.b\".id FROM \"a.b\"",
+            "SELECT \"a.b\".id AS id FROM app.\"x.y\" AS \"a.b\"",
+            "public.\"a.b\"",
+        ),
+        (
+            "SELECT id FROM \"PUBLIC\".\"ORDERS\"",
+            "SELECT \"ORDERS\".id AS id FROM app.\"My Table\" AS \"ORDERS\"",
+            "\"PUBLIC\".\"ORDERS\"",
+        ),
+    ];
+    for (sql, want, legacy) in cases {
+        let p = plan(sql, &set);
+        assert_eq!(p.sql, *want, "{sql}");
+        let tables: Vec<String> = p.tables.iter().map(|t| t.to_string()).collect();
+        assert_eq!(tables, [*legacy], "{sql}");
+    }
+    for sql in [
+        "SELECT id FROM Orders",
+        "SELECT id FROM PUBLIC.ORDERS",
+        "SELECT id FROM a.b",
+        "SELECT id FROM db.public.\"Orders\"",
+    ] {
+        assert!(plan_read(sql, &set).is_err(), "{sql}");
+    }
+}
