@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
-use crate::analysis::{analyze, Analysis};
-use crate::fingerprint::fingerprint_into;
+use crate::sql::analysis::{analyze, Analysis};
+use crate::sql::fingerprint::fingerprint_into;
 
 thread_local! {
     /// Reused buffer for fingerprints, so a cache hit never allocates.

@@ -15,7 +15,8 @@
 
 use std::collections::HashMap;
 
-use crate::ruleset::{quote_ident, TableRule};
+use crate::ruleset::TableRule;
+use crate::sql::ident::quote_ident;
 
 /// The type of each column of a target table, as a schema-qualified type name without
 /// type modifier (`pg_catalog.float8`, `app."Mood"`), to cast text values to. The column's

@@ -6,11 +6,10 @@
 use std::fmt;
 use std::ops::ControlFlow;
 
-use sqlparser::ast::{
-    CopySource, Expr, ObjectName, ObjectNamePart, Query, SetExpr, Statement as Ast,
-};
+use sqlparser::ast::{CopySource, Expr, ObjectName, Query, SetExpr, Statement as Ast};
 
-use crate::bounds::{self, BoundedError, Exceeded};
+use crate::sql::bounds::{self, BoundedError, Exceeded};
+use crate::sql::ident::TableRef;
 
 /// The kind of one statement, as the metrics and (later) the router see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -70,9 +69,10 @@ impl fmt::Display for StatementKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatementInfo {
     pub kind: StatementKind,
-    /// Relations named by the statement, normalized as PostgreSQL folds identifiers
-    /// (unquoted parts lowercased), deduplicated, in order of first appearance.
-    pub tables: Vec<String>,
+    /// Relations named by the statement, each part folded as PostgreSQL folds identifiers
+    /// (unquoted parts lowercased, quoted parts exact), deduplicated, in order of first
+    /// appearance. [`TableRef::resolve`] gives the table each names.
+    pub tables: Vec<TableRef>,
 }
 
 /// All statements of one SQL text (a simple Query may hold several).
@@ -120,14 +120,14 @@ pub fn analyze(sql: &str) -> Analysis {
 }
 
 fn statement_info(stmt: &Ast) -> StatementInfo {
-    let mut tables: Vec<String> = Vec::new();
+    let mut tables: Vec<TableRef> = Vec::new();
     // sqlparser's relation visitor does not descend into COPY's table.
     if let Ast::Copy {
         source: CopySource::Table { table_name, .. },
         ..
     } = stmt
     {
-        tables.push(normalize(table_name));
+        tables.push(TableRef::of(table_name));
     }
     // Nor into SELECT ... INTO's new table.
     if let Ast::Query(q) = stmt {
@@ -138,12 +138,12 @@ fn statement_info(stmt: &Ast) -> StatementInfo {
                     Expr::CompoundIdentifier(ids) => ids.clone(),
                     _ => continue,
                 };
-                tables.push(normalize(&ObjectName::from(parts)));
+                tables.push(TableRef::of(&ObjectName::from(parts)));
             }
         }
     }
     let _ = sqlparser::ast::visit_relations(stmt, |name| {
-        let n = normalize(name);
+        let n = TableRef::of(name);
         if !tables.contains(&n) {
             tables.push(n);
         }
@@ -153,24 +153,6 @@ fn statement_info(stmt: &Ast) -> StatementInfo {
         kind: kind_of(stmt),
         tables,
     }
-}
-
-/// The name as PostgreSQL resolves it: unquoted identifiers fold to lower case.
-fn normalize(name: &ObjectName) -> String {
-    let mut out = String::new();
-    for (i, part) in name.0.iter().enumerate() {
-        if i > 0 {
-            out.push('.');
-        }
-        match part {
-            ObjectNamePart::Identifier(id) if id.quote_style.is_none() => {
-                out.push_str(&id.value.to_lowercase())
-            }
-            ObjectNamePart::Identifier(id) => out.push_str(&id.value),
-            other => out.push_str(&other.to_string()),
-        }
-    }
-    out
 }
 
 fn kind_of(stmt: &Ast) -> StatementKind {
@@ -279,105 +261,4 @@ fn set_expr_kind(body: &SetExpr) -> StatementKind {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use StatementKind::*;
-
-    fn one(sql: &str) -> (StatementKind, Vec<String>) {
-        let a = analyze(sql);
-        assert_eq!(a.statements.len(), 1, "{sql}: {a:?}");
-        let s = &a.statements[0];
-        (s.kind, s.tables.clone())
-    }
-
-    #[test]
-    fn kinds_and_tables() {
-        let cases: &[(&str, StatementKind, &[&str])] = &[
-            ("SELECT 1", Read, &[]),
-            (
-                "select * from Users u join public.orders o on o.uid = u.id",
-                Read,
-                &["users", "public.orders"],
-            ),
-            (
-                "SELECT * FROM \"Mixed\" WHERE id = $1 FOR UPDATE",
-                Read,
-                &["Mixed"],
-            ),
-            ("VALUES (1), (2)", Read, &[]),
-            (
-                "INSERT INTO users (id, email) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
-                Write,
-                &["users"],
-            ),
-            (
-                "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = 3",
-                Write,
-                &["pgbench_accounts"],
-            ),
-            (
-                "DELETE FROM a USING b WHERE a.id = b.id",
-                Write,
-                &["a", "b"],
-            ),
-            ("TRUNCATE t1, t2", Write, &["t1", "t2"]),
-            ("COPY users FROM STDIN", Write, &["users"]),
-            ("COPY users TO STDOUT WITH (FORMAT csv)", Read, &["users"]),
-            (
-                "WITH gone AS (DELETE FROM t RETURNING *) SELECT count(*) FROM gone",
-                Write,
-                &["t", "gone"],
-            ),
-            ("SELECT * INTO newt FROM t", Ddl, &["newt", "t"]),
-            ("CREATE TABLE t (id int primary key)", Ddl, &["t"]),
-            ("ALTER TABLE t ADD COLUMN c text", Ddl, &["t"]),
-            ("DROP TABLE IF EXISTS t", Ddl, &[]),
-            ("CREATE INDEX ON t (c)", Ddl, &["t"]),
-            ("BEGIN", Transaction, &[]),
-            (
-                "START TRANSACTION ISOLATION LEVEL SERIALIZABLE",
-                Transaction,
-                &[],
-            ),
-            ("COMMIT", Transaction, &[]),
-            ("ROLLBACK TO SAVEPOINT s1", Transaction, &[]),
-            ("SAVEPOINT s1", Transaction, &[]),
-            ("SET search_path = app, public", Session, &[]),
-            ("SHOW server_version", Session, &[]),
-            ("LISTEN chan", Session, &[]),
-            ("NOTIFY chan, 'hi'", Session, &[]),
-            ("DISCARD ALL", Session, &[]),
-            ("EXPLAIN SELECT 1", Other, &[]),
-        ];
-        for (sql, kind, tables) in cases {
-            let (k, t) = one(sql);
-            assert_eq!(k, *kind, "{sql}");
-            assert_eq!(
-                t,
-                tables.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
-                "{sql}"
-            );
-        }
-    }
-
-    #[test]
-    fn multi_statement_text_gives_each_statement() {
-        let a = analyze("BEGIN; INSERT INTO t VALUES (1); COMMIT");
-        let kinds: Vec<_> = a.statements.iter().map(|s| s.kind).collect();
-        assert_eq!(kinds, [Transaction, Write, Transaction]);
-    }
-
-    #[test]
-    fn unparsable_text_is_unknown_with_the_reason() {
-        let a = analyze("SELEC 1");
-        assert!(a.is_unknown());
-        assert_eq!(a.statements[0].kind, Unknown);
-        assert!(a.parse_error.as_deref().unwrap().contains("SELEC"));
-    }
-
-    #[test]
-    fn empty_text_has_no_statements() {
-        assert_eq!(analyze("").statements, vec![]);
-        assert_eq!(analyze(" ; ").statements.len(), 0);
-    }
-}
+mod tests;

@@ -5,8 +5,8 @@
 //! Pure: the proxy looks the role's privileges up on legacy and hands them in. Everything
 //! here leans towards legacy: anything unknown or unsure is a refusal, never a pass.
 
-use crate::read_plan::ReadPlan;
-use crate::ruleset::TableName;
+use crate::read::plan::ReadPlan;
+use crate::sql::ident::TableName;
 
 /// What a role may read of one legacy table, as legacy's catalog says.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -258,7 +258,7 @@ impl<'a> Tokens<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::read_plan::plan_read;
+    use crate::read::plan::plan_read;
     use crate::ruleset::parse_rules;
 
     #[test]

@@ -5,8 +5,8 @@
 //! for the same key value, and any other read in the bucket of its client connection, so that
 //! raising a table's percentage only ever moves more keys (or connections) to the mode.
 
-use crate::privilege::Access;
-use crate::read_plan::{NotRoutable, ReadPlan};
+use crate::read::plan::{NotRoutable, ReadPlan};
+use crate::read::privilege::Access;
 use crate::ruleset::{ReadMode, RuleSet};
 
 /// What the router needs to know of the session.
@@ -19,7 +19,7 @@ pub struct SessionView {
     /// The session changed settings (SET, RESET, ...) that new would not share.
     pub own_settings: bool,
     /// Whether the session's role may read, on legacy, everything this read touches
-    /// ([`crate::privilege::access`]); new and shadow need `Allowed`.
+    /// ([`crate::read::privilege::access`]); new and shadow need `Allowed`.
     pub access: Access,
 }
 
@@ -154,7 +154,7 @@ pub fn route(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::read_plan::plan_read;
+    use crate::read::plan::plan_read;
     use crate::ruleset::parse_rules;
 
     fn rules(users: &str, orders: &str) -> RuleSet {

@@ -1,7 +1,7 @@
 use proptest::prelude::*;
 
 use super::*;
-use crate::analysis::{analyze, StatementKind};
+use crate::sql::analysis::{analyze, StatementKind};
 
 /// Stack given to the threads below: a sixteenth of what a relay worker has, in an
 /// unoptimized build whose frames are larger than the release build's.
@@ -185,12 +185,12 @@ fn the_deepest_accepted_trees_fit_the_stack() {
         assert_eq!(check(&sql), Ok(()), "{}", &sql[..80]);
         let planned = format!("{sql} FROM t WHERE x = 1");
         on_small_stack(move || {
-            let plan = crate::read_plan::plan_read(&planned, &rules());
+            let plan = crate::read::plan::plan_read(&planned, &rules());
             let plannable = !planned.contains("UNION") && planned.matches("FROM").count() == 1;
             assert!(plan.is_ok() || !plannable, "{plan:?}");
             let a = analyze(&sql);
             drop(a);
-            let _ = crate::read_plan::plan_read(&sql, &rules());
+            let _ = crate::read::plan::plan_read(&sql, &rules());
         });
     }
 }
@@ -305,7 +305,7 @@ proptest! {
         let sql = build(&steps);
         let a = on_small_stack(move || {
             let a = analyze(&sql);
-            let _ = crate::read_plan::plan_read(&sql, &rules());
+            let _ = crate::read::plan::plan_read(&sql, &rules());
             a
         });
         if let Some(e) = a.exceeded {

@@ -13,7 +13,8 @@
 //! PostgreSQL checks no EXECUTE privilege when a trigger fires, so EXECUTE is revoked from
 //! PUBLIC (and nobody can call a trigger function directly anyway).
 
-use crate::ruleset::{quote_ident, TableRule};
+use crate::ruleset::TableRule;
+use crate::sql::ident::quote_ident;
 
 /// The changelog. `keys` is NULL for a TRUNCATE marker.
 pub const INSTALL_SCHEMA: &str = "

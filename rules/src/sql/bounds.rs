@@ -15,7 +15,7 @@ use sqlparser::ast::Statement;
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::{Parser, ParserError};
 
-use crate::fingerprint::{is_ident, number_end, opaque_at};
+use crate::sql::fingerprint::{is_ident, number_end, opaque_at};
 
 /// Longest text analysed, in bytes: parsing is linear, but a worker parsing megabytes stalls
 /// every other session on it.
