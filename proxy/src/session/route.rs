@@ -9,6 +9,7 @@ use bytes::{Bytes, BytesMut};
 use pgdual_rules::privilege::Access;
 use pgdual_rules::read_plan::KeyRef;
 use pgdual_rules::route::{bucket, route, Route, SessionView};
+use pgdual_rules::sql::ident::DEFAULT_SCHEMA;
 use pgdual_rules::{Analysis, ReadPlan, RuleSet, StatementKind, TableName};
 
 use crate::proto::codec::frames;
@@ -80,18 +81,6 @@ fn read_group(
     }
 }
 
-/// Unqualified names resolve to `public`, as under the default search_path.
-fn table_of(name: &str) -> Option<TableName> {
-    if name.contains('.') {
-        pgdual_rules::ruleset::parse_table_name(name).ok()
-    } else {
-        Some(TableName {
-            schema: "public".into(),
-            name: name.to_string(),
-        })
-    }
-}
-
 /// When the analysis is of one read statement touching tables whose reads are routed,
 /// those tables.
 fn routed_tables(analysis: &Analysis, rules: &RuleSet) -> Option<Vec<TableName>> {
@@ -104,7 +93,7 @@ fn routed_tables(analysis: &Analysis, rules: &RuleSet) -> Option<Vec<TableName>>
     let routed: Vec<TableName> = one
         .tables
         .iter()
-        .filter_map(|t| table_of(t))
+        .filter_map(|t| t.resolve(DEFAULT_SCHEMA))
         .filter(|t| {
             rules
                 .table(t)
