@@ -7,8 +7,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use pgdual_config::Config;
+use pgdual_testkit::{free_port, ClusterOptions, PgCluster};
 
-use crate::cluster::{free_port, ClusterOptions, PgCluster};
 use crate::proxy::Proxy;
 
 pub struct DemoOptions {

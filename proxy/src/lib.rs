@@ -8,7 +8,6 @@ pub mod admin_client;
 pub mod backend;
 pub mod cancel;
 pub mod catalog;
-pub mod cluster;
 pub mod codec;
 pub mod connection;
 pub mod copy;
