@@ -174,7 +174,7 @@ fn main() -> anyhow::Result<()> {
     let (direct, proxied) = match (&args.direct, &args.proxy) {
         (Some(d), Some(p)) => (d.clone(), p.clone()),
         (None, None) => {
-            let cluster = pgdual::cluster::PgCluster::start(Default::default())?;
+            let cluster = pgdual_testkit::PgCluster::start(Default::default())?;
             let mut config = pgdual_config::Config {
                 listen: "127.0.0.1:0".into(),
                 ..Default::default()

@@ -1,6 +1,5 @@
 //! The admin API: health, readiness against legacy, Prometheus metrics, bearer token.
 
-use pgdual::cluster::{ClusterOptions, PgCluster};
 use pgdual_integration_tests::*;
 
 #[tokio::test]

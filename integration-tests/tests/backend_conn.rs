@@ -138,7 +138,7 @@ async fn wrong_or_missing_password_is_an_auth_error_naming_the_user() {
 
 #[tokio::test]
 async fn unreachable_server_is_a_connect_error_naming_the_address() {
-    let port = pgdual::cluster::free_port().unwrap();
+    let port = pgdual_integration_tests::free_port().unwrap();
     match conn_as(port, "postgres", None).await {
         Err(e @ BackendError::Connect(_)) => {
             assert!(e.to_string().contains(&format!("127.0.0.1:{port}")), "{e}")

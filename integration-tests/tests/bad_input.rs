@@ -3,7 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use pgdual::cluster::{ClusterOptions, PgCluster};
 use pgdual_integration_tests::*;
 
 fn expect_fatal(c: &mut RawClient, code: &str) -> String {

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pgdual::app::Proxy;
-use pgdual::cluster::{ClusterOptions, PgCluster};
 use pgdual_integration_tests::*;
 use tokio_postgres::SimpleQueryMessage;
 
@@ -126,18 +125,7 @@ fn fallbacks(p: &Proxy, t: &str) -> u64 {
 /// Waits until the mirror has checked the rules and learned legacy's columns.
 async fn ready(p: &Proxy) {
     wait_mirror_ready(p).await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while p.rules().load().rules.tables()[0].legacy_columns.is_empty() {
-        assert!(Instant::now() < deadline, "legacy columns never learned");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn start_cluster() -> PgCluster {
-    tokio::task::spawn_blocking(|| PgCluster::start(ClusterOptions::default()))
-        .await
-        .unwrap()
-        .unwrap()
+    wait_legacy_columns(p).await;
 }
 
 const SIMPLE_READS: &[&str] = &[

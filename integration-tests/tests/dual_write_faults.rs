@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pgdual::cluster::{ClusterOptions, PgCluster};
 use pgdual_integration_tests::*;
 
 fn rules(table: &str) -> String {
@@ -127,13 +126,6 @@ async fn workload(
         counts[1].load(Relaxed),
         counts[2].load(Relaxed),
     )
-}
-
-async fn start_cluster() -> PgCluster {
-    tokio::task::spawn_blocking(|| PgCluster::start(ClusterOptions::default()))
-        .await
-        .unwrap()
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,6 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use pgdual::cluster::{ClusterOptions, PgCluster};
 use pgdual::net::tls::TlsTarget;
 use pgdual::Proxy;
 use pgdual_config::{Config, TlsMode};
@@ -375,11 +374,7 @@ async fn own_connections_use_verify_full_tls_to_servers_that_refuse_plaintext() 
     assert!(rows(&s.new, on_new).contains("3:renamed"));
 
     // A read in `new` mode is answered by new, over TLS, exactly as legacy answers it.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while p.rules().load().rules.tables()[0].legacy_columns.is_empty() {
-        assert!(Instant::now() < deadline, "legacy columns never learned");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_legacy_columns(&p).await;
     let reader = connect(port).await;
     let read = "SELECT id, name FROM tls_users WHERE id = 3";
     let row = reader.query_one(read, &[]).await.unwrap();

@@ -4,7 +4,6 @@
 
 use std::time::{Duration, Instant};
 
-use pgdual::cluster::{ClusterOptions, PgCluster};
 use pgdual_integration_tests::*;
 use pgdual_rules::ReadMode;
 

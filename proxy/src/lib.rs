@@ -14,7 +14,6 @@ pub mod admin;
 pub mod app;
 pub mod capture;
 pub mod cli;
-pub mod cluster;
 pub mod control;
 pub mod mirror;
 pub mod net;

@@ -1,32 +1,22 @@
 //! The `pgdual` binary: `config check`, `serve` with file, environment and flags, logs, and
 //! SIGTERM draining.
 
-mod common;
-use common::{wait_listening, KillOnDrop};
-
 use std::io::Read;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use pgdual::cluster::{free_port, ClusterOptions, PgCluster};
+use pgdual_testkit::{
+    free_port, output_text, psql_to, wait_listening, ClusterOptions, KillOnDrop, PgCluster,
+};
 
 fn pgdual() -> Command {
     Command::new(env!("CARGO_BIN_EXE_pgdual"))
 }
 
-fn psql(cluster: &PgCluster, port: u16, sql: &str) -> Command {
-    let mut c = Command::new(cluster.bin_dir().join("psql"));
-    c.args(["-X", "-A", "-t", "-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(["-U", "postgres", "-d", "postgres", "-c", sql]);
+fn psql(port: u16, sql: &str) -> Command {
+    let mut c = psql_to(port);
+    c.args(["-A", "-t", "-c", sql]);
     c
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// Starts `pgdual serve` in front of `cluster` and waits until it answers.
@@ -69,7 +59,7 @@ fn flags(admin: &str, args: &[&str]) -> (bool, String) {
         .args(["--admin", admin])
         .output()
         .unwrap();
-    (out.status.success(), text(&out))
+    (out.status.success(), output_text(&out))
 }
 
 fn sigterm(child: &Child) {
@@ -107,8 +97,8 @@ fn config_check_accepts_a_good_file_and_lists_every_problem_of_a_bad_one() {
         .arg(&good)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("ok"));
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(output_text(&out).contains("ok"));
 
     let bad = dir.path().join("bad.toml");
     std::fs::write(
@@ -122,7 +112,7 @@ fn config_check_accepts_a_good_file_and_lists_every_problem_of_a_bad_one() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    let msg = text(&out);
+    let msg = output_text(&out);
     for field in ["listen:", "legacy.port:", "limits.max_client_connections:"] {
         assert!(msg.contains(field), "{field} missing from:\n{msg}");
     }
@@ -136,7 +126,7 @@ fn config_check_accepts_a_good_file_and_lists_every_problem_of_a_bad_one() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out).contains("prot"), "{}", text(&out));
+    assert!(output_text(&out).contains("prot"), "{}", output_text(&out));
 
     // The rules file a config names is checked too.
     let with_rules = dir.path().join("with-rules.toml");
@@ -148,9 +138,9 @@ fn config_check_accepts_a_good_file_and_lists_every_problem_of_a_bad_one() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        text(&out).contains("rules_file: cannot read missing-rules.toml"),
+        output_text(&out).contains("rules_file: cannot read missing-rules.toml"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
 
     let out = pgdual()
@@ -160,36 +150,40 @@ fn config_check_accepts_a_good_file_and_lists_every_problem_of_a_bad_one() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out).contains("PGDUAL_LEGACY_PORT"), "{}", text(&out));
+    assert!(
+        output_text(&out).contains("PGDUAL_LEGACY_PORT"),
+        "{}",
+        output_text(&out)
+    );
 }
 
 #[test]
 fn serve_relays_logs_json_and_drains_on_sigterm() {
     let cluster = PgCluster::start(ClusterOptions::default()).unwrap();
     let (mut child, port, _dir) = serve(&cluster, "", &["--log-format", "json"]);
-    let out = psql(&cluster, port, "SELECT 40 + 2").output().unwrap();
+    let out = psql(port, "SELECT 40 + 2").output().unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         "42",
         "{}",
-        text(&out)
+        output_text(&out)
     );
 
     // A query in flight when SIGTERM arrives finishes; new clients are refused.
-    let in_flight = psql(&cluster, port, "SELECT pg_sleep(1.5), 'finished'")
+    let in_flight = psql(port, "SELECT pg_sleep(1.5), 'finished'")
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(400));
     sigterm(&child);
     std::thread::sleep(Duration::from_millis(200));
-    let refused = psql(&cluster, port, "SELECT 1").output().unwrap();
+    let refused = psql(port, "SELECT 1").output().unwrap();
     assert!(
         !refused.status.success(),
         "new connections are refused while draining"
     );
     let finished = in_flight.wait_with_output().unwrap();
-    assert!(finished.status.success(), "{}", text(&finished));
+    assert!(finished.status.success(), "{}", output_text(&finished));
     assert!(String::from_utf8_lossy(&finished.stdout).contains("finished"));
     assert!(wait_exit(&mut child, Duration::from_secs(10)).success());
     let mut logs = String::new();
@@ -214,7 +208,7 @@ fn serve_relays_logs_json_and_drains_on_sigterm() {
 fn drain_timeout_closes_remaining_sessions_with_57p01() {
     let cluster = PgCluster::start(ClusterOptions::default()).unwrap();
     let (mut child, port, _dir) = serve(&cluster, "[limits]\ndrain_timeout_ms = 500", &[]);
-    let long = psql(&cluster, port, "SELECT pg_sleep(30)")
+    let long = psql(port, "SELECT pg_sleep(30)")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -225,9 +219,9 @@ fn drain_timeout_closes_remaining_sessions_with_57p01() {
     let out = long.wait_with_output().unwrap();
     assert!(!out.status.success());
     assert!(
-        text(&out).contains("pgdual is shutting down"),
+        output_text(&out).contains("pgdual is shutting down"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
     assert!(wait_exit(&mut child, Duration::from_secs(10)).success());
     assert!(started.elapsed() < Duration::from_secs(10));
@@ -242,8 +236,12 @@ fn passwords_come_from_files_or_the_environment_never_from_flags() {
             .env_remove("PGDUAL_CONFIG")
             .output()
             .unwrap();
-        assert_eq!(out.status.code(), Some(2), "{flag}: {}", text(&out));
-        assert!(text(&out).contains("unexpected argument"), "{}", text(&out));
+        assert_eq!(out.status.code(), Some(2), "{flag}: {}", output_text(&out));
+        assert!(
+            output_text(&out).contains("unexpected argument"),
+            "{}",
+            output_text(&out)
+        );
     }
     // config check reads the password files: a missing one is named, a loose one warned.
     let dir = tempfile::tempdir().unwrap();
@@ -260,7 +258,7 @@ fn passwords_come_from_files_or_the_environment_never_from_flags() {
             .arg(&file)
             .output()
             .unwrap();
-        (out.status.code(), text(&out))
+        (out.status.code(), output_text(&out))
     };
     let (code, msg) = check();
     assert_eq!(code, Some(0), "{msg}");
@@ -287,7 +285,7 @@ fn passwords_come_from_files_or_the_environment_never_from_flags() {
         .env("PGDUAL_LEGACY_PASSWORD", "s3cret")
         .output()
         .unwrap();
-    let msg = text(&out);
+    let msg = output_text(&out);
     assert_eq!(out.status.code(), Some(1), "{msg}");
     assert!(
         msg.contains("legacy.password: set either legacy.password or legacy.password_file"),
@@ -304,7 +302,7 @@ fn bad_flags_are_named() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    let msg = text(&out);
+    let msg = output_text(&out);
     assert!(msg.contains("legacy.port (from --legacy-port)"), "{msg}");
     assert!(msg.contains("listen:"), "{msg}");
 }
@@ -324,7 +322,7 @@ fn rules_check_offline_and_against_the_catalog() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    let msg = text(&out);
+    let msg = output_text(&out);
     for at in [
         "table[0] (users).legacy",
         "table[0] (users).keys",
@@ -360,11 +358,11 @@ fn rules_check_offline_and_against_the_catalog() {
         .arg(&rules)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     assert!(
-        text(&out).contains("ok (1 tables, checked against legacy)"),
+        output_text(&out).contains("ok (1 tables, checked against legacy)"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
     write_rules("email_typo");
     let out = pgdual()
@@ -375,9 +373,9 @@ fn rules_check_offline_and_against_the_catalog() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        text(&out).contains("table[0] (public.users).columns.email_typo: public.users_v2 has no column \"email_typo\""),
+        output_text(&out).contains("table[0] (public.users).columns.email_typo: public.users_v2 has no column \"email_typo\""),
         "{}",
-        text(&out)
+        output_text(&out)
     );
 }
 
@@ -387,7 +385,7 @@ fn demo_once_mirrors_the_workload_and_routes_reads_to_new() {
         .args(["demo", "--once", "--listen", "127.0.0.1:0"])
         .output()
         .unwrap();
-    let msg = text(&out);
+    let msg = output_text(&out);
     assert!(out.status.success(), "{msg}");
     // The new side shows the reshaped rows: one name, lower-cased email.
     assert!(msg.contains("Grace Hopper-Murray"), "{msg}");
@@ -424,12 +422,12 @@ fn sighup_reloads_rules_instead_of_killing_the_proxy() {
         child.try_wait().unwrap().is_none(),
         "SIGHUP must not stop pgdual"
     );
-    let out = psql(&cluster, port, "SELECT 'alive'").output().unwrap();
+    let out = psql(port, "SELECT 'alive'").output().unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         "alive",
         "{}",
-        text(&out)
+        output_text(&out)
     );
     sigterm(&child);
     assert!(wait_exit(&mut child, Duration::from_secs(10)).success());
@@ -501,10 +499,10 @@ fn flags_cli_shows_and_sets_write_and_read_modes_live() {
         assert!(Instant::now() < deadline, "mirror never followed version 2");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let out = psql(&cluster, port, "INSERT INTO items VALUES (1, 'bolt')")
+    let out = psql(port, "INSERT INTO items VALUES (1, 'bolt')")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     loop {
         let mirrored = cluster
             .psql("SELECT name FROM v2.items WHERE item_id = 1")
@@ -594,10 +592,10 @@ fn flags_set_read_legacy_works_with_the_new_database_stopped() {
     assert!(std::fs::read_to_string(&rules)
         .unwrap()
         .contains("read = \"legacy\""));
-    let out = psql(&legacy, port, "SELECT name FROM items WHERE id = 1")
+    let out = psql(port, "SELECT name FROM items WHERE id = 1")
         .output()
         .unwrap();
-    assert_eq!(text(&out).trim(), "bolt");
+    assert_eq!(output_text(&out).trim(), "bolt");
     // Back onto new while new is down: refused, saying why.
     let (ok, msg) = flags(&["set", "public.items", "read", "new"]);
     assert!(!ok && msg.contains("cannot connect to new"), "{msg}");

@@ -3,14 +3,11 @@
 //! and the value a read on new fails on, never reach the log (dependencies' debug output
 //! stays out; pgdual's own leaves values out).
 
-mod common;
-use common::{wait_listening, KillOnDrop};
-
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use pgdual::cluster::{free_port, ClusterOptions, PgCluster};
+use pgdual_testkit::{connect, free_port, wait_listening, ClusterOptions, KillOnDrop, PgCluster};
 
 /// Values that appear only in the statements of this test.
 const LITERAL: &str = "lit-7f3a9c-secret";
@@ -19,21 +16,8 @@ const PARAM: &str = "param-5c1b2e-secret";
 const PARAM_NUMBER: f64 = 27182.818;
 const REFUSED: &str = "forbidden-8e4f1d-secret";
 
-async fn client(port: u16) -> tokio_postgres::Client {
-    let (c, conn) = tokio_postgres::connect(
-        &format!("host=127.0.0.1 port={port} user=postgres dbname=postgres"),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .unwrap();
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    c
-}
-
 async fn statements(port: u16) {
-    let c = client(port).await;
+    let c = connect(port).await;
     // Simple protocol, literals.
     c.batch_execute(&format!(
         "INSERT INTO lv VALUES (1, '{LITERAL}', {LITERAL_NUMBER});
@@ -58,7 +42,7 @@ async fn statements(port: u16) {
 /// A read of row 1 answered by new, where its read-back fails on the row's value (22P02,
 /// `invalid input syntax for type integer: "lit-..."`): legacy answers it instead.
 async fn read_failing_on_new(port: u16) {
-    let c = client(port).await;
+    let c = connect(port).await;
     let row = c
         .query_one("SELECT secret FROM lv WHERE id = 1", &[])
         .await
@@ -68,7 +52,7 @@ async fn read_failing_on_new(port: u16) {
 
 /// Waits until new holds rows 1 and 2 (the mirror copied them) and row 3 was refused.
 async fn wait_mirrored(new_port: u16, dead_letters: &std::path::Path) {
-    let n = client(new_port).await;
+    let n = connect(new_port).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let rows = n
@@ -138,7 +122,7 @@ fn values_stay_out_of_the_log_at_debug() {
         .unwrap();
     rt.block_on(async {
         // The mirror installs its triggers a moment after pgdual listens.
-        let l = client(legacy.port).await;
+        let l = connect(legacy.port).await;
         let deadline = Instant::now() + Duration::from_secs(20);
         while l
             .query_one(

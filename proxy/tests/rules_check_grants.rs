@@ -2,22 +2,11 @@
 //! grant the rules need and the role lacks, with the statement that gives it, and a pass
 //! once those statements ran.
 
-mod common;
-use common::KillOnDrop;
-
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use pgdual::cluster::{free_port, ClusterOptions, PgCluster};
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use pgdual_testkit::{free_port, output_text, ClusterOptions, KillOnDrop, PgCluster};
 
 const RULES: &str = r#"
 [[table]]
@@ -76,8 +65,8 @@ fn missing_grants_are_listed_one_per_line_and_granting_them_passes() {
     };
 
     let out = check();
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let msg = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    let msg = output_text(&out);
     let expect = [
         "legacy: database postgres: missing CREATE; fix: GRANT CREATE ON DATABASE postgres TO gr_pgdual;",
         "legacy: table shop.items: missing ownership (owned by gr_app); fix: GRANT gr_app TO gr_pgdual;",
@@ -98,11 +87,11 @@ fn missing_grants_are_listed_one_per_line_and_granting_them_passes() {
     legacy.psql(&on_legacy.join("\n")).unwrap();
     new.psql(&on_new.join("\n")).unwrap();
     let out = check();
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     assert!(
-        text(&out).contains("ok (1 tables, checked against legacy and new)"),
+        output_text(&out).contains("ok (1 tables, checked against legacy and new)"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
 
     // And they are enough: pgdual, as these roles, installs its triggers and mirrors a row.
@@ -117,18 +106,18 @@ fn missing_grants_are_listed_one_per_line_and_granting_them_passes() {
         .unwrap();
     let out = check();
     assert!(
-        text(&out).contains(
+        output_text(&out).contains(
             "  - legacy: schema pgdual: missing ownership (owned by postgres); \
              fix: ALTER SCHEMA pgdual OWNER TO gr_pgdual;"
         ),
         "{}",
-        text(&out)
+        output_text(&out)
     );
     legacy.psql("ALTER ROLE gr_pgdual SUPERUSER").unwrap();
     new.psql("REVOKE ALL ON app.items FROM gr_pgdual").unwrap();
     new.psql("ALTER ROLE gr_pgdual SUPERUSER").unwrap();
     let out = check();
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
 }
 
 /// Runs `pgdual serve` with `config` and `rules` until a row written on legacy is in new.

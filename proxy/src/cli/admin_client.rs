@@ -1,8 +1,8 @@
-//! The CLI face of the admin API (`pgdual flags`): a small blocking HTTP/1.1 client for the
-//! admin address, which is loopback unless an operator exposed it (then with a token).
+//! The CLI face of the admin API (`pgdual flags`): blocking HTTP requests to the admin
+//! address, which is loopback unless an operator exposed it (then with a token). Any status
+//! comes back to the caller with its body; only a server that cannot be reached or answers
+//! something that is not HTTP is an error.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -15,52 +15,43 @@ pub fn request(
     token: Option<&str>,
     body: Option<&str>,
 ) -> anyhow::Result<(u16, String)> {
-    let mut s = TcpStream::connect(addr)
-        .with_context(|| format!("cannot reach the pgdual admin API at {addr}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    let body = body.unwrap_or("");
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let raw = String::from_utf8_lossy(&raw);
-    let Some((head, body)) = raw.split_once("\r\n\r\n") else {
-        bail!("malformed answer from {addr}");
-    };
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .context("malformed status line")?;
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    Ok((status, body))
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = rest[n..].trim_start_matches("\r\n");
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        // The admin API is reached directly: an HTTP proxy from the environment must not
+        // see the token or the flags.
+        .proxy(None)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into();
+    let mut req = ureq::http::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
+    if let Some(t) = token {
+        req = req.header("Authorization", format!("Bearer {t}"));
     }
-    out
+    let answer = match body {
+        Some(b) => agent.run(
+            req.header("Content-Type", "application/json")
+                .body(b)
+                .with_context(|| format!("cannot build {method} {path} for {addr}"))?,
+        ),
+        None => agent.run(
+            req.body(())
+                .with_context(|| format!("cannot build {method} {path} for {addr}"))?,
+        ),
+    };
+    let mut answer = answer.map_err(|e| match e {
+        ureq::Error::Protocol(_) => {
+            anyhow::Error::new(e).context(format!("malformed answer from {addr}"))
+        }
+        e => anyhow::Error::new(e).context(format!("cannot reach the pgdual admin API at {addr}")),
+    })?;
+    let status = answer.status().as_u16();
+    let body = answer
+        .body_mut()
+        .read_to_vec()
+        .with_context(|| format!("malformed answer from {addr}"))?;
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 /// `pgdual flags status`: the rules version, each table's modes, and the mirror.
@@ -172,4 +163,75 @@ fn put_flag(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::request;
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+
+    /// Answers one request with `answer` and hands back what the client sent.
+    fn one_answer(answer: &'static str) -> (String, std::thread::JoinHandle<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !String::from_utf8_lossy(&seen).contains("\r\n\r\n") {
+                let n = s.read(&mut buf).unwrap();
+                seen.extend_from_slice(&buf[..n]);
+            }
+            s.write_all(answer.as_bytes()).unwrap();
+            String::from_utf8_lossy(&seen).into_owned()
+        });
+        (addr, server)
+    }
+
+    #[test]
+    fn an_error_status_comes_back_with_its_body() {
+        let (addr, server) = one_answer(
+            "HTTP/1.1 401 Unauthorized\r\nContent-Length: 13\r\nConnection: close\r\n\r\nbad token\r\n\r\n",
+        );
+        let (code, body) = request(&addr, "GET", "/status", Some("t0k"), None).unwrap();
+        assert_eq!((code, body.as_str()), (401, "bad token\r\n\r\n"));
+        let sent = server.join().unwrap();
+        assert!(sent.starts_with("GET /status HTTP/1.1\r\n"), "{sent}");
+        assert!(
+            sent.to_ascii_lowercase()
+                .contains("authorization: bearer t0k\r\n"),
+            "{sent}"
+        );
+    }
+
+    #[test]
+    fn a_chunked_body_is_joined() {
+        let (addr, server) = one_answer(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+             3\r\n{\"a\r\n4\r\n\":1}\r\n0\r\n\r\n",
+        );
+        let answer = request(&addr, "PUT", "/tables/t/write", None, Some("{}")).unwrap();
+        assert_eq!(answer, (200, "{\"a\":1}".to_string()));
+        let sent = server.join().unwrap().to_ascii_lowercase();
+        assert!(
+            sent.contains("content-type: application/json\r\n"),
+            "{sent}"
+        );
+    }
+
+    #[test]
+    fn an_unreachable_api_is_named() {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let err = request(&addr, "GET", "/status", None, None).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("cannot reach the pgdual admin API at {addr}")
+        );
+    }
 }

@@ -7,9 +7,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use pgdual_config::Config;
+use pgdual_testkit::{free_port, ClusterOptions, PgCluster};
 
 use crate::app::Proxy;
-use crate::cluster::{free_port, ClusterOptions, PgCluster};
 
 pub struct DemoOptions {
     /// Where the proxy listens; default 127.0.0.1:6432, or a free port if that is taken.

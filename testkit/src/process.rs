@@ -1,7 +1,6 @@
-//! Helpers shared by the tests that run the `pgdual` binary.
-#![allow(dead_code)] // each test binary uses its own subset
+//! Child processes (the `pgdual` binary, mostly) that a failing test must not leave running.
 
-use std::process::Child;
+use std::process::{Child, Output};
 use std::time::{Duration, Instant};
 
 /// A child process that is killed if a failing test leaves it running.
@@ -36,4 +35,13 @@ pub fn wait_listening(port: u16) {
         assert!(Instant::now() < deadline, "pgdual never listened");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// What a finished command printed: its standard output, then its standard error.
+pub fn output_text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
