@@ -62,6 +62,7 @@ set_mode() {
   curl -fsS -X PUT -d "{\"mode\": \"$1\", \"percent\": 100}" \
     "http://127.0.0.1:$ADMIN/tables/public.pgbench_accounts/read" >/dev/null
 }
+# Samples print their labels in name order.
 counter() { curl -fsS "http://127.0.0.1:$ADMIN/metrics" | awk -v m="$1" '$1 == m {s += $2} END {print s + 0}'; }
 T='table="public.pgbench_accounts"'
 
@@ -74,19 +75,19 @@ for r in $(seq "$ROUNDS"); do
         direct) port=$L_PORT ;;
         *) set_mode "$target" ;;
       esac
-      before=($(counter "pgdual_reads_total{$T,route=\"new\"}") \
+      before=($(counter "pgdual_reads_total{route=\"new\",$T}") \
               $(curl -fsS "http://127.0.0.1:$ADMIN/metrics" | awk '/^pgdual_read_fallbacks_total/ {s += $2} END {print s + 0}') \
-              $(counter "pgdual_shadow_reads_total{$T,outcome=\"match\"}") \
-              $(counter "pgdual_shadow_reads_total{$T,outcome=\"mismatch\"}") \
-              $(counter "pgdual_shadow_reads_total{$T,outcome=\"skipped\"}"))
+              $(counter "pgdual_shadow_reads_total{outcome=\"match\",$T}") \
+              $(counter "pgdual_shadow_reads_total{outcome=\"mismatch\",$T}") \
+              $(counter "pgdual_shadow_reads_total{outcome=\"skipped\",$T}"))
       out=$("${CLIENT_PIN[@]}" "$BIN/pgbench" -n -S -M "$proto" -c "$CLIENTS" -j 2 -T "$SECS" -h 127.0.0.1 -p "$port" -U postgres postgres 2>&1)
       tps=$(awk '/^tps = /{print $3}' <<<"$out")
       lat=$(awk '/^latency average = /{print $4}' <<<"$out")
-      after=($(counter "pgdual_reads_total{$T,route=\"new\"}") \
+      after=($(counter "pgdual_reads_total{route=\"new\",$T}") \
              $(curl -fsS "http://127.0.0.1:$ADMIN/metrics" | awk '/^pgdual_read_fallbacks_total/ {s += $2} END {print s + 0}') \
-             $(counter "pgdual_shadow_reads_total{$T,outcome=\"match\"}") \
-             $(counter "pgdual_shadow_reads_total{$T,outcome=\"mismatch\"}") \
-             $(counter "pgdual_shadow_reads_total{$T,outcome=\"skipped\"}"))
+             $(counter "pgdual_shadow_reads_total{outcome=\"match\",$T}") \
+             $(counter "pgdual_shadow_reads_total{outcome=\"mismatch\",$T}") \
+             $(counter "pgdual_shadow_reads_total{outcome=\"skipped\",$T}"))
       d() { echo $(( ${after[$1]} - ${before[$1]} )); }
       echo "$r,$proto,$target,$tps,$lat,$(d 0),$(d 1),$(( $(d 2) + $(d 3) )) ($(d 3) mismatched),$(d 4)"
     done

@@ -240,7 +240,7 @@ fn reads_on_new(admin: &str, url: &str, legacy: &PgCluster) -> anyhow::Result<()
     );
     let (_, metrics) = crate::cli::admin_client::request(admin, "GET", "/metrics", None, None)?;
     let count = |route: &str| {
-        let name = format!("pgdual_reads_total{{table=\"public.users\",route=\"{route}\"}} ");
+        let name = format!("pgdual_reads_total{{route=\"{route}\",table=\"public.users\"}} ");
         metrics
             .lines()
             .find_map(|l| l.strip_prefix(&name))
