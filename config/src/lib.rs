@@ -195,17 +195,6 @@ impl TlsMode {
             TlsMode::VerifyFull => "verify-full",
         }
     }
-
-    fn parse(value: &str) -> Option<TlsMode> {
-        [
-            TlsMode::Disable,
-            TlsMode::Prefer,
-            TlsMode::Require,
-            TlsMode::VerifyFull,
-        ]
-        .into_iter()
-        .find(|m| m.as_str() == value)
-    }
 }
 
 /// TLS offered to clients. With no certificate configured, SSLRequest is answered `N`.
@@ -431,7 +420,7 @@ impl Config {
             "legacy.host" => self.legacy.host = value.to_string(),
             "legacy.port" => self.legacy.port = value.trim().parse().map_err(|_| bad("a port"))?,
             "legacy.tls" | "new.tls" => {
-                let mode = TlsMode::parse(value)
+                let mode = from_name(value)
                     .ok_or_else(|| bad("one of disable, prefer, require, verify-full"))?;
                 match field {
                     "legacy.tls" => self.legacy.tls = mode,
@@ -457,11 +446,7 @@ impl Config {
             "admin.token" => self.admin.token = Some(value.to_string()),
             "log.level" => self.log.level = value.to_string(),
             "log.format" => {
-                self.log.format = match value {
-                    "text" => LogFormat::Text,
-                    "json" => LogFormat::Json,
-                    _ => return Err(bad("one of text, json")),
-                }
+                self.log.format = from_name(value).ok_or_else(|| bad("one of text, json"))?
             }
             "limits.max_message_bytes" => self.limits.max_message_bytes = num("a byte count")?,
             "limits.max_client_connections" => {
@@ -507,6 +492,15 @@ impl Config {
                 message,
             })
         };
+        self.connection_problems(&mut bad);
+        self.job_problems(&mut bad);
+        self.identity_problems(&mut bad);
+        self.surface_problems(&mut bad);
+        out
+    }
+
+    /// Addresses, TLS and passwords of the listener, legacy and new.
+    fn connection_problems(&self, bad: &mut impl FnMut(&str, String)) {
         if self.listen.parse::<SocketAddr>().is_err() {
             bad(
                 "listen",
@@ -554,6 +548,10 @@ impl Config {
                 );
             }
         }
+    }
+
+    /// The read router and the mirror.
+    fn job_problems(&self, bad: &mut impl FnMut(&str, String)) {
         if self.reads.timeout_ms == 0 {
             bad("reads.timeout_ms", "must be at least 1".into());
         }
@@ -577,6 +575,10 @@ impl Config {
                 "must be at least mirror.retry_initial_ms, which must be at least 1".into(),
             );
         }
+    }
+
+    /// Who pgdual connects as, and where.
+    fn identity_problems(&self, bad: &mut impl FnMut(&str, String)) {
         if !self.new.host.is_empty() && self.new.port == 0 {
             bad("new.port", "must be between 1 and 65535".into());
         }
@@ -590,6 +592,10 @@ impl Config {
                 bad(field, "must not be empty".into());
             }
         }
+    }
+
+    /// Client TLS, the admin API, logging and limits.
+    fn surface_problems(&self, bad: &mut impl FnMut(&str, String)) {
         match (&self.tls.cert_file, &self.tls.key_file) {
             (Some(_), None) => bad("tls.key_file", "is required with tls.cert_file".into()),
             (None, Some(_)) => bad("tls.cert_file", "is required with tls.key_file".into()),
@@ -635,7 +641,6 @@ impl Config {
         if self.limits.connect_timeout_ms == 0 {
             bad("limits.connect_timeout_ms", "must be at least 1".into());
         }
-        out
     }
 
     /// Reads each `password_file` into its `password` and clears the file setting, so that
@@ -711,6 +716,15 @@ pub fn read_password_file(path: &Path) -> Result<(String, Option<String>), Strin
         }
     }
     Ok((secret.to_string(), warning))
+}
+
+/// An enum setting from its name as the file spells it (the same serde names), for flags and
+/// environment overrides.
+fn from_name<T: serde::de::DeserializeOwned>(value: &str) -> Option<T> {
+    use serde::de::IntoDeserializer;
+    let name: serde::de::value::StrDeserializer<'_, serde::de::value::Error> =
+        value.into_deserializer();
+    T::deserialize(name).ok()
 }
 
 #[cfg(test)]

@@ -106,11 +106,7 @@ async fn extended(
 fn reads(p: &Proxy, t: &str, route: &str) -> f64 {
     let page = p.metrics().render();
     let name = format!("pgdual_reads_total{{table=\"public.{t}\",route=\"{route}\"}}");
-    if page.contains(&name) {
-        metric(&page, &name)
-    } else {
-        0.0
-    }
+    sample(&page, &name).unwrap_or(0.0)
 }
 
 fn fallbacks(p: &Proxy, t: &str) -> u64 {

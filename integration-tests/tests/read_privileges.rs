@@ -134,11 +134,7 @@ async fn extended(c: &Client, sql: &str, id: i64) -> Answer {
 fn counter(p: &Proxy, name: &str, table: &str, label: &str) -> f64 {
     let page = p.metrics().render();
     let key = format!("{name}{{table=\"public.{table}\",{label}}}");
-    if page.contains(&key) {
-        metric(&page, &key)
-    } else {
-        0.0
-    }
+    sample(&page, &key).unwrap_or(0.0)
 }
 
 /// Reads of `table` routed to new or to a shadow on new (counted when routed, before

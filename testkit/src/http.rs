@@ -49,14 +49,17 @@ fn http(
 /// The value of an unlabelled or labelled sample in a Prometheus text page; labels match in
 /// any order, as they do for Prometheus.
 pub fn metric(page: &str, name_and_labels: &str) -> f64 {
-    let want = series(name_and_labels);
-    page.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (s, v) = l.rsplit_once(' ')?;
-            (series(s) == want).then(|| v.trim().parse().ok())?
-        })
+    sample(page, name_and_labels)
         .unwrap_or_else(|| panic!("metric {name_and_labels} not found in:\n{page}"))
+}
+
+/// The value of a sample, if the page has it (labels in any order).
+pub fn sample(page: &str, name_and_labels: &str) -> Option<f64> {
+    let want = series(name_and_labels);
+    page.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (s, v) = l.rsplit_once(' ')?;
+        (series(s) == want).then(|| v.trim().parse().ok())?
+    })
 }
 
 /// A sample's name and its labels, sorted.

@@ -167,50 +167,11 @@ impl<'a> Tokens<'a> {
 
     fn next(&mut self) -> Option<Token<'a>> {
         let sql = self.sql;
-        loop {
-            let c = *sql.get(self.at)?;
-            let next = sql.get(self.at + 1).copied();
-            match c {
-                b if b.is_ascii_whitespace() => self.at += 1,
-                b'-' if next == Some(b'-') => self.at = self.find(self.at, b"\n"),
-                b'/' if next == Some(b'*') => {
-                    // Nested comments, as PostgreSQL has them.
-                    let mut depth = 0usize;
-                    while self.at < sql.len() {
-                        if sql[self.at..].starts_with(b"/*") {
-                            depth += 1;
-                            self.at += 2;
-                        } else if sql[self.at..].starts_with(b"*/") {
-                            depth -= 1;
-                            self.at += 2;
-                            if depth == 0 {
-                                break;
-                            }
-                        } else {
-                            self.at += 1;
-                        }
-                    }
-                }
-                _ => break,
-            }
-        }
+        self.skip_space()?;
         let start = self.at;
         let c = sql[start];
         if c == b'\'' {
-            // '' inside is a quote; the contents are scanned whole either way.
-            let mut end = start + 1;
-            while end < sql.len() {
-                if sql[end] == b'\'' {
-                    if sql.get(end + 1) == Some(&b'\'') {
-                        end += 2;
-                        continue;
-                    }
-                    break;
-                }
-                end += 1;
-            }
-            self.at = (end + 1).min(sql.len());
-            return Some(Token::Text(&sql[start + 1..end.min(sql.len())]));
+            return Some(self.string(start));
         }
         if c == b'"' {
             let end = self.find(start + 1, b"\"");
@@ -252,6 +213,58 @@ impl<'a> Tokens<'a> {
         } else {
             Token::Other
         })
+    }
+
+    /// Skips whitespace and comments; `None` at the end of the text.
+    fn skip_space(&mut self) -> Option<()> {
+        let sql = self.sql;
+        loop {
+            let c = *sql.get(self.at)?;
+            let next = sql.get(self.at + 1).copied();
+            match c {
+                b if b.is_ascii_whitespace() => self.at += 1,
+                b'-' if next == Some(b'-') => self.at = self.find(self.at, b"\n"),
+                b'/' if next == Some(b'*') => {
+                    // Nested comments, as PostgreSQL has them.
+                    let mut depth = 0usize;
+                    while self.at < sql.len() {
+                        if sql[self.at..].starts_with(b"/*") {
+                            depth += 1;
+                            self.at += 2;
+                        } else if sql[self.at..].starts_with(b"*/") {
+                            depth -= 1;
+                            self.at += 2;
+                            if depth == 0 {
+                                break;
+                            }
+                        } else {
+                            self.at += 1;
+                        }
+                    }
+                }
+                _ => break,
+            }
+        }
+        Some(())
+    }
+
+    /// A string literal starting at `start` (its quote).
+    fn string(&mut self, start: usize) -> Token<'a> {
+        let sql = self.sql;
+        // '' inside is a quote; the contents are scanned whole either way.
+        let mut end = start + 1;
+        while end < sql.len() {
+            if sql[end] == b'\'' {
+                if sql.get(end + 1) == Some(&b'\'') {
+                    end += 2;
+                    continue;
+                }
+                break;
+            }
+            end += 1;
+        }
+        self.at = (end + 1).min(sql.len());
+        Token::Text(&sql[start + 1..end.min(sql.len())])
     }
 }
 
