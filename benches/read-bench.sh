@@ -21,39 +21,8 @@ CLIENT_PIN=()
 if [ "${PIN:-}" = 1 ]; then LEGACY_CPUS=0; NEW_CPUS=1; CLIENT_PIN=(taskset -c 0); fi
 . benches/two-clusters.sh
 P_PORT=$(free_port); ADMIN=$(free_port)
-psql_n "CREATE SCHEMA bank;
-  CREATE TABLE bank.accounts (account_id int PRIMARY KEY, branch_id int, balance_cents bigint, filler char(84));"
-psql_l "COPY (SELECT aid, bid, abalance::bigint * 100, filler FROM pgbench_accounts) TO STDOUT" |
-  "$BIN/psql" -X -q -h 127.0.0.1 -p "$N_PORT" -U postgres -c "COPY bank.accounts FROM STDIN"
-psql_n "VACUUM ANALYZE bank.accounts"
-
-cat > "$WORK/rules.toml" <<'RULES'
-[[table]]
-legacy = "public.pgbench_accounts"
-new = "bank.accounts"
-keys = ["aid"]
-write = "off"
-read = "legacy"
-columns = { account_id = "aid", branch_id = "bid", balance_cents = "abalance::bigint * 100", filler = "filler" }
-read_back = { abalance = "(balance_cents / 100)::int" }
-RULES
-cat > "$WORK/pgdual.toml" <<CONF
-listen = "127.0.0.1:$P_PORT"
-rules_file = "$WORK/rules.toml"
-[legacy]
-port = $L_PORT
-[new]
-host = "127.0.0.1"
-port = $N_PORT
-[admin]
-listen = "127.0.0.1:$ADMIN"
-[mirror]
-dead_letter_file = "$WORK/dead.jsonl"
-[reads]
-shadow_concurrency = 16
-[log]
-level = "warn"
-CONF
+. benches/mapped-accounts.sh
+pgdual_config "$WORK" "$P_PORT" "$ADMIN"
 "${CLIENT_PIN[@]}" "$PGDUAL" serve --config "$WORK/pgdual.toml" &
 PIDS+=($!)
 until curl -fsS "http://127.0.0.1:$ADMIN/healthz" >/dev/null 2>&1; do sleep 0.1; done

@@ -1,6 +1,8 @@
 //! Statement analysis cost: a cache hit (the steady state for prepared and repeated
 //! statements) against a miss (the bounds check, then a full sqlparser parse), and what a
-//! statement over the bounds costs (the check alone, never a parse).
+//! statement over the bounds costs (the check alone, never a parse), and planning a read
+//! for new (parse, checks and rewrite: what every distinct simple-protocol text costs when
+//! its table's reads are routed).
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use pgdual_rules::{analyze, bounds, AnalysisCache};
@@ -75,5 +77,32 @@ fn refused(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench, refused);
+/// The read benchmark's mapping: `pgbench_accounts` to `bank.accounts`, renamed columns, the
+/// balance read back from cents.
+const READ_RULES: &str = r#"
+[[table]]
+legacy = "public.pgbench_accounts"
+new = "bank.accounts"
+keys = ["aid"]
+read = "new"
+columns = { account_id = "aid", branch_id = "bid", balance_cents = "abalance::bigint * 100", filler = "filler" }
+read_back = { abalance = "(balance_cents / 100)::int" }
+"#;
+
+fn plan(c: &mut Criterion) {
+    let mut rules = pgdual_rules::parse_rules(READ_RULES, "rules.toml").expect("rules");
+    let table = pgdual_rules::ruleset::parse_table_name("public.pgbench_accounts").expect("name");
+    let columns = ["aid", "bid", "abalance", "filler"].map(String::from).to_vec();
+    rules.set_legacy_columns(&table, columns);
+    for (name, sql) in [
+        ("point_select_literal", "SELECT abalance FROM pgbench_accounts WHERE aid = 4217"),
+        ("point_select_param", "SELECT abalance FROM pgbench_accounts WHERE aid = $1"),
+    ] {
+        c.bench_function(&format!("plan/{name}"), |b| {
+            b.iter(|| pgdual_rules::plan_read(black_box(sql), &rules))
+        });
+    }
+}
+
+criterion_group!(benches, bench, refused, plan);
 criterion_main!(benches);
