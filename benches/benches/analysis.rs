@@ -92,11 +92,19 @@ read_back = { abalance = "(balance_cents / 100)::int" }
 fn plan(c: &mut Criterion) {
     let mut rules = pgdual_rules::parse_rules(READ_RULES, "rules.toml").expect("rules");
     let table = pgdual_rules::ruleset::parse_table_name("public.pgbench_accounts").expect("name");
-    let columns = ["aid", "bid", "abalance", "filler"].map(String::from).to_vec();
+    let columns = ["aid", "bid", "abalance", "filler"]
+        .map(String::from)
+        .to_vec();
     rules.set_legacy_columns(&table, columns);
     for (name, sql) in [
-        ("point_select_literal", "SELECT abalance FROM pgbench_accounts WHERE aid = 4217"),
-        ("point_select_param", "SELECT abalance FROM pgbench_accounts WHERE aid = $1"),
+        (
+            "point_select_literal",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 4217",
+        ),
+        (
+            "point_select_param",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
+        ),
     ] {
         c.bench_function(&format!("plan/{name}"), |b| {
             b.iter(|| pgdual_rules::plan_read(black_box(sql), &rules))

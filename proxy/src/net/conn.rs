@@ -18,8 +18,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::net::stream::{self, ServerStream};
 use crate::net::tls::TlsTarget;
-use crate::proto::backend::error_fields;
-use crate::proto::codec::{self, cstr, put_initial, put_message, PROTOCOL_3_0};
+use crate::proto::backend::{backend_key_data, error_fields, parameter_status};
+use crate::proto::codec::{self, cstr, put_message};
 
 /// Largest frame accepted from a server (PostgreSQL's own limit on a message is 1 GB).
 const MAX_FRAME: u64 = 1 << 30;
@@ -229,20 +229,13 @@ impl BackendConn {
             named: 0,
             broken: true,
         };
-        let mut body = BytesMut::new();
-        for (name, value) in [
+        let mut startup = BytesMut::new();
+        let params = [
             ("user", user),
             ("database", dbname),
             ("application_name", "pgdual"),
-        ] {
-            body.put_slice(name.as_bytes());
-            body.put_u8(0);
-            body.put_slice(value.as_bytes());
-            body.put_u8(0);
-        }
-        body.put_u8(0);
-        let mut startup = BytesMut::new();
-        put_initial(&mut startup, PROTOCOL_3_0, &body);
+        ];
+        codec::put_startup(&mut startup, &params);
         conn.send(&startup).await.map_err(connect_err)?;
         conn.authenticate(user, password).await?;
         conn.finish_startup(user).await?;
@@ -335,7 +328,7 @@ impl BackendConn {
             match f.tag {
                 b'S' => self.set_parameter(&f.body)?,
                 b'K' => {
-                    self.pid = read_i32(&mut &f.body[..])
+                    (self.pid, _) = backend_key_data(&f.body)
                         .ok_or_else(|| protocol("short BackendKeyData"))?;
                 }
                 b'Z' => {
@@ -366,8 +359,8 @@ impl BackendConn {
     }
 
     fn set_parameter(&mut self, body: &[u8]) -> Result<(), BackendError> {
-        let (name, rest) = cstr(body).ok_or_else(|| protocol("malformed ParameterStatus"))?;
-        let (value, _) = cstr(rest).ok_or_else(|| protocol("malformed ParameterStatus"))?;
+        let (name, value) =
+            parameter_status(body).ok_or_else(|| protocol("malformed ParameterStatus"))?;
         self.params.insert(
             String::from_utf8_lossy(name).into_owned(),
             String::from_utf8_lossy(value).into_owned(),

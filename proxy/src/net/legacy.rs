@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::net::stream::{self, OpenError, ServerStream};
 use crate::net::tls::{StartTlsError, TlsTarget};
-use crate::proto::codec::{put_initial, CANCEL_REQUEST_CODE};
+use crate::proto::codec::put_cancel_request;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LegacyError {
@@ -107,11 +107,8 @@ impl LegacyTarget {
         secret: &[u8],
         timeout: Duration,
     ) -> Result<(), LegacyError> {
-        let mut body = BytesMut::new();
-        body.extend_from_slice(&pid.to_be_bytes());
-        body.extend_from_slice(secret);
         let mut req = BytesMut::new();
-        put_initial(&mut req, CANCEL_REQUEST_CODE, &body);
+        put_cancel_request(&mut req, pid, secret);
         self.bounded(timeout, async {
             let mut s = stream::open_plain(&self.host, self.port).await?;
             s.write_all(&req).await?;

@@ -15,7 +15,7 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, S
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::proto::codec::{put_initial, SSL_REQUEST_CODE};
+use crate::proto::codec::put_ssl_request;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -178,7 +178,7 @@ pub async fn start_tls(
     server_name: &str,
 ) -> Result<Negotiated, StartTlsError> {
     let mut req = BytesMut::new();
-    put_initial(&mut req, SSL_REQUEST_CODE, &[]);
+    put_ssl_request(&mut req);
     tcp.write_all(&req).await?;
     match tcp.read_u8().await? {
         b'S' => {}

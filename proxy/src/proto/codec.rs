@@ -250,6 +250,32 @@ pub fn put_message(out: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)
     out[at..at + 4].copy_from_slice(&len.to_be_bytes());
 }
 
+/// Appends a protocol 3.0 StartupMessage with these parameters.
+pub fn put_startup(out: &mut BytesMut, params: &[(&str, &str)]) {
+    let mut body = BytesMut::new();
+    for (name, value) in params {
+        body.put_slice(name.as_bytes());
+        body.put_u8(0);
+        body.put_slice(value.as_bytes());
+        body.put_u8(0);
+    }
+    body.put_u8(0);
+    put_initial(out, PROTOCOL_3_0, &body);
+}
+
+/// Appends a CancelRequest for backend `pid` with its secret key.
+pub fn put_cancel_request(out: &mut BytesMut, pid: i32, secret: &[u8]) {
+    let mut body = BytesMut::with_capacity(4 + secret.len());
+    body.put_i32(pid);
+    body.put_slice(secret);
+    put_initial(out, CANCEL_REQUEST_CODE, &body);
+}
+
+/// Appends an SSLRequest.
+pub fn put_ssl_request(out: &mut BytesMut) {
+    put_initial(out, SSL_REQUEST_CODE, &[]);
+}
+
 /// Appends an untagged startup-phase packet (StartupMessage, SSLRequest, CancelRequest).
 pub fn put_initial(out: &mut BytesMut, code: i32, body: &[u8]) {
     out.put_i32(8 + body.len() as i32);

@@ -72,14 +72,13 @@ async fn fatal<W: AsyncWrite + Unpin>(w: &mut W, code: SqlState, message: &str) 
     let _ = w.shutdown().await;
 }
 
+/// A StartupMessage's parameters, as the codec decoded them.
+type StartupParams = Vec<(String, String)>;
+
 /// What the startup phase ended with.
 enum Startup {
     /// A StartupMessage of `len` bytes at the front of the buffer.
-    Message {
-        len: usize,
-        user: String,
-        database: String,
-    },
+    Message { len: usize, params: StartupParams },
     /// The connection was a CancelRequest, or closed before a StartupMessage.
     Done,
 }
@@ -87,7 +86,7 @@ enum Startup {
 async fn run(tcp: TcpStream, id: u64, ctx: &Arc<Context>) {
     ctx.metrics.client_connections_total.inc();
     let _ = tcp.set_nodelay(true);
-    let Some((mut client, mut buf, len)) = accept_client(tcp, ctx).await else {
+    let Some((mut client, mut buf, len, params)) = accept_client(tcp, ctx).await else {
         return;
     };
     let Some(_slot) = Slot::acquire(ctx) else {
@@ -119,26 +118,20 @@ async fn run(tcp: TcpStream, id: u64, ctx: &Arc<Context>) {
         )
         .await;
     }
-    let reads_routable = startup_fits_rules(&buf[..len], &ctx.rules_database);
+    let reads_routable = startup_fits_rules(&params, &ctx.rules_database);
     buf.advance(len);
     relay_session(client, legacy, buf, id, reads_routable, ctx).await;
 }
 
 /// Whether a session's reads may be routed: it connects to the database the rules describe
 /// (`legacy.dbname`) and sets no `options` (such as a search_path) that new would not share.
-fn startup_fits_rules(message: &[u8], dbname: &str) -> bool {
-    let mut params = message
-        .get(8..)
-        .unwrap_or_default()
-        .split(|&c| c == 0)
-        .map(|p| std::str::from_utf8(p).unwrap_or("\u{fffd}"));
+fn startup_fits_rules(params: &[(String, String)], dbname: &str) -> bool {
     let (mut user, mut database, mut options) = (None, None, false);
     let mut role = false;
-    while let (Some(name), Some(value)) = (params.next(), params.next()) {
-        match name {
-            "" => break,
-            "user" => user = Some(value),
-            "database" => database = Some(value),
+    for (name, value) in params {
+        match name.as_str() {
+            "user" => user = Some(value.as_str()),
+            "database" => database = Some(value.as_str()),
             "options" => options = !value.trim().is_empty(),
             // Another role than the one legacy authenticates, whose privileges routing checks.
             "role" | "session_authorization" => role = true,
@@ -149,12 +142,13 @@ fn startup_fits_rules(message: &[u8], dbname: &str) -> bool {
 }
 
 /// The encryption negotiation and the startup packet, within `limits.connect_timeout_ms`.
-/// Returns the client stream, the buffer holding the StartupMessage, and its length; `None`
-/// when the connection was a CancelRequest, closed, or failed (already answered).
+/// Returns the client stream, the buffer holding the StartupMessage, its length and its
+/// parameters; `None` when the connection was a CancelRequest, closed, or failed (already
+/// answered).
 async fn accept_client(
     mut tcp: TcpStream,
     ctx: &Context,
-) -> Option<(ClientStream, BytesMut, usize)> {
+) -> Option<(ClientStream, BytesMut, usize, StartupParams)> {
     let mut buf = BytesMut::with_capacity(1024);
     let timeout = Duration::from_millis(ctx.limits.connect_timeout_ms);
     let deadline = tokio::time::Instant::now() + timeout;
@@ -177,13 +171,10 @@ async fn accept_client(
         (Err(_), _) => return startup_timed_out(&mut tcp, ctx).await,
     };
     match tokio::time::timeout_at(deadline, startup(&mut client, &mut buf, ctx)).await {
-        Ok(Ok(Startup::Message {
-            len,
-            user,
-            database,
-        })) => {
-            debug!(%user, %database, "session starting");
-            Some((client, buf, len))
+        Ok(Ok(Startup::Message { len, params })) => {
+            let param = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v);
+            debug!(user = ?param("user"), database = ?param("database"), "session starting");
+            Some((client, buf, len, params))
         }
         Ok(Ok(Startup::Done)) => None,
         Ok(Err(e)) => startup_failed(&mut client, e, ctx).await,
@@ -361,20 +352,7 @@ async fn startup(
             forward_cancel(pid, &secret, ctx).await;
             Ok(Startup::Done)
         }
-        Initial::Startup { params, .. } => {
-            let get = |name: &str| {
-                params
-                    .iter()
-                    .find(|(k, _)| k == name)
-                    .map(|(_, v)| v.clone())
-                    .unwrap_or_default()
-            };
-            Ok(Startup::Message {
-                len,
-                user: get("user"),
-                database: get("database"),
-            })
-        }
+        Initial::Startup { params, .. } => Ok(Startup::Message { len, params }),
     }
 }
 
@@ -394,16 +372,11 @@ async fn forward_cancel(pid: i32, secret: &[u8], ctx: &Context) {
 mod startup_tests {
     use super::startup_fits_rules;
 
-    fn startup(params: &[(&str, &str)]) -> Vec<u8> {
-        let mut body = vec![0, 0, 0, 0, 0, 3, 0, 0];
-        for (k, v) in params {
-            body.extend_from_slice(k.as_bytes());
-            body.push(0);
-            body.extend_from_slice(v.as_bytes());
-            body.push(0);
-        }
-        body.push(0);
-        body
+    fn startup(params: &[(&str, &str)]) -> Vec<(String, String)> {
+        params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -434,6 +407,6 @@ mod startup_tests {
                 "{params:?}"
             );
         }
-        assert!(!startup_fits_rules(b"\0\0", "shop"));
+        assert!(!startup_fits_rules(&[], "shop"));
     }
 }
