@@ -176,6 +176,20 @@ async fn new_mode_answers_exactly_what_legacy_would_in_both_protocols() {
         p.metrics().render()
     );
     assert_eq!(fallbacks(&p, t), 0);
+    // Where those reads' time went: on new and in pgdual, one observation each per read.
+    let page = p.metrics().render();
+    let spent = |part: &str, what: &str| {
+        metric(
+            &page,
+            &format!("pgdual_read_seconds_{part}{{route=\"new\",spent_in=\"{what}\"}}"),
+        )
+    };
+    assert!(spent("count", "new") >= served, "{page}");
+    assert_eq!(spent("count", "new"), spent("count", "pgdual"));
+    assert!(
+        spent("sum", "new") > 0.0 && spent("sum", "pgdual") > 0.0,
+        "{page}"
+    );
     // One-shot statements (prepared, executed, closed by the driver): the close goes to
     // legacy behind the read, so a read that arrives while legacy still owes its answer is
     // relayed there; either way the answer is legacy's.
@@ -305,6 +319,21 @@ async fn shadow_counts_and_samples_a_row_corrupted_in_new_while_clients_get_lega
     assert_eq!(table.shadow_mismatches.get(), 2, "id 2, in both protocols");
     assert_eq!(table.shadow_matches.get(), 4);
     assert_eq!(table.shadow_errors.get(), 0);
+    // Each comparison's time is recorded once it is done, on new and in pgdual.
+    let shadow_times = |what: &str| {
+        sample(
+            &p.metrics().render(),
+            &format!("pgdual_read_seconds_count{{route=\"shadow\",spent_in=\"{what}\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    while shadow_times("new") < 6.0 || shadow_times("pgdual") < 6.0 {
+        assert!(
+            Instant::now() < deadline,
+            "shadow read times were never recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let (code, body) = http_get(p.admin_addr().unwrap(), "/reads/mismatches", None);
     assert_eq!(code, 200);
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();

@@ -3,12 +3,13 @@
 //! would have sent it (legacy's own RowDescription, new's rows and command tag). Anything
 //! off is a [`Fallback`], and legacy answers.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use pgdual_rules::{ReadPlan, RuleSet};
 use tracing::{debug, warn};
 
+use super::counters::Routed;
 use super::describe::{describe, Described};
 use super::{Fallback, Reads, Request, Settings};
 use crate::net::conn::{BackendConn, BackendError, Frame};
@@ -32,10 +33,27 @@ pub(super) async fn run_on_new(
     request: &Request,
     described: &Described,
     settings: &Settings,
+    on_new: &mut Duration,
 ) -> Result<NewAnswer, Fallback> {
     if reads.health.is_down() {
         return Err(Fallback::Unavailable);
     }
+    let started = Instant::now();
+    let answer = on_new_database(reads, rules, plan, request, described, settings).await;
+    *on_new += started.elapsed();
+    answer
+}
+
+/// The part of [`run_on_new`] spent on new: a pooled connection, the session's settings,
+/// the round trip.
+async fn on_new_database(
+    reads: &Reads,
+    rules: &RuleSet,
+    plan: &ReadPlan,
+    request: &Request,
+    described: &Described,
+    settings: &Settings,
+) -> Result<NewAnswer, Fallback> {
     let cfg = &reads.settings;
     let timeout = reads.timeout();
     let Some(target) = reads.targets.for_plan(plan, rules) else {
@@ -188,6 +206,24 @@ pub async fn answer(
     request: &Request,
     settings: &Settings,
 ) -> Result<BytesMut, Fallback> {
+    let started = Instant::now();
+    let mut on_new = Duration::ZERO;
+    let answer = answer_timed(reads, rules, plan, request, settings, &mut on_new).await;
+    reads
+        .families
+        .times
+        .observe(Routed::New, started.elapsed(), on_new);
+    answer
+}
+
+async fn answer_timed(
+    reads: &Reads,
+    rules: &RuleSet,
+    plan: &ReadPlan,
+    request: &Request,
+    settings: &Settings,
+    on_new: &mut Duration,
+) -> Result<BytesMut, Fallback> {
     if reads.health.is_down() {
         return Err(Fallback::Unavailable);
     }
@@ -197,7 +233,7 @@ pub async fn answer(
     let Some(legacy_row) = &described.row else {
         return Err(Fallback::Shape);
     };
-    let new = run_on_new(reads, rules, plan, request, &described, settings).await?;
+    let new = run_on_new(reads, rules, plan, request, &described, settings, on_new).await?;
     if !same_shape(legacy_row, new.row.as_deref()) {
         return Err(Fallback::Shape);
     }

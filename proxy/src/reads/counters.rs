@@ -1,10 +1,65 @@
 //! What routed reads did, per legacy table: who answered, why a read fell back or stayed
 //! on legacy, how shadow comparisons came out, and samples of the comparisons that differed.
 
-use prometheus::{IntCounter, IntCounterVec};
+use std::time::Duration;
+
+use prometheus::{Histogram, IntCounter, IntCounterVec};
 use serde::Serialize;
 
-use crate::telemetry::metrics::Registrar;
+use crate::telemetry::metrics::{ObserveDuration, Registrar};
+
+/// Upper bounds of the read-time histogram buckets, in seconds.
+const READ_BOUNDS: [f64; 14] = [
+    5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0,
+];
+
+/// Where the time of a read routed to new, or shadowed on new, goes: on new (the pooled
+/// connection, settings and the round trip) and in pgdual itself (the rest: describing,
+/// checking and assembling the answer, comparing). A `new` read's client waits for both; a
+/// shadow runs after the client has its answer.
+pub struct ReadTimes {
+    new_in_pgdual: Histogram,
+    new_on_new: Histogram,
+    shadow_in_pgdual: Histogram,
+    shadow_on_new: Histogram,
+}
+
+/// How a read was routed, for [`ReadTimes`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routed {
+    New,
+    Shadow,
+}
+
+impl ReadTimes {
+    fn register(r: &Registrar<'_>) -> ReadTimes {
+        let family = r.histograms(
+            "pgdual_read_seconds",
+            "Time of reads routed to new (answered or fallen back) or shadowed on new, by \
+             where it was spent: on new (connection, settings, round trip) or in pgdual (the \
+             rest).",
+            &["route", "spent_in"],
+            &READ_BOUNDS,
+        );
+        let h = |route, spent_in| family.with_label_values(&[route, spent_in]);
+        ReadTimes {
+            new_in_pgdual: h("new", "pgdual"),
+            new_on_new: h("new", "new"),
+            shadow_in_pgdual: h("shadow", "pgdual"),
+            shadow_on_new: h("shadow", "new"),
+        }
+    }
+
+    /// One read that took `total`, `on_new` of it on new.
+    pub fn observe(&self, route: Routed, total: Duration, on_new: Duration) {
+        let (pgdual, new) = match route {
+            Routed::New => (&self.new_in_pgdual, &self.new_on_new),
+            Routed::Shadow => (&self.shadow_in_pgdual, &self.shadow_on_new),
+        };
+        pgdual.observe_duration(total.saturating_sub(on_new));
+        new.observe_duration(on_new);
+    }
+}
 
 /// Why a read meant for new was answered by legacy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,6 +174,8 @@ impl TableReads {
 
 /// The metric families of routed reads, labelled by table.
 pub struct Families {
+    /// Where routed reads spend their time.
+    pub times: ReadTimes,
     reads: IntCounterVec,
     fallbacks: IntCounterVec,
     kept: IntCounterVec,
@@ -128,6 +185,7 @@ pub struct Families {
 impl Families {
     pub fn register(r: &Registrar<'_>) -> Families {
         Families {
+            times: ReadTimes::register(r),
             reads: r.counters(
                 "pgdual_reads_total",
                 "Reads of tables with routing rules, by the side that answered (legacy, new) \

@@ -4,7 +4,7 @@
 //! `reads.log_values`.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use pgdual_rules::read_plan::KeyRef;
@@ -12,6 +12,7 @@ use pgdual_rules::{ReadPlan, RuleSet};
 use tracing::{debug, warn};
 
 use super::answer::{run_on_new, NewAnswer};
+use super::counters::Routed;
 use super::describe::describe;
 use super::{CachedPlan, Fallback, Reads, Request, Sample, Settings, TableReads};
 use crate::proto::backend::{columns, field_names, same_shape};
@@ -56,7 +57,17 @@ pub fn spawn_shadow(reads: Arc<Reads>, job: ShadowJob) {
 }
 
 /// Runs `job` on new and counts (and samples) how the answers compare.
-async fn shadow(reads: &Reads, mut job: ShadowJob) {
+async fn shadow(reads: &Reads, job: ShadowJob) {
+    let started = Instant::now();
+    let mut on_new = Duration::ZERO;
+    compare_on_new(reads, job, &mut on_new).await;
+    reads
+        .families
+        .times
+        .observe(Routed::Shadow, started.elapsed(), on_new);
+}
+
+async fn compare_on_new(reads: &Reads, mut job: ShadowJob, on_new: &mut Duration) {
     let plan = job.plan.clone();
     let Ok(plan) = &*plan else { return };
     let outcome = async {
@@ -68,7 +79,7 @@ async fn shadow(reads: &Reads, mut job: ShadowJob) {
             job.capture.row = described.row.clone();
         }
         let (rules, request, settings) = (&job.rules, &job.request, &job.settings);
-        run_on_new(reads, rules, plan, request, &described, settings)
+        run_on_new(reads, rules, plan, request, &described, settings, on_new)
             .await
             .map(|new| (new, described))
     }

@@ -16,8 +16,8 @@ use pgdual_rules::{AnalysisCache, StatementKind};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
 /// Upper bounds of the added-latency histogram buckets, in seconds.
@@ -86,6 +86,18 @@ impl Registrar<'_> {
     /// A family of counters by `labels`.
     pub fn counters(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
         self.add(IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
+    }
+
+    /// A family of histograms by `labels`, with these bucket bounds (seconds).
+    pub fn histograms(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+        bounds: &[f64],
+    ) -> HistogramVec {
+        let opts = HistogramOpts::new(name, help).buckets(bounds.to_vec());
+        self.add(HistogramVec::new(opts, labels).expect("valid metric"))
     }
 
     fn histogram(&self, name: &str, help: &str, bounds: &[f64]) -> Histogram {
