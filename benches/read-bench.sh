@@ -2,7 +2,8 @@
 # Select-only pgbench (-S: SELECT abalance FROM pgbench_accounts WHERE aid = :aid) on a mapped
 # table, side by side in one run: PostgreSQL directly, and through one pgdual whose read mode
 # for the table is legacy, shadow at 100 %, then new at 100 % (set through the admin API
-# between runs), alternating rounds, in simple and prepared protocol.
+# between runs), alternating rounds, in the simple, extended and prepared protocols, with
+# pgdual's CPU time per read (utime + stime from /proc) beside the TPS.
 #
 #   benches/read-bench.sh [seconds-per-run] [rounds] [clients]
 #   PIN=1 benches/read-bench.sh ...   # new on CPU 1; legacy, pgdual and pgbench on CPU 0
@@ -24,6 +25,7 @@ P_PORT=$(free_port); ADMIN=$(free_port)
 . benches/mapped-accounts.sh
 pgdual_config "$WORK" "$P_PORT" "$ADMIN"
 "${CLIENT_PIN[@]}" "$PGDUAL" serve --config "$WORK/pgdual.toml" &
+PGDUAL_PID=$!
 PIDS+=($!)
 until curl -fsS "http://127.0.0.1:$ADMIN/healthz" >/dev/null 2>&1; do sleep 0.1; done
 
@@ -34,10 +36,12 @@ set_mode() {
 # Samples print their labels in name order.
 counter() { curl -fsS "http://127.0.0.1:$ADMIN/metrics" | awk -v m="$1" '$1 == m {s += $2} END {print s + 0}'; }
 T='table="public.pgbench_accounts"'
+# pgdual's CPU time so far, in clock ticks (utime + stime).
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$PGDUAL_PID/stat"; }
 
-echo "round,protocol,target,tps,latency_ms,new_answers,fallbacks,shadow_compared,shadow_skipped"
+echo "round,protocol,target,tps,latency_ms,new_answers,fallbacks,shadow_compared,shadow_skipped,pgdual_cpu_us_per_read"
 for r in $(seq "$ROUNDS"); do
-  for proto in simple prepared; do
+  for proto in simple extended prepared; do
     for target in direct legacy shadow new; do
       port=$P_PORT
       case $target in
@@ -49,16 +53,20 @@ for r in $(seq "$ROUNDS"); do
               $(counter "pgdual_shadow_reads_total{outcome=\"match\",$T}") \
               $(counter "pgdual_shadow_reads_total{outcome=\"mismatch\",$T}") \
               $(counter "pgdual_shadow_reads_total{outcome=\"skipped\",$T}"))
+      ticks=$(cpu_ticks)
       out=$("${CLIENT_PIN[@]}" "$BIN/pgbench" -n -S -M "$proto" -c "$CLIENTS" -j 2 -T "$SECS" -h 127.0.0.1 -p "$port" -U postgres postgres 2>&1)
       tps=$(awk '/^tps = /{print $3}' <<<"$out")
       lat=$(awk '/^latency average = /{print $4}' <<<"$out")
+      tx=$(awk '/^number of transactions actually processed:/{print $6}' <<<"$out")
+      cpu=$(python3 -c "print(f'{($(cpu_ticks) - $ticks) * 1e6 / $(getconf CLK_TCK) / max(${tx:-0}, 1):.1f}')")
+      [ "$target" = direct ] && cpu=-
       after=($(counter "pgdual_reads_total{route=\"new\",$T}") \
              $(curl -fsS "http://127.0.0.1:$ADMIN/metrics" | awk '/^pgdual_read_fallbacks_total/ {s += $2} END {print s + 0}') \
              $(counter "pgdual_shadow_reads_total{outcome=\"match\",$T}") \
              $(counter "pgdual_shadow_reads_total{outcome=\"mismatch\",$T}") \
              $(counter "pgdual_shadow_reads_total{outcome=\"skipped\",$T}"))
       d() { echo $(( ${after[$1]} - ${before[$1]} )); }
-      echo "$r,$proto,$target,$tps,$lat,$(d 0),$(d 1),$(( $(d 2) + $(d 3) )) ($(d 3) mismatched),$(d 4)"
+      echo "$r,$proto,$target,$tps,$lat,$(d 0),$(d 1),$(( $(d 2) + $(d 3) )) ($(d 3) mismatched),$(d 4),$cpu"
     done
   done
 done
