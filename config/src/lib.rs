@@ -113,6 +113,10 @@ pub struct ReadsConfig {
     pub retry_after_ms: u64,
     /// Put key and column values in mismatch samples and logs. Default false (redacted).
     pub log_values: bool,
+    /// Idle connections to new each worker keeps open while some table's reads are routed
+    /// there, opened ahead of need and checked off the client's path (0: open on demand
+    /// only). Default 4.
+    pub pool_min_idle: usize,
 }
 
 impl Default for ReadsConfig {
@@ -123,9 +127,13 @@ impl Default for ReadsConfig {
             shadow_concurrency: 8,
             retry_after_ms: 1000,
             log_values: false,
+            pool_min_idle: 4,
         }
     }
 }
+
+/// Largest `reads.pool_min_idle`: the idle connections a worker keeps per database.
+pub const MAX_POOL_MIN_IDLE: usize = 32;
 
 /// The new database: pgdual connects to it with its own role.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -560,6 +568,14 @@ impl Config {
         }
         if self.reads.shadow_concurrency == 0 {
             bad("reads.shadow_concurrency", "must be at least 1".into());
+        }
+        if self.reads.pool_min_idle > MAX_POOL_MIN_IDLE {
+            bad(
+                "reads.pool_min_idle",
+                format!(
+                    "must be at most {MAX_POOL_MIN_IDLE} (the idle connections a worker keeps)"
+                ),
+            );
         }
         if self.mirror.batch_size == 0 {
             bad("mirror.batch_size", "must be at least 1".into());

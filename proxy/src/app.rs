@@ -354,6 +354,8 @@ fn worker(listener: std::net::TcpListener, ctx: Arc<Context>, mut stop: watch::R
     };
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async {
+        let warm = crate::reads::keep_warm(ctx.reads.clone(), ctx.rules.clone(), stop.clone());
+        tokio::task::spawn_local(warm);
         let listener = match tokio::net::TcpListener::from_std(listener) {
             Ok(l) => l,
             Err(e) => {

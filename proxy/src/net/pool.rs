@@ -100,6 +100,23 @@ pub fn checkin(target: &Target, conn: BackendConn) {
     });
 }
 
+/// Keeps at least `min` idle connections to `target` in this thread's pool, off any
+/// client's path: drops the idle ones the server has closed or written to, then opens the
+/// missing ones. Returns how many it opened, or the first connect's error.
+pub async fn keep_idle(target: &Target, min: usize) -> Result<usize, BackendError> {
+    let key = target.key();
+    let _ = IDLE.try_with(|p| {
+        if let Some(idle) = p.borrow_mut().get_mut(&key) {
+            idle.retain(BackendConn::still_usable);
+        }
+    });
+    let missing = min.min(MAX_IDLE_PER_KEY).saturating_sub(idle_count(target));
+    for _ in 0..missing {
+        checkin(target, target.connect().await?);
+    }
+    Ok(missing)
+}
+
 /// Idle connections to `target` in this thread's pool.
 pub fn idle_count(target: &Target) -> usize {
     IDLE.try_with(|p| p.borrow().get(&target.key()).map_or(0, Vec::len))

@@ -14,6 +14,7 @@ mod describe;
 mod health;
 mod request;
 mod shadow;
+mod warm;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -34,6 +35,7 @@ pub use counters::{Fallback, Families, KeptForRole, Sample, TableReads};
 pub use describe::Described;
 pub use request::{Request, Settings, TRACKED_SETTINGS};
 pub use shadow::{spawn_shadow, Capture, ShadowJob};
+pub use warm::keep_warm;
 
 /// Distinct (rules generation, SQL text) plans kept; the map is cleared when full.
 const PLAN_CACHE_CAPACITY: usize = 10_000;
