@@ -65,6 +65,7 @@ fn target(port: u16) -> Target {
         password: None,
         dbname: "postgres".into(),
         tls: TlsTarget::disabled(),
+        tls_config: None,
         connect_timeout: T,
     }
 }

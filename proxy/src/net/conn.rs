@@ -16,6 +16,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use postgres_protocol::authentication::{md5_hash, sasl};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::net::pool::Target;
 use crate::net::stream::{self, ServerStream};
 use crate::net::tls::TlsTarget;
 use crate::proto::backend::{backend_key_data, error_fields, parameter_status};
@@ -69,13 +70,6 @@ impl Frame {
     }
 }
 
-/// Opens the stream, building the TLS configuration (an invalid CA file is an error here).
-async fn open_stream(host: &str, port: u16, tls: &TlsTarget) -> Result<ServerStream, String> {
-    let config = tls.client_config().map_err(|e| e.to_string())?;
-    stream::open(host, port, tls, config.as_ref())
-        .await
-        .map_err(|e| e.to_string())
-}
 /// An authenticated protocol-3.0 session with a PostgreSQL server.
 pub struct BackendConn {
     stream: ServerStream,
@@ -191,12 +185,27 @@ impl BackendConn {
         timeout: Duration,
     ) -> Result<Self, BackendError> {
         let addr = stream::display_addr(host, port);
-        match tokio::time::timeout(
-            timeout,
-            Self::connect_inner(host, port, &addr, user, password, dbname, tls),
-        )
-        .await
-        {
+        let tls_config = tls
+            .client_config()
+            .map_err(|e| BackendError::Connect(format!("{addr}: {e}")))?;
+        let target = Target {
+            host: host.to_string(),
+            port,
+            user: user.to_string(),
+            password: password.map(str::to_string),
+            dbname: dbname.to_string(),
+            tls: tls.clone(),
+            tls_config,
+            connect_timeout: timeout,
+        };
+        Self::connect_to(&target).await
+    }
+
+    /// [`Self::connect`] to a target whose TLS configuration is built already.
+    pub(crate) async fn connect_to(target: &Target) -> Result<Self, BackendError> {
+        let addr = stream::display_addr(&target.host, target.port);
+        let timeout = target.connect_timeout;
+        match tokio::time::timeout(timeout, Self::connect_inner(target, &addr)).await {
             Ok(r) => r,
             Err(_) => Err(BackendError::Connect(format!(
                 "{addr}: timed out after {} ms",
@@ -205,17 +214,12 @@ impl BackendConn {
         }
     }
 
-    async fn connect_inner(
-        host: &str,
-        port: u16,
-        addr: &str,
-        user: &str,
-        password: Option<&str>,
-        dbname: &str,
-        tls: &TlsTarget,
-    ) -> Result<Self, BackendError> {
+    async fn connect_inner(target: &Target, addr: &str) -> Result<Self, BackendError> {
+        let (user, password) = (target.user.as_str(), target.password.as_deref());
+        let dbname = target.dbname.as_str();
         let connect_err = |e: io::Error| BackendError::Connect(format!("{addr}: {e}"));
-        let stream = open_stream(host, port, tls)
+        let config = target.tls_config.as_ref();
+        let stream = stream::open(&target.host, target.port, &target.tls, config)
             .await
             .map_err(|e| BackendError::Connect(format!("{addr}: {e}")))?;
         let mut conn = BackendConn {

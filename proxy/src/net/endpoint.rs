@@ -114,6 +114,7 @@ impl Endpoint {
             password: self.password.clone(),
             dbname: self.dbname.clone(),
             tls: self.tls.clone(),
+            tls_config: self.tls_config.clone(),
             connect_timeout,
         }
     }

@@ -4,6 +4,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::net::conn::{BackendConn, BackendError};
@@ -15,7 +16,7 @@ use crate::net::tls::TlsTarget;
 pub const MAX_IDLE_PER_KEY: usize = 32;
 
 /// Where and as whom to connect; the key of the per-thread pool.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct Target {
     pub host: String,
     pub port: u16,
@@ -24,6 +25,8 @@ pub struct Target {
     pub dbname: String,
     /// TLS to this server (`legacy.tls*` or `new.tls*`).
     pub tls: TlsTarget,
+    /// rustls's side of `tls`, built once (`None`: plaintext).
+    pub tls_config: Option<Arc<rustls::ClientConfig>>,
     pub connect_timeout: Duration,
 }
 
@@ -49,16 +52,7 @@ impl Target {
 
     /// Opens a new connection (not from the pool).
     pub async fn connect(&self) -> Result<BackendConn, BackendError> {
-        BackendConn::connect(
-            &self.host,
-            self.port,
-            &self.user,
-            self.password.as_deref(),
-            &self.dbname,
-            &self.tls,
-            self.connect_timeout,
-        )
-        .await
+        BackendConn::connect_to(self).await
     }
 }
 
@@ -136,6 +130,7 @@ mod tests {
             password: Some("secret".into()),
             dbname: "d".into(),
             tls: TlsTarget::disabled(),
+            tls_config: None,
             connect_timeout: Duration::from_secs(1),
         };
         assert!(!format!("{t:?}").contains("secret"));
