@@ -26,6 +26,8 @@ pub struct Config {
     /// The rules file mapping legacy tables to new ones. Unset by default (pure relay).
     pub rules_file: Option<PathBuf>,
     pub mirror: MirrorConfig,
+    pub backfill: BackfillConfig,
+    pub verify: VerifyConfig,
     pub reads: ReadsConfig,
     pub tls: ClientTlsConfig,
     pub admin: AdminConfig,
@@ -92,6 +94,66 @@ impl Default for MirrorConfig {
             retry_initial_ms: 100,
             retry_max_ms: 10_000,
             dead_letter_file: PathBuf::from("pgdual-dead-letters.jsonl"),
+        }
+    }
+}
+
+/// Copying the rows a table held before its dual-write began (see README, "Backfill").
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackfillConfig {
+    /// Chunks are sized so that each takes about this long. Default 500 ms.
+    pub target_chunk_ms: u64,
+    /// Chunks copied at once, each over its own pair of connections. Default 2.
+    pub concurrency: usize,
+    /// Pause while the mirror's backlog holds more changes than this. Default 50000.
+    pub max_backlog_rows: i64,
+    /// Pause while the oldest change in the mirror's backlog is older than this. Default
+    /// 10000 ms.
+    pub max_backlog_age_ms: u64,
+    /// Pause while a replica of legacy or of new replays later than this
+    /// (`pg_stat_replication.replay_lag`). Default 10000 ms.
+    pub max_replica_lag_ms: u64,
+    /// First retry delay after a transient failure; doubles, with jitter, up to
+    /// `retry_max_ms`. Default 100 ms.
+    pub retry_initial_ms: u64,
+    /// Default 10000 ms.
+    pub retry_max_ms: u64,
+    /// Transient failures of one chunk in a row before the backfill stops (resumable).
+    /// Default 10.
+    pub max_retries: u32,
+}
+
+impl Default for BackfillConfig {
+    fn default() -> Self {
+        BackfillConfig {
+            target_chunk_ms: 500,
+            concurrency: 2,
+            max_backlog_rows: 50_000,
+            max_backlog_age_ms: 10_000,
+            max_replica_lag_ms: 10_000,
+            retry_initial_ms: 100,
+            retry_max_ms: 10_000,
+            max_retries: 10,
+        }
+    }
+}
+
+/// Comparing legacy and new (see README, "Verify and repair").
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct VerifyConfig {
+    /// Legacy rows per compared chunk. Default 10000.
+    pub chunk_rows: u32,
+    /// Differing keys listed in a report. Default 20.
+    pub report_keys: usize,
+}
+
+impl Default for VerifyConfig {
+    fn default() -> Self {
+        VerifyConfig {
+            chunk_rows: 10_000,
+            report_keys: 20,
         }
     }
 }
@@ -270,6 +332,8 @@ impl Default for Config {
             new: NewConfig::default(),
             rules_file: None,
             mirror: MirrorConfig::default(),
+            backfill: BackfillConfig::default(),
+            verify: VerifyConfig::default(),
             reads: ReadsConfig::default(),
             tls: ClientTlsConfig::default(),
             admin: AdminConfig::default(),
@@ -575,6 +639,26 @@ impl Config {
                 format!(
                     "must be at most {MAX_POOL_MIN_IDLE} (the idle connections a worker keeps)"
                 ),
+            );
+        }
+        let b = &self.backfill;
+        for (field, value) in [
+            ("backfill.target_chunk_ms", b.target_chunk_ms),
+            ("backfill.concurrency", b.concurrency as u64),
+            ("backfill.retry_initial_ms", b.retry_initial_ms),
+            ("verify.chunk_rows", self.verify.chunk_rows as u64),
+        ] {
+            if value == 0 {
+                bad(field, "must be at least 1".into());
+            }
+        }
+        if b.concurrency > 64 {
+            bad("backfill.concurrency", "must be at most 64".into());
+        }
+        if b.retry_max_ms < b.retry_initial_ms {
+            bad(
+                "backfill.retry_max_ms",
+                "must be at least backfill.retry_initial_ms".into(),
             );
         }
         if self.mirror.batch_size == 0 {

@@ -118,6 +118,13 @@ impl Proxy {
                     reads: reads.clone(),
                     metrics: metrics.clone(),
                     cache: ctx.cache.clone(),
+                    jobs: Arc::new(crate::jobs::Jobs::new(
+                        endpoints.clone(),
+                        rules.clone(),
+                        &config,
+                        crate::jobs::JobMetrics::register(&metrics.registrar()),
+                        stop.clone(),
+                    )),
                 };
                 Some(start_admin(l, admin, &stop, &mut threads)?)
             }

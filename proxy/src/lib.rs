@@ -7,7 +7,7 @@
 //! [`proto`] (the wire protocol, no I/O), [`telemetry`] (metrics, log redaction), [`net`]
 //! (connections to legacy and new), [`control`] (the rules in force, catalog and privilege
 //! checks), [`capture`] (where committed changes come from), [`mirror`] (applying them to
-//! new), [`reads`] (routing and answering reads), [`session`] (a client from accept to close),
+//! new), [`jobs`] (backfill, verify and repair), [`reads`] (routing and answering reads), [`session`] (a client from accept to close),
 //! [`admin`] (the HTTP API), [`app`] (builds and runs the parts), [`cli`] (the commands).
 
 pub mod admin;
@@ -15,6 +15,7 @@ pub mod app;
 pub mod capture;
 pub mod cli;
 pub mod control;
+pub mod jobs;
 pub mod mirror;
 pub mod net;
 pub mod proto;

@@ -1,4 +1,5 @@
-//! The `pgdual` command line: `serve`, `config check`, `demo`.
+//! The `pgdual` command line: `serve`, `config check`, `rules check`, `flags`, `backfill`,
+//! `verify`, `demo`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,6 +54,10 @@ enum Cmd {
         #[command(subcommand)]
         command: FlagsCmd,
     },
+    /// Copy the rows a table held before its dual-write began, in resumable chunks.
+    Backfill(BackfillArgs),
+    /// Compare a table in legacy and new (as the rules map it); repair what differs.
+    Verify(VerifyArgs),
     /// Start throwaway legacy and new PostgreSQL servers and pgdual with dual-write on.
     Demo {
         /// Address for the proxy (default 127.0.0.1:6432, or a free port if taken).
@@ -102,6 +107,69 @@ enum FlagsCmd {
         /// read only: the share of reads (0-100) taking the mode; the file's value if left out.
         percent: Option<u8>,
     },
+}
+
+#[derive(Args)]
+struct BackfillArgs {
+    /// Legacy table, as the rules name it (`public.users`).
+    table: String,
+    /// pgdual config naming the databases and the rules file.
+    #[arg(long, short, env = "PGDUAL_CONFIG")]
+    config: Option<PathBuf>,
+    /// Rows per chunk (default: sized to --target-chunk-ms).
+    #[arg(long, conflicts_with = "target_chunk_ms")]
+    batch_size: Option<u32>,
+    /// Size chunks to take about this long (default backfill.target_chunk_ms, 500).
+    #[arg(long)]
+    target_chunk_ms: Option<u64>,
+    /// Chunks copied at once (default backfill.concurrency, 2).
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// At most this many rows per second.
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Stop cleanly at a checkpoint after this many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    max_runtime: Option<u64>,
+    /// Print the plan; copy and record nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Start again from the lowest key instead of resuming.
+    #[arg(long)]
+    restart: bool,
+    /// Ask the running backfill (anywhere) to pause before its next chunk.
+    #[arg(long, group = "control")]
+    pause: bool,
+    /// Let a paused backfill go on.
+    #[arg(long, group = "control")]
+    resume: bool,
+    /// Ask the running backfill to stop at its next checkpoint (a later run resumes).
+    #[arg(long, group = "control")]
+    cancel: bool,
+    /// Print the backfill's checkpoint as legacy keeps it.
+    #[arg(long, group = "control")]
+    status: bool,
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    /// Legacy table, as the rules name it (`public.users`).
+    table: String,
+    /// pgdual config naming the databases and the rules file.
+    #[arg(long, short, env = "PGDUAL_CONFIG")]
+    config: Option<PathBuf>,
+    /// Copy the rows that differ again from legacy (as the mirror does), then look again.
+    #[arg(long)]
+    repair: bool,
+    /// Legacy rows per compared chunk (default verify.chunk_rows, 10000).
+    #[arg(long)]
+    chunk_rows: Option<u32>,
+    /// Show the differing columns' values in the report.
+    #[arg(long)]
+    show_values: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -360,6 +428,30 @@ fn flags(
     }
 }
 
+fn backfill(args: BackfillArgs) -> anyhow::Result<()> {
+    use pgdual::cli::jobs::Control;
+    let config = load(args.config.as_ref(), &[])?;
+    init_logging(&config.log.level, config.log.format)?;
+    let control = [
+        (args.pause, Control::Pause),
+        (args.resume, Control::Resume),
+        (args.cancel, Control::Cancel),
+        (args.status, Control::Status),
+    ]
+    .into_iter()
+    .find_map(|(set, c)| set.then_some(c));
+    let request = pgdual::jobs::backfill::Request {
+        batch_size: args.batch_size,
+        target_chunk_ms: args.target_chunk_ms,
+        concurrency: args.concurrency,
+        rate: args.rate,
+        max_runtime_s: args.max_runtime,
+        restart: args.restart,
+        dry_run: args.dry_run,
+    };
+    pgdual::cli::jobs::backfill(config, &args.table, request, control)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -381,6 +473,18 @@ fn main() -> ExitCode {
             config,
             command,
         } => flags(admin, token, config, command),
+        Cmd::Backfill(args) => backfill(args),
+        Cmd::Verify(args) => load(args.config.as_ref(), &[]).and_then(|config| {
+            init_logging(&config.log.level, config.log.format)?;
+            pgdual::cli::jobs::verify(
+                config,
+                &args.table,
+                args.repair,
+                args.chunk_rows,
+                args.show_values,
+                args.json,
+            )
+        }),
         Cmd::Demo { listen, once } => {
             let _ = init_logging("warn", LogFormat::Text);
             pgdual::cli::demo::run(pgdual::cli::demo::DemoOptions { listen, once })

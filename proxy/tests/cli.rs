@@ -603,3 +603,201 @@ fn flags_set_read_legacy_works_with_the_new_database_stopped() {
     sigterm(&child);
     assert!(wait_exit(&mut child, Duration::from_secs(10)).success());
 }
+
+/// `pgdual backfill` killed mid-way resumes from its checkpoint; `pgdual verify` proves
+/// parity, reports drift with a failing exit status, and `--repair` fixes it.
+#[test]
+fn backfill_resumes_after_sigkill_and_verify_reports_and_repairs_drift() {
+    let (legacy, new) = (pgdual_testkit::legacy(), pgdual_testkit::new_db());
+    let t = "cli_backfill";
+    let qualified = format!("public.{t}");
+    let run = |port: u16, sql: &str| {
+        let out = psql(port, sql).output().unwrap();
+        assert!(out.status.success(), "{}", output_text(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    run(
+        legacy.port,
+        &format!(
+            "DROP TABLE IF EXISTS {t}; CREATE TABLE {t} (id bigint PRIMARY KEY, name text, v int);
+             INSERT INTO {t} SELECT g, 'n' || g, g % 7 FROM generate_series(1, 200000) g; ANALYZE {t};"
+        ),
+    );
+    run(
+        new.port,
+        &format!(
+            "DROP SCHEMA IF EXISTS {t} CASCADE; CREATE SCHEMA {t};
+             CREATE TABLE {t}.customers (customer_id bigint PRIMARY KEY, name text, v int);"
+        ),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        format!(
+            "[[table]]\nlegacy = \"public.{t}\"\nnew = \"{t}.customers\"\nkeys = [\"id\"]\n\
+             write = \"on\"\n[table.columns]\ncustomer_id = \"id\"\nname = \"name\"\nv = \"v\"\n"
+        ),
+    )
+    .unwrap();
+    let config = dir.path().join("pgdual.toml");
+    let port = free_port().unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\nrules_file = {:?}\n[legacy]\nport = {}\n\
+             [new]\nhost = \"127.0.0.1\"\nport = {}\n[admin]\nlisten = \"\"\n\
+             [mirror]\npoll_interval_ms = 50\ndead_letter_file = {:?}\n",
+            rules,
+            legacy.port,
+            new.port,
+            dir.path().join("dead.jsonl")
+        ),
+    )
+    .unwrap();
+    let job = |args: &[&str]| {
+        let mut c = pgdual();
+        c.args(args).arg("--config").arg(&config);
+        c
+    };
+    // Without dual-write on, a backfill is refused and says why.
+    let out = job(&["backfill", &qualified]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        output_text(&out).contains("dual-write is not on"),
+        "{}",
+        output_text(&out)
+    );
+
+    let mut serve = KillOnDrop(
+        pgdual()
+            .args(["serve", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while run(
+        legacy.port,
+        &format!(
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = '{t}'::regclass AND NOT tgisinternal"
+        ),
+    ) == "0"
+    {
+        assert!(Instant::now() < deadline, "capture never installed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let out = job(&["backfill", &qualified, "--dry-run"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("rows (estimate): 200000"),
+        "{}",
+        output_text(&out)
+    );
+
+    let mut first = KillOnDrop(
+        job(&[
+            "backfill",
+            &qualified,
+            "--batch-size",
+            "2000",
+            "--rate",
+            "20000",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap(),
+    );
+    let copied = || {
+        run(
+            legacy.port,
+            &format!("SELECT coalesce((SELECT rows_copied FROM pgdual.backfills WHERE tbl = 'public.{t}'), 0)"),
+        )
+        .parse::<i64>()
+        .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while copied() < 40_000 {
+        assert!(Instant::now() < deadline, "the backfill never got going");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    let checkpoint = |what: &str| {
+        run(
+            legacy.port,
+            &format!("SELECT {what} FROM pgdual.backfills WHERE tbl = 'public.{t}'"),
+        )
+    };
+    assert_eq!(
+        checkpoint("state"),
+        "running",
+        "killed, it could not say otherwise"
+    );
+    let (killed_at, started) = (copied(), checkpoint("started_at"));
+    assert!(killed_at < 200_000, "{killed_at}");
+
+    let out = job(&["backfill", &qualified, "--batch-size", "5000"])
+        .output()
+        .unwrap();
+    let text = output_text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("backfill resumes from its checkpoint"),
+        "{text}"
+    );
+    assert!(
+        text.contains("backfill of public.cli_backfill done: 200000 rows"),
+        "{text}"
+    );
+    assert_eq!(checkpoint("state"), "done");
+    assert_eq!(checkpoint("started_at"), started, "it started over");
+
+    let out = job(&["verify", &qualified]).output().unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("parity: 100%"),
+        "{}",
+        output_text(&out)
+    );
+
+    run(
+        new.port,
+        &format!("UPDATE {t}.customers SET v = -1 WHERE customer_id = 5"),
+    );
+    let out = job(&["verify", &qualified, "--show-values"])
+        .output()
+        .unwrap();
+    let text = output_text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("(id)=(5)  differs in column v: legacy \"5\", new \"-1\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("1 row(s) differ between legacy and new (--repair fixes them)"),
+        "{text}"
+    );
+    let out = job(&["verify", &qualified, "--repair", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["repaired"], 1, "{report}");
+    assert_eq!(report["after_repair"], 0, "{report}");
+    assert_eq!(
+        run(
+            new.port,
+            &format!("SELECT v FROM {t}.customers WHERE customer_id = 5")
+        ),
+        "5"
+    );
+    serve.0.kill().unwrap();
+    let _ = serve.0.wait();
+}

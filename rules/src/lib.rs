@@ -14,7 +14,7 @@ pub mod sqlgen;
 
 pub use read::{plan as read_plan, privilege, route};
 pub use sql::{analysis, bounds, cache, fingerprint};
-pub use sqlgen::{capture_sql, copy_sql};
+pub use sqlgen::{capture_sql, copy_sql, keyset_sql};
 
 pub use analysis::{analyze, Analysis, StatementInfo, StatementKind};
 pub use cache::AnalysisCache;

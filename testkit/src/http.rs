@@ -14,6 +14,11 @@ pub fn http_put(addr: SocketAddr, path: &str, body: &str) -> (u16, String) {
     http(addr, "PUT", path, None, Some(body))
 }
 
+/// `POST path` with `body` on the admin API; returns status code and body.
+pub fn http_post(addr: SocketAddr, path: &str, body: &str) -> (u16, String) {
+    http(addr, "POST", path, None, Some(body))
+}
+
 fn http(
     addr: SocketAddr,
     method: &str,
@@ -24,7 +29,7 @@ fn http(
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .proxy(None)
-        .timeout_global(Some(Duration::from_secs(30)))
+        .timeout_global(Some(Duration::from_secs(120)))
         .build()
         .into();
     let mut request = ureq::http::Request::builder()

@@ -13,7 +13,7 @@ mod shared;
 
 pub use client::{assert_converges, conn_str, connect, connect_as, psql_to, text_rows};
 pub use cluster::{find_bin_dir, free_port, ClusterError, ClusterOptions, PgCluster};
-pub use http::{http_get, http_put, metric, sample};
+pub use http::{http_get, http_post, http_put, metric, sample};
 pub use process::{output_text, wait_listening, KillOnDrop};
 pub use raw::{message, query, startup_message, RawClient};
 pub use shared::{

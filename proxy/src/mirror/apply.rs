@@ -225,6 +225,19 @@ async fn apply_ops(
     targets: &HashMap<String, Target>,
     ops: &[Op<'_>],
 ) -> Result<(u64, u64), MirrorError> {
+    // Locks in one order (table names), so two batches cannot wait on each other.
+    let mut tables: Vec<&str> = ops
+        .iter()
+        .map(|op| op.tbl)
+        .filter(|t| targets.contains_key(*t))
+        .collect();
+    tables.sort_unstable();
+    tables.dedup();
+    for t in tables {
+        super::copy::lock_for_batch(sp, t)
+            .await
+            .map_err(MirrorError::Legacy)?;
+    }
     let (mut up, mut del) = (0, 0);
     for op in ops {
         // A table with no rule any more (the rules changed): its backlog is skipped.

@@ -10,7 +10,7 @@
 
 use pgdual_rules::copy_sql::{self, ColumnTypes};
 use pgdual_rules::TableRule;
-use tokio_postgres::GenericClient;
+use tokio_postgres::{Client, GenericClient};
 
 /// Session settings for pgdual's connections that read and write row images.
 ///
@@ -27,6 +27,43 @@ pub const SESSION_SETTINGS: &str = "SET extra_float_digits = 3; SET DateStyle = 
 /// Applies [`SESSION_SETTINGS`] to a connection.
 pub async fn pin_session<C: GenericClient>(c: &C) -> Result<(), tokio_postgres::Error> {
     c.batch_execute(SESSION_SETTINGS).await
+}
+
+/// The copy lock of a legacy table, taken on legacy: every writer of row images to the
+/// table's target holds it between reading images from legacy and committing them. The
+/// mirror takes it exclusively for a batch (until the batch's legacy transaction ends, after
+/// new committed); backfill chunks and repairs take it shared (chunks copy disjoint key
+/// ranges). So no image read earlier is ever written after the mirror wrote a later one:
+/// see README, "Backfill", for the whole argument.
+const COPY_LOCK: &str = "hashtextextended('pgdual copy ' || $1::text, 0)";
+
+/// Takes the copy lock of `table` exclusively until the end of the current transaction.
+pub async fn lock_for_batch(c: &Client, table: &str) -> Result<(), tokio_postgres::Error> {
+    c.execute(
+        &format!("SELECT pg_catalog.pg_advisory_xact_lock({COPY_LOCK})"),
+        &[&table],
+    )
+    .await
+    .map(drop)
+}
+
+/// Takes the copy lock of `table` shared, for this session, until [`unlock_shared`].
+pub async fn lock_shared(c: &Client, table: &str) -> Result<(), tokio_postgres::Error> {
+    c.execute(
+        &format!("SELECT pg_catalog.pg_advisory_lock_shared({COPY_LOCK})"),
+        &[&table],
+    )
+    .await
+    .map(drop)
+}
+
+pub async fn unlock_shared(c: &Client, table: &str) -> Result<(), tokio_postgres::Error> {
+    c.execute(
+        &format!("SELECT pg_catalog.pg_advisory_unlock_shared({COPY_LOCK})"),
+        &[&table],
+    )
+    .await
+    .map(drop)
 }
 
 /// The types of `table`'s columns in the database `c` is connected to.

@@ -22,7 +22,7 @@ pub enum MirrorError {
 
 /// Errors worth retrying: the connection, serialization and deadlocks, resources,
 /// shutdowns. Everything else (constraints, types, missing objects) is permanent.
-fn transient(code: Option<&str>) -> bool {
+pub(crate) fn transient(code: Option<&str>) -> bool {
     match code {
         None => true,
         Some(c) => {

@@ -11,7 +11,7 @@
 
 mod apply;
 pub mod copy;
-mod error;
+pub mod error;
 pub mod watermark;
 
 use std::collections::HashMap;
@@ -195,7 +195,8 @@ async fn targets(
     Ok(out)
 }
 
-fn jitter(d: Duration) -> Duration {
+/// `d` plus up to a quarter of it, so that the retries of many processes spread out.
+pub(crate) fn jitter(d: Duration) -> Duration {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |t| t.subsec_nanos() as u64);

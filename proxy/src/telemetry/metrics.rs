@@ -16,8 +16,8 @@ use pgdual_rules::{AnalysisCache, StatementKind};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    CounterVec, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Upper bounds of the added-latency histogram buckets, in seconds.
@@ -67,7 +67,11 @@ fn skipped_index(why: Exceeded) -> usize {
 /// Registers metrics in one registry; a name registered twice is a programming error.
 pub struct Registrar<'a>(&'a Registry);
 
-impl Registrar<'_> {
+impl<'a> Registrar<'a> {
+    pub fn new(registry: &'a Registry) -> Registrar<'a> {
+        Registrar(registry)
+    }
+
     fn add<C: Collector + Clone + 'static>(&self, c: C) -> C {
         self.0
             .register(Box::new(c.clone()))
@@ -86,6 +90,21 @@ impl Registrar<'_> {
     /// A family of counters by `labels`.
     pub fn counters(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
         self.add(IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
+    }
+
+    /// A family of counters of fractional amounts (seconds) by `labels`.
+    pub fn float_counters(&self, name: &str, help: &str, labels: &[&str]) -> CounterVec {
+        self.add(CounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
+    }
+
+    /// A family of gauges by `labels`.
+    pub fn gauges(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        self.add(IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
+    }
+
+    /// A family of gauges of fractional values (ratios) by `labels`.
+    pub fn float_gauges(&self, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+        self.add(GaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
     }
 
     /// A family of histograms by `labels`, with these bucket bounds (seconds).

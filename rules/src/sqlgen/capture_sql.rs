@@ -18,6 +18,7 @@ use crate::sql::ident::quote_ident;
 
 /// The changelog. `keys` is NULL for a TRUNCATE marker.
 pub const INSTALL_SCHEMA: &str = "
+SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('pgdual install'));
 CREATE SCHEMA IF NOT EXISTS pgdual;
 CREATE TABLE IF NOT EXISTS pgdual.changes (
     id    bigserial PRIMARY KEY,

@@ -1,8 +1,11 @@
-//! The admin HTTP API: `/healthz`, `/readyz`, `/metrics`, and `GET`/`PUT /rules`.
+//! The admin HTTP API: `/healthz`, `/readyz`, `/metrics`, `GET`/`PUT /rules`, the per-table
+//! flags, `/status`, and the migration jobs ([`jobs`]).
 //!
 //! Binds to loopback by default; when `admin.token` is set, every endpoint but `/healthz`
 //! needs `Authorization: Bearer <token>` (config validation requires a token off loopback).
 //! It runs on its own thread so that nothing here can slow the relay workers.
+
+mod jobs;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +38,7 @@ pub struct Admin {
     pub reads: Arc<Reads>,
     pub metrics: Arc<Metrics>,
     pub cache: Arc<AnalysisCache>,
+    pub jobs: Arc<crate::jobs::Jobs>,
 }
 
 pub fn router(admin: Arc<Admin>) -> Router {
@@ -46,6 +50,7 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .route("/tables/{table}/read", axum::routing::put(put_table_read))
         .route("/reads/mismatches", get(mismatches))
         .route("/status", get(status))
+        .merge(jobs::routes())
         .route_layer(middleware::from_fn_with_state(admin.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -289,6 +294,7 @@ async fn status(State(admin): State<Arc<Admin>>) -> Response {
             "dead_letters": m.dead_letters_total.get(),
             "retries": m.retries_total.get(),
         },
+        "backfills": admin.jobs.all_progress(),
     }))
     .into_response()
 }
