@@ -122,6 +122,11 @@ pub struct BackfillConfig {
     /// Transient failures of one chunk in a row before the backfill stops (resumable).
     /// Default 10.
     pub max_retries: u32,
+    /// Pause while legacy answers a probe (`SELECT 1`, every 25 ms) this many times slower
+    /// at the 90th percentile of the last second than before the backfill began, and more
+    /// than 1 ms slower: the clients' latency is what the backfill must not spend. 0 turns
+    /// the probe off. Default 1.2.
+    pub max_latency_ratio: f64,
 }
 
 impl Default for BackfillConfig {
@@ -135,6 +140,7 @@ impl Default for BackfillConfig {
             retry_initial_ms: 100,
             retry_max_ms: 10_000,
             max_retries: 10,
+            max_latency_ratio: 1.2,
         }
     }
 }
@@ -651,6 +657,12 @@ impl Config {
             if value == 0 {
                 bad(field, "must be at least 1".into());
             }
+        }
+        if !(b.max_latency_ratio == 0.0 || b.max_latency_ratio >= 1.0) {
+            bad(
+                "backfill.max_latency_ratio",
+                "must be 0 (off) or at least 1".into(),
+            );
         }
         if b.concurrency > 64 {
             bad("backfill.concurrency", "must be at most 64".into());

@@ -282,3 +282,31 @@ fn the_example_file_shows_the_defaults() {
     let c = parse(include_str!("../../pgdual.example.toml")).unwrap();
     assert_eq!(c, Config::default());
 }
+
+#[test]
+fn job_settings_out_of_range_are_named() {
+    let c = parse(
+        r#"
+        [backfill]
+        target_chunk_ms = 0
+        concurrency = 100
+        max_latency_ratio = 0.5
+        retry_initial_ms = 500
+        retry_max_ms = 100
+        [verify]
+        chunk_rows = 0
+        "#,
+    )
+    .unwrap();
+    let fields: Vec<String> = c.problems().into_iter().map(|p| p.field).collect();
+    assert_eq!(
+        fields,
+        [
+            "backfill.target_chunk_ms",
+            "verify.chunk_rows",
+            "backfill.max_latency_ratio",
+            "backfill.concurrency",
+            "backfill.retry_max_ms",
+        ]
+    );
+}

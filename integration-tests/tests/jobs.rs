@@ -104,6 +104,12 @@ async fn get(p: &Proxy, path: &str) -> (u16, Value) {
     )
 }
 
+/// Starts the backfill of `t` through the API with `body`.
+async fn start(p: &Proxy, t: &str, body: Value) {
+    let (status, answer) = post(p, &format!("/tables/public.{t}/backfill"), body).await;
+    assert_eq!(status, 202, "{answer}");
+}
+
 /// Polls the backfill of `t` until its checkpoint's state is `state`.
 async fn wait_state(p: &Proxy, t: &str, state: &str, within: Duration) -> Value {
     let deadline = Instant::now() + within;
@@ -222,13 +228,7 @@ async fn backfill_under_write_load_then_verify_proves_parity() {
     wait_mirror_ready(&p).await;
     let stop = Arc::new(AtomicBool::new(false));
     let load = writers(&p, t, 8, 3000, None, stop.clone());
-    let (status, body) = post(
-        &p,
-        &format!("/tables/public.{t}/backfill"),
-        json!({"concurrency": 4, "target_chunk_ms": 200}),
-    )
-    .await;
-    assert_eq!(status, 202, "{body}");
+    start(&p, t, json!({"concurrency": 4, "target_chunk_ms": 200})).await;
     let done = wait_state(&p, t, "done", Duration::from_secs(240)).await;
     stop.store(true, Relaxed);
     let mut writes = 0;
@@ -416,13 +416,7 @@ async fn a_row_new_refuses_stops_the_backfill_and_names_its_key() {
     .unwrap();
     let (p, _dir) = proxy_with_rules(&rules(t, "on"), new_db());
     wait_mirror_ready(&p).await;
-    let (status, body) = post(
-        &p,
-        &format!("/tables/public.{t}/backfill"),
-        json!({"batch_size": 1000}),
-    )
-    .await;
-    assert_eq!(status, 202, "{body}");
+    start(&p, t, json!({"batch_size": 1000})).await;
     let failed = wait_state(&p, t, "failed", Duration::from_secs(30)).await;
     let error = failed["checkpoint"]["error"].as_str().unwrap();
     assert!(error.contains("key (id)=(4242)"), "{error}");
@@ -481,8 +475,7 @@ async fn verify_finds_changed_missing_and_extra_rows_and_repair_fixes_them() {
     create(t, 20_000).await;
     let (p, _dir) = proxy_with_rules(&rules(t, "on"), new_db());
     wait_mirror_ready(&p).await;
-    let (status, _) = post(&p, &format!("/tables/public.{t}/backfill"), json!({})).await;
-    assert_eq!(status, 202);
+    start(&p, t, json!({})).await;
     wait_state(&p, t, "done", Duration::from_secs(60)).await;
     // Behind pgdual's back, in new.
     let n = connect(new_db().port).await;
@@ -538,8 +531,7 @@ async fn rows_written_while_verify_runs_are_not_reported() {
     create(t, 30_000).await;
     let (p, _dir) = proxy_with_rules(&rules(t, "on"), new_db());
     wait_mirror_ready(&p).await;
-    let (status, _) = post(&p, &format!("/tables/public.{t}/backfill"), json!({})).await;
-    assert_eq!(status, 202);
+    start(&p, t, json!({})).await;
     wait_state(&p, t, "done", Duration::from_secs(60)).await;
     let stop = Arc::new(AtomicBool::new(false));
     let load = writers(&p, t, 4, 30_000, Some(0), stop.clone());
@@ -611,13 +603,7 @@ async fn every_kind_of_value_and_a_composite_key_reach_parity() {
     );
     let (p, _dir) = proxy_with_rules(&rules, new_db());
     wait_mirror_ready(&p).await;
-    let (status, body) = post(
-        &p,
-        &format!("/tables/public.{t}/backfill"),
-        json!({"batch_size": 700}),
-    )
-    .await;
-    assert_eq!(status, 202, "{body}");
+    start(&p, t, json!({"batch_size": 700})).await;
     let done = wait_state(&p, t, "done", Duration::from_secs(60)).await;
     assert_eq!(done["checkpoint"]["rows_copied"], 3004, "{done}");
     let (status, report) = post(&p, &format!("/tables/public.{t}/verify"), json!({})).await;

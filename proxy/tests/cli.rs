@@ -647,7 +647,8 @@ fn backfill_resumes_after_sigkill_and_verify_reports_and_repairs_drift() {
         format!(
             "listen = \"127.0.0.1:{port}\"\nrules_file = {:?}\n[legacy]\nport = {}\n\
              [new]\nhost = \"127.0.0.1\"\nport = {}\n[admin]\nlisten = \"\"\n\
-             [mirror]\npoll_interval_ms = 50\ndead_letter_file = {:?}\n",
+             [mirror]\npoll_interval_ms = 50\ndead_letter_file = {:?}\n\
+             [backfill]\nmax_latency_ratio = 0.0\n",
             rules,
             legacy.port,
             new.port,

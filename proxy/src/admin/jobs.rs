@@ -38,6 +38,18 @@ fn job_error(e: JobError, show_values: bool) -> Response {
     error(status, e.for_log(show_values))
 }
 
+/// A JSON body that may be left out (its defaults then).
+fn optional_body<T: serde::de::DeserializeOwned + Default>(
+    body: &str,
+    expected: &str,
+) -> Result<T, String> {
+    if body.trim().is_empty() {
+        Ok(T::default())
+    } else {
+        parse_body(body, expected)
+    }
+}
+
 /// Runs `f` over a legacy session with the jobs' state tables in place.
 async fn on_legacy<T, F, Fut>(admin: &Admin, f: F) -> Result<T, JobError>
 where
@@ -66,16 +78,12 @@ async fn post_backfill(
         Ok(t) => t,
         Err(e) => return job_error(e, admin.jobs.log_values),
     };
-    let request: Request = if body.trim().is_empty() {
-        Request::default()
-    } else {
-        match parse_body(
-            &body,
-            r#"{"batch_size": N, "target_chunk_ms": N, "concurrency": N, "rate": N, "max_runtime_s": N, "restart": bool, "dry_run": bool}"#,
-        ) {
-            Ok(r) => r,
-            Err(reason) => return error(StatusCode::UNPROCESSABLE_ENTITY, reason),
-        }
+    let request: Request = match optional_body(
+        &body,
+        r#"{"batch_size": N, "target_chunk_ms": N, "concurrency": N, "rate": N, "max_runtime_s": N, "restart": bool, "dry_run": bool}"#,
+    ) {
+        Ok(r) => r,
+        Err(reason) => return error(StatusCode::UNPROCESSABLE_ENTITY, reason),
     };
     let options = match request.options(&admin.jobs.backfill) {
         Ok(o) => o,
@@ -184,13 +192,9 @@ async fn post_verify(
         Ok(t) => t,
         Err(e) => return job_error(e, admin.jobs.log_values),
     };
-    let body: VerifyBody = if body.trim().is_empty() {
-        VerifyBody::default()
-    } else {
-        match parse_body(&body, r#"{"repair": bool}"#) {
-            Ok(b) => b,
-            Err(reason) => return error(StatusCode::UNPROCESSABLE_ENTITY, reason),
-        }
+    let body: VerifyBody = match optional_body(&body, r#"{"repair": bool}"#) {
+        Ok(b) => b,
+        Err(reason) => return error(StatusCode::UNPROCESSABLE_ENTITY, reason),
     };
     match admin.jobs.verify(&table, body.repair).run().await {
         Ok(report) => Json(report).into_response(),

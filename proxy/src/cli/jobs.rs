@@ -94,8 +94,9 @@ pub fn backfill(
         match outcome? {
             Ended::Planned(plan) => println!("{plan}"),
             Ended::Done => println!(
-                "backfill of {name} done: {} rows copied in {} chunks, {:.1} s ({:.0} rows/s this run)",
-                v.rows_copied, v.chunks, v.elapsed_seconds, v.rows_per_second
+                "backfill of {name} done: {} rows copied in {} chunks, {:.1} s ({:.0} rows/s \
+                 this run, {:.1} s of it throttled)",
+                v.rows_copied, v.chunks, v.elapsed_seconds, v.rows_per_second, v.throttled_seconds
             ),
             Ended::Stopped(why) => println!(
                 "backfill of {name} stopped ({why}) after {} rows; run it again to resume",

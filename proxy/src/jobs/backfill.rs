@@ -216,6 +216,56 @@ impl Progress {
     }
 }
 
+/// How often the latency probe asks legacy, and over how long its percentile is taken.
+const PROBE_EVERY: Duration = Duration::from_millis(25);
+const PROBE_WINDOW: Duration = Duration::from_secs(1);
+/// A probe this much slower than before the backfill is noise, whatever the ratio.
+const PROBE_FLOOR: Duration = Duration::from_millis(1);
+
+/// Legacy's answer time to a trivial query, sampled on a connection of its own while the
+/// backfill runs: when the backfill's work slows legacy, clients feel it the same way.
+#[derive(Default)]
+struct Probe {
+    samples: Mutex<std::collections::VecDeque<(Instant, Duration)>>,
+}
+
+impl Probe {
+    /// Samples until the task is aborted.
+    async fn run(self: Arc<Probe>, legacy: Client) {
+        loop {
+            let t = Instant::now();
+            if legacy.simple_query("SELECT 1").await.is_err() {
+                return;
+            }
+            if let Ok(mut s) = self.samples.lock() {
+                s.push_back((t, t.elapsed()));
+                while s
+                    .front()
+                    .is_some_and(|(at, _)| at.elapsed() > PROBE_WINDOW * 5)
+                {
+                    s.pop_front();
+                }
+            }
+            tokio::time::sleep(PROBE_EVERY).await;
+        }
+    }
+
+    /// The 90th percentile of the last [`PROBE_WINDOW`].
+    fn p90(&self) -> Option<Duration> {
+        let s = self.samples.lock().ok()?;
+        let mut recent: Vec<Duration> = s
+            .iter()
+            .filter(|(at, _)| at.elapsed() <= PROBE_WINDOW)
+            .map(|(_, d)| *d)
+            .collect();
+        if recent.len() < 5 {
+            return None;
+        }
+        recent.sort_unstable();
+        Some(recent[recent.len() * 9 / 10])
+    }
+}
+
 /// One backfill run of one table.
 pub struct Backfill {
     pub table: String,
@@ -265,7 +315,11 @@ impl Backfill {
     /// What a start checks before anything runs (the admin API answers with it at once):
     /// the rule, legacy, dual-write on, no backfill of the table running anywhere.
     pub async fn preflight(&self) -> Result<(), JobError> {
-        self.control().await.map(drop)
+        let (rule, ctl) = self.control().await?;
+        if !self.options.dry_run {
+            state::release(&ctl, "backfill", &rule.legacy.to_string()).await?;
+        }
+        Ok(())
     }
 
     /// The rule and a legacy session holding the right to run this backfill (released when
@@ -354,8 +408,14 @@ impl Backfill {
             started: Instant::now(),
             dispatched_rows: 0,
             last_log: Instant::now(),
+            probe: None,
         };
+        let probing = self.start_probe().await?;
+        run.probe = probing.as_ref().map(|(p, base, _)| (p.clone(), *base));
         let (ended, error) = run.chunks().await;
+        if let Some((_, _, task)) = probing {
+            task.abort();
+        }
         let (word, message) = match (&ended, &error) {
             (_, Some(e)) => ("failed", Some(e.for_log(self.log_values))),
             (Ended::Done, None) => ("done", None),
@@ -370,6 +430,28 @@ impl Backfill {
             Some(e) => Err(e),
             None => Ok(ended),
         }
+    }
+
+    /// Starts the latency probe and takes its baseline (one window, before any copying);
+    /// none when `max_latency_ratio` is 0.
+    async fn start_probe(
+        &self,
+    ) -> Result<Option<(Arc<Probe>, Duration, tokio::task::JoinHandle<()>)>, JobError> {
+        if self.options.settings.max_latency_ratio == 0.0 {
+            return Ok(None);
+        }
+        let legacy = self
+            .endpoints
+            .legacy
+            .client()
+            .await
+            .map_err(JobError::Connect)?;
+        let probe = Arc::new(Probe::default());
+        let task = tokio::spawn(probe.clone().run(legacy));
+        tokio::time::sleep(PROBE_WINDOW).await;
+        let base = probe.p90().unwrap_or(Duration::ZERO);
+        info!(table = %self.table, p90_us = base.as_micros() as u64, "backfill: legacy's answer time before copying");
+        Ok(Some((probe, base, task)))
     }
 
     async fn empty_table(&self, ctl: &Client, name: &str) -> Result<Ended, JobError> {
@@ -450,6 +532,8 @@ struct Run<'a> {
     started: Instant,
     dispatched_rows: u64,
     last_log: Instant,
+    /// The latency probe, and its 90th percentile before the backfill began.
+    probe: Option<(Arc<Probe>, Duration)>,
 }
 
 impl Run<'_> {
@@ -646,6 +730,18 @@ impl Run<'_> {
     /// Why the backfill should wait now: the mirror's backlog, or a replica's lag.
     async fn over_limits(&self) -> Result<Option<String>, JobError> {
         let s = &self.job.options.settings;
+        if let Some((probe, base)) = &self.probe {
+            if let Some(now) = probe.p90() {
+                let limit = base.mul_f64(s.max_latency_ratio).max(*base + PROBE_FLOOR);
+                if now > limit {
+                    return Ok(Some(format!(
+                        "legacy answers in {:.2} ms (p90), {:.2} ms before the backfill",
+                        now.as_secs_f64() * 1000.0,
+                        base.as_secs_f64() * 1000.0
+                    )));
+                }
+            }
+        }
         let row = self
             .ctl
             .query_one(LEGACY_PRESSURE, &[])

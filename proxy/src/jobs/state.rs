@@ -238,3 +238,16 @@ pub async fn try_claim(legacy: &Client, what: &str, table: &str) -> Result<bool,
         .map_err(JobError::Legacy)?;
     Ok(row.get(0))
 }
+
+/// Gives up the right [`try_claim`] took, at once (a closed session gives it up only when
+/// the server notices).
+pub async fn release(legacy: &Client, what: &str, table: &str) -> Result<(), JobError> {
+    legacy
+        .execute(
+            "SELECT pg_catalog.pg_advisory_unlock(hashtextextended($1 || ' ' || $2, 0))",
+            &[&what, &table],
+        )
+        .await
+        .map_err(JobError::Legacy)
+        .map(drop)
+}

@@ -1,6 +1,7 @@
 //! What a job knows of one mapped table: its rule, the column types on both sides, the
 //! statements built from them, and connections pinned for row images.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use pgdual_rules::copy_sql::ColumnTypes;
@@ -135,9 +136,27 @@ impl TablePlan {
             .query(keyset_sql::VERIFY_TYPES, &[&rule.new.to_string()])
             .await
             .map_err(JobError::New)?;
+        // A built-in type legacy's expression already has, without a modifier, comes out of
+        // the cast through text unchanged: the cast is skipped.
+        let described = pair
+            .legacy
+            .prepare(&keyset_sql::expression_types(&rule))
+            .await
+            .map_err(JobError::Legacy)?;
+        let legacy_oids: HashMap<&str, u32> = rule
+            .columns
+            .iter()
+            .zip(described.columns())
+            .map(|(c, d)| (c.new.as_str(), d.type_().oid()))
+            .collect();
         let verify_types = rows
             .iter()
-            .map(|r| (r.get(0), (r.get(1), r.get(2))))
+            .map(|r| {
+                let (name, ty, builtin, oid, modifier): (String, String, bool, u32, bool) =
+                    (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+                let same = legacy_oids.get(name.as_str()) == Some(&oid) && !modifier;
+                (name, (ty, builtin && !same))
+            })
             .collect();
         let upsert = pgdual_rules::copy_sql::upsert_rows(&rule, &new_types);
         Ok(TablePlan {
@@ -198,15 +217,25 @@ impl TablePlan {
         upper: &Key,
         hold: Option<Duration>,
     ) -> Result<u64, JobError> {
+        self.under_copy_lock(pair, self.copy_range_locked(pair, lower, upper, hold))
+            .await
+    }
+
+    /// Runs `work` holding the table's copy lock shared on `pair`'s legacy session.
+    async fn under_copy_lock<T>(
+        &self,
+        pair: &Pair,
+        work: impl std::future::Future<Output = Result<T, JobError>>,
+    ) -> Result<T, JobError> {
         copy::lock_shared(&pair.legacy, &self.name)
             .await
             .map_err(JobError::Legacy)?;
-        let result = self.copy_range_locked(pair, lower, upper, hold).await;
+        let result = work.await;
         // A broken connection drops the lock with the session.
         let unlocked = copy::unlock_shared(&pair.legacy, &self.name).await;
-        let rows = result?;
+        let out = result?;
         unlocked.map_err(JobError::Legacy)?;
-        Ok(rows)
+        Ok(out)
     }
 
     async fn copy_range_locked(
@@ -248,14 +277,10 @@ impl TablePlan {
     /// Copies the rows with `keys` (JSON objects of legacy key columns) as the mirror does:
     /// upserts what legacy holds, deletes what it no longer holds; under the copy lock.
     pub async fn repair(&self, pair: &Pair, keys: &str) -> Result<copy::CopyOutcome, JobError> {
-        copy::lock_shared(&pair.legacy, &self.name)
-            .await
-            .map_err(JobError::Legacy)?;
-        let result = self.copy.copy(&pair.legacy, &pair.target, keys).await;
-        let unlocked = copy::unlock_shared(&pair.legacy, &self.name).await;
-        let out = result?;
-        unlocked.map_err(JobError::Legacy)?;
-        Ok(out)
+        self.under_copy_lock(pair, async {
+            Ok(self.copy.copy(&pair.legacy, &pair.target, keys).await?)
+        })
+        .await
     }
 
     /// A key as the JSON object of legacy key columns that the copy and verify statements

@@ -20,16 +20,31 @@ use crate::ruleset::TableRule;
 use crate::sql::ident::quote_ident;
 
 /// How each new column is compared: its type with modifier (`numeric(10,2)`), and whether
-/// legacy knows that type (a built-in type, in `pg_catalog`).
+/// legacy casts its value through text to that type first (the type is built in, so legacy
+/// knows it, and the value may change on the way: another type, or a modifier).
 pub type VerifyTypes = HashMap<String, (String, bool)>;
 
-/// SQL listing a table's columns as [`VerifyTypes`]; `$1` is the table name as SQL text.
+/// SQL listing a table's columns: name, type with modifier, whether the type is built in
+/// (in `pg_catalog`, not a domain), its OID, and whether it has a modifier; `$1` is the
+/// table name as SQL text.
 pub const VERIFY_TYPES: &str = "SELECT a.attname::text, \
      pg_catalog.format_type(a.atttypid, a.atttypmod), \
-     t.typnamespace = 'pg_catalog'::pg_catalog.regnamespace AND t.typtype <> 'd' \
+     t.typnamespace = 'pg_catalog'::pg_catalog.regnamespace AND t.typtype <> 'd', \
+     a.atttypid, a.atttypmod <> -1 \
      FROM pg_catalog.pg_attribute a \
      JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
      WHERE a.attrelid = $1::text::pg_catalog.regclass AND a.attnum > 0 AND NOT a.attisdropped";
+
+/// Runs on legacy: no rows, but the type of each of the rule's expressions (from the
+/// statement's description), in rule order.
+pub fn expression_types(rule: &TableRule) -> String {
+    let exprs: Vec<String> = rule
+        .columns
+        .iter()
+        .map(|c| format!("({})", c.source))
+        .collect();
+    format!("SELECT {} FROM {} LIMIT 0", exprs.join(", "), rule.legacy)
+}
 
 /// Which bounds a range statement takes, in parameter order: the lower key's columns, then
 /// the upper key's.
