@@ -3,8 +3,9 @@
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
+use pgdual::net::conn::Target;
 use pgdual::net::conn::{BackendConn, BackendError, Frame};
-use pgdual::net::pool::{self, Target};
+use pgdual::net::pool;
 use pgdual::net::tls::TlsTarget;
 use pgdual::proto::{backend, frontend};
 use pgdual_integration_tests::{

@@ -104,6 +104,16 @@ async fn get(p: &Proxy, path: &str) -> (u16, Value) {
     )
 }
 
+/// Rows of `t`'s successor in new.
+async fn rows_in_new(t: &str) -> i64 {
+    connect(new_db().port)
+        .await
+        .query_one(&format!("SELECT count(*) FROM {t}.customers"), &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
 /// Starts the backfill of `t` through the API with `body`.
 async fn start(p: &Proxy, t: &str, body: Value) {
     let (status, answer) = post(p, &format!("/tables/public.{t}/backfill"), body).await;
@@ -422,12 +432,7 @@ async fn a_row_new_refuses_stops_the_backfill_and_names_its_key() {
     assert!(error.contains("key (id)=(4242)"), "{error}");
     assert!(error.contains("23514"), "{error}");
     // Everything before the refused chunk is copied and recorded.
-    let n = connect(new_db().port).await;
-    let copied: i64 = n
-        .query_one(&format!("SELECT count(*) FROM {t}.customers"), &[])
-        .await
-        .unwrap()
-        .get(0);
+    let copied = rows_in_new(t).await;
     assert!(copied >= 4000, "{copied}");
     assert!(!failed["progress"]["state"]
         .as_str()
@@ -455,12 +460,7 @@ async fn backfill_is_refused_while_dual_write_is_off_and_a_dry_run_only_describe
     assert_eq!(status, 200, "{body}");
     let plan = body["plan"].as_str().unwrap();
     assert!(plan.contains("rows (estimate): 100"), "{plan}");
-    let n = connect(new_db().port).await;
-    let copied: i64 = n
-        .query_one(&format!("SELECT count(*) FROM {t}.customers"), &[])
-        .await
-        .unwrap()
-        .get(0);
+    let copied = rows_in_new(t).await;
     assert_eq!(copied, 0);
     let (status, body) = post(&p, &path, json!({"batch_size": 0})).await;
     assert_eq!(status, 422, "{body}");

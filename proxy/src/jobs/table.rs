@@ -125,12 +125,7 @@ impl TablePlan {
     /// Learns the column types of both tables over `pair`.
     pub async fn learn(rule: TableRule, pair: &Pair) -> Result<TablePlan, JobError> {
         let copy = CopyPlan::learn(&rule, &pair.legacy, &pair.target).await?;
-        let legacy_types = copy::column_types(&pair.legacy, &rule.legacy.to_string())
-            .await
-            .map_err(JobError::Legacy)?;
-        let new_types = copy::column_types(&pair.target, &rule.new.to_string())
-            .await
-            .map_err(JobError::New)?;
+        let (legacy_types, new_types) = (copy.legacy_types().clone(), copy.types().clone());
         let rows = pair
             .target
             .query(keyset_sql::VERIFY_TYPES, &[&rule.new.to_string()])

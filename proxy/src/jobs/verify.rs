@@ -201,9 +201,6 @@ impl Verify {
             return Ok(());
         }
         scan.chunks_differing += 1;
-        if scan.mirror_mark.is_none() {
-            scan.mirror_mark = Some(mirror_mark(&pair.legacy, &plan.name).await?);
-        }
         let legacy_sql =
             keyset_sql::legacy_hashes(&plan.rule, &plan.legacy_types, &plan.verify_types, b);
         let new_sql = keyset_sql::new_hashes(&plan.rule, &plan.new_types, b);
@@ -410,7 +407,6 @@ struct Scan {
     legacy_rows: u64,
     new_rows: u64,
     suspects: Vec<Key>,
-    mirror_mark: Option<Option<i64>>,
 }
 
 /// The keys as the JSON array of legacy key objects the by-key statements take.

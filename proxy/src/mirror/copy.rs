@@ -175,6 +175,16 @@ impl CopyPlan {
         Ok(CopyPlan::new(rule, legacy_types, types))
     }
 
+    /// The legacy table's column types this plan casts keys to.
+    pub fn legacy_types(&self) -> &ColumnTypes {
+        &self.legacy_types
+    }
+
+    /// The target table's column types this plan casts values to.
+    pub fn types(&self) -> &ColumnTypes {
+        &self.types
+    }
+
     /// Whether the tables' column types are no longer those this plan casts to (a schema
     /// changed under it).
     pub async fn is_stale<L, N>(&self, legacy: &L, target: &N) -> Result<bool, CopyError>

@@ -10,17 +10,47 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use postgres_protocol::authentication::{md5_hash, sasl};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::net::pool::Target;
 use crate::net::stream::{self, ServerStream};
 use crate::net::tls::TlsTarget;
 use crate::proto::backend::{backend_key_data, error_fields, parameter_status};
 use crate::proto::codec::{self, cstr, put_message};
+
+/// Where and as whom to connect; the key of the per-thread pool
+/// (`crate::net::pool`).
+#[derive(Clone)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Option<String>,
+    pub dbname: String,
+    /// TLS to this server (`legacy.tls*` or `new.tls*`).
+    pub tls: TlsTarget,
+    /// rustls's side of `tls`, built once (`None`: plaintext).
+    pub tls_config: Option<Arc<rustls::ClientConfig>>,
+    pub connect_timeout: Duration,
+}
+
+impl fmt::Debug for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Target")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("dbname", &self.dbname)
+            .field("tls", &self.tls.mode)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
 
 /// Largest frame accepted from a server (PostgreSQL's own limit on a message is 1 GB).
 const MAX_FRAME: u64 = 1 << 30;

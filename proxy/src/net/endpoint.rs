@@ -12,8 +12,8 @@ use pgdual_config::{Config, LegacyConfig, NewConfig, TlsMode};
 use rustls::ClientConfig;
 use tokio_postgres::{Client, NoTls};
 
+use crate::net::conn::Target;
 use crate::net::legacy::LegacyTarget;
-use crate::net::pool::Target;
 use crate::net::postgres_tls::MakeRustls;
 use crate::net::tls::{TlsError, TlsTarget};
 

@@ -3,46 +3,13 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::fmt;
-use std::sync::Arc;
-use std::time::Duration;
 
-use crate::net::conn::{BackendConn, BackendError};
-use crate::net::tls::TlsTarget;
+use crate::net::conn::{BackendConn, BackendError, Target};
 
 /// Idle connections kept per target and worker thread: enough for the busy sessions of one
 /// worker each to find one, so a burst of reads does not open and close connections (a
 /// process fork on the server each time).
 pub const MAX_IDLE_PER_KEY: usize = 32;
-
-/// Where and as whom to connect; the key of the per-thread pool.
-#[derive(Clone)]
-pub struct Target {
-    pub host: String,
-    pub port: u16,
-    pub user: String,
-    pub password: Option<String>,
-    pub dbname: String,
-    /// TLS to this server (`legacy.tls*` or `new.tls*`).
-    pub tls: TlsTarget,
-    /// rustls's side of `tls`, built once (`None`: plaintext).
-    pub tls_config: Option<Arc<rustls::ClientConfig>>,
-    pub connect_timeout: Duration,
-}
-
-impl fmt::Debug for Target {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Target")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("user", &self.user)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field("dbname", &self.dbname)
-            .field("tls", &self.tls.mode)
-            .field("connect_timeout", &self.connect_timeout)
-            .finish()
-    }
-}
 
 impl Target {
     /// `user@host:port/dbname`: connections with equal keys are interchangeable.
@@ -119,7 +86,10 @@ pub fn idle_count(target: &Target) -> usize {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::net::tls::TlsTarget;
 
     #[test]
     fn target_debug_hides_password() {

@@ -28,8 +28,8 @@ use pgdual_rules::ruleset::TargetDatabase;
 use pgdual_rules::{ReadPlan, RuleSet, TableName};
 
 use crate::control::rules_store::RulesSnapshot;
+use crate::net::conn::Target;
 use crate::net::endpoint::Endpoints;
-use crate::net::pool::Target;
 pub use answer::answer;
 pub use counters::{Fallback, Families, KeptForRole, Sample, TableReads};
 pub use describe::Described;

@@ -32,9 +32,20 @@ pub const COLUMN_TYPES: &str = "SELECT a.attname::text, \
      JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace \
      WHERE a.attrelid = $1::text::pg_catalog.regclass AND a.attnum > 0 AND NOT a.attisdropped";
 
-fn list(cols: &[String], prefix: &str) -> String {
+/// `prefix.col, ...`, each name quoted as needed.
+pub(crate) fn list(cols: &[String], prefix: &str) -> String {
     cols.iter()
         .map(|c| format!("{prefix}{}", quote_ident(c)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `(expr)::text AS new_col, ...`: the rule's expressions over the legacy row, as the text of
+/// the new table's columns.
+pub(crate) fn projection(rule: &TableRule) -> String {
+    rule.columns
+        .iter()
+        .map(|c| format!("({})::text AS {}", c.source, quote_ident(&c.new)))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -69,12 +80,7 @@ fn text_columns(cols: &[String]) -> String {
 /// and the keys no longer present, as objects of the new key columns (to delete from new),
 /// every value as its text form. Legacy compares the keys with their real types.
 pub fn read_rows_by_keys(rule: &TableRule, legacy_types: &ColumnTypes) -> String {
-    let projection = rule
-        .columns
-        .iter()
-        .map(|c| format!("({})::text AS {}", c.source, quote_ident(&c.new)))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let projection = projection(rule);
     let gone_object = rule
         .new_keys
         .iter()

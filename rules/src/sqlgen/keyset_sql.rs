@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 
-use crate::copy_sql::ColumnTypes;
+use crate::copy_sql::{list, projection, ColumnTypes};
 use crate::ruleset::TableRule;
 use crate::sql::ident::quote_ident;
 
@@ -61,14 +61,6 @@ impl Bounds {
     }
 }
 
-fn cols(names: &[String], prefix: &str) -> String {
-    names
-        .iter()
-        .map(|c| format!("{prefix}{}", quote_ident(c)))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 fn type_of<'a>(types: &'a ColumnTypes, col: &str) -> &'a str {
     types.get(col).map_or("pg_catalog.text", String::as_str)
 }
@@ -85,7 +77,7 @@ fn key_params(names: &[String], types: &ColumnTypes, first: usize) -> String {
 
 /// The WHERE condition of a range over `names` (typed by `types`), parameters from `$1`.
 fn range(names: &[String], types: &ColumnTypes, b: Bounds) -> String {
-    let row = format!("({})", cols(names, ""));
+    let row = format!("({})", list(names, ""));
     let mut parts = Vec::new();
     if b.lower {
         parts.push(format!("{row} > {}", key_params(names, types, 1)));
@@ -147,15 +139,10 @@ pub fn chunk_end(rule: &TableRule, legacy_types: &ColumnTypes, b: Bounds) -> Str
 /// Runs on legacy: the rows of a range as the new table's rows, in the envelope
 /// `copy_sql::upsert_rows` takes, and their count.
 pub fn read_range(rule: &TableRule, legacy_types: &ColumnTypes, b: Bounds) -> String {
-    let projection = rule
-        .columns
-        .iter()
-        .map(|c| format!("({})::text AS {}", c.source, quote_ident(&c.new)))
-        .collect::<Vec<_>>()
-        .join(", ");
     format!(
         "SELECT coalesce(jsonb_agg(r), '[]'::jsonb)::text, count(*)::int4 FROM \
-         (SELECT {projection} FROM {} WHERE {}) AS r",
+         (SELECT {} FROM {} WHERE {}) AS r",
+        projection(rule),
         rule.legacy,
         range(&rule.legacy_keys, legacy_types, b),
     )
@@ -263,7 +250,7 @@ fn in_keys(names: &[String], types: &ColumnTypes, legacy_keys: &[String]) -> Str
         .collect();
     format!(
         "({}) IN (SELECT {} FROM jsonb_to_recordset($1::text::jsonb) AS k({}))",
-        cols(names, ""),
+        list(names, ""),
         casts.join(", "),
         shape.join(", ")
     )
