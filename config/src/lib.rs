@@ -65,10 +65,33 @@ pub struct LegacyConfig {
     pub dbname: String,
 }
 
+/// How committed writes on mapped tables are captured (see README, "Capture").
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CaptureMode {
+    /// Logical decoding when legacy allows it (`wal_level = logical`, a role that may
+    /// replicate, keys covered by each table's replica identity), triggers otherwise.
+    #[default]
+    Auto,
+    /// Logical decoding through a replication slot; the mirror waits, saying why, when
+    /// legacy does not allow it.
+    Logical,
+    /// Capture triggers and a changelog table in legacy.
+    Triggers,
+}
+
 /// How committed writes reach the new schema (see README, "Dual-write").
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct MirrorConfig {
+    /// `auto` (default), `logical` or `triggers`.
+    pub capture: CaptureMode,
+    /// Logical capture's replication slot in legacy. Default `pgdual`.
+    pub slot: String,
+    /// Logical capture's publication of the written tables in legacy. Default `pgdual`.
+    pub publication: String,
+    /// Warn when the slot retains more WAL than this many bytes. Default 1 GiB.
+    pub slot_warn_bytes: u64,
     /// Install (and remove) the capture triggers on legacy for tables whose `write` is
     /// `on` (or `off`) when pgdual starts. Default true.
     pub install_triggers: bool,
@@ -88,6 +111,10 @@ pub struct MirrorConfig {
 impl Default for MirrorConfig {
     fn default() -> Self {
         MirrorConfig {
+            capture: CaptureMode::Auto,
+            slot: "pgdual".into(),
+            publication: "pgdual".into(),
+            slot_warn_bytes: 1 << 30,
             install_triggers: true,
             batch_size: 1000,
             poll_interval_ms: 200,
@@ -672,6 +699,20 @@ impl Config {
                 "backfill.retry_max_ms",
                 "must be at least backfill.retry_initial_ms".into(),
             );
+        }
+        for (field, name) in [
+            ("mirror.slot", &self.mirror.slot),
+            ("mirror.publication", &self.mirror.publication),
+        ] {
+            let plain = name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            if name.is_empty() || name.len() > 63 || !plain {
+                bad(
+                    field,
+                    format!("{name:?}: use 1 to 63 lower-case letters, digits and underscores"),
+                );
+            }
         }
         if self.mirror.batch_size == 0 {
             bad("mirror.batch_size", "must be at least 1".into());

@@ -7,6 +7,7 @@ use std::time::Duration;
 pub use pgdual_testkit::*;
 
 use pgdual::Proxy;
+pub use pgdual_config::CaptureMode;
 use pgdual_config::Config;
 
 /// A config for pgdual in front of `cluster`, on free ports, one worker.
@@ -22,7 +23,32 @@ pub fn config_for(cluster: &PgCluster) -> Config {
     // Suites run many servers and clients on few cores: the backfill's latency probe would
     // pause it for the other tests' load.
     c.backfill.max_latency_ratio = 0.0;
+    c.mirror.capture = capture_method();
     c
+}
+
+/// The slot and publication names of a pgdual mirroring `rules`.
+pub fn capture_names(rules: &str) -> (String, String) {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    rules.hash(&mut h);
+    let name = format!("pgdual_{:016x}", h.finish());
+    (name.clone(), name)
+}
+
+/// The capture method this test binary runs with: logical decoding for suites whose
+/// binary is named `*_logical` (which include another suite's tests to run them again that
+/// way), triggers for the others (the shared legacy allows both).
+pub fn capture_method() -> CaptureMode {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let name = exe.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    // Cargo names test binaries `<name>-<hash>`.
+    let stem = name.rsplit_once('-').map_or(name, |(s, _)| s);
+    if stem.ends_with("_logical") {
+        CaptureMode::Logical
+    } else {
+        CaptureMode::Triggers
+    }
 }
 
 /// pgdual in front of the shared legacy server, with `tweak` applied to its config.
@@ -56,6 +82,9 @@ pub fn proxy_with_rules(rules: &str, new: &PgCluster) -> (Proxy, tempfile::TempD
         c.mirror.retry_initial_ms = 50;
         c.mirror.retry_max_ms = 500;
         c.mirror.dead_letter_file = dir.path().join("dead.jsonl");
+        // Tests share legacy, each with its own tables: each rules file its own slot (a
+        // pgdual started again with the same rules streams on from the same slot).
+        (c.mirror.slot, c.mirror.publication) = capture_names(rules);
     });
     (p, dir)
 }
@@ -89,4 +118,34 @@ pub async fn wait_legacy_columns(p: &Proxy) {
 /// Changes the mirror dead-lettered so far.
 pub fn dead_letters(p: &Proxy) -> u64 {
     p.metrics().mirror.dead_letters_total.get()
+}
+
+/// Waits until every capture slot being streamed from has confirmed legacy's WAL position
+/// as of now: the mirrors applied every change committed before this call.
+pub async fn wait_slots_confirm(legacy: &tokio_postgres::Client) {
+    let lsn: String = legacy
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let behind: i64 = legacy
+            .query_one(
+                "SELECT count(*) FROM pg_replication_slots WHERE active AND slot_type = 'logical' \
+                 AND confirmed_flush_lsn < $1::text::pg_lsn",
+                &[&lsn],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if behind == 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{behind} capture slots never confirmed {lsn}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

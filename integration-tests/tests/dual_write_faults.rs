@@ -144,7 +144,11 @@ async fn new_database_down_under_load_then_back_and_pgdual_restarted_with_a_back
     let n = new.clone();
     tokio::task::spawn_blocking(move || n.stop()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let backlog_while_down = p.metrics().mirror.backlog.get();
+    // With logical decoding the backlog is the WAL the slot holds past what was confirmed.
+    let backlog_while_down = match capture_method() {
+        CaptureMode::Logical => p.metrics().mirror.slot_behind_bytes.get(),
+        _ => p.metrics().mirror.backlog.get(),
+    };
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let n = new.clone();
     tokio::task::spawn_blocking(move || n.start_server().unwrap())

@@ -140,6 +140,9 @@ async fn wait_state(p: &Proxy, t: &str, state: &str, within: Duration) -> Value 
 /// Waits until the mirror has applied every captured change of `t`.
 async fn wait_drained(t: &str) {
     let l = connect(legacy().port).await;
+    if capture_method() == CaptureMode::Logical {
+        return wait_slots_confirm(&l).await;
+    }
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let n: i64 = l

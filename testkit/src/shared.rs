@@ -40,7 +40,8 @@ pub fn new_db() -> &'static PgCluster {
 }
 
 /// The legacy server shared by every test of this binary: roles for md5 and SCRAM
-/// authentication, and `pg_hba.conf` rules that demand them.
+/// authentication, and `pg_hba.conf` rules that demand them; `wal_level = logical`, so
+/// capture by logical decoding can run.
 pub fn legacy() -> &'static PgCluster {
     LEGACY.get_or_init(|| {
         let opts = ClusterOptions {
@@ -48,7 +49,7 @@ pub fn legacy() -> &'static PgCluster {
                 format!("host all {MD5_USER} 127.0.0.1/32 md5"),
                 format!("host all {SCRAM_USER} 127.0.0.1/32 scram-sha-256"),
             ],
-            settings: vec![],
+            settings: vec![("wal_level".into(), "logical".into())],
         };
         let c = PgCluster::start(opts).expect("start legacy PostgreSQL");
         stop_at_exit();

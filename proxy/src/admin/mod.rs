@@ -293,6 +293,8 @@ async fn status(State(admin): State<Arc<Admin>>) -> Response {
             "changes": m.changes_total.get(),
             "dead_letters": m.dead_letters_total.get(),
             "retries": m.retries_total.get(),
+            "capture": m.capture.load().as_deref(),
+            "slot": m.slot.load().as_deref(),
         },
         "backfills": admin.jobs.all_progress(),
     }))

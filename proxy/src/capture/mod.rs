@@ -1,9 +1,13 @@
 //! Where committed writes on mapped tables come from, behind one seam: a [`ChangeSource`]
 //! hands the mirror batches of committed changes (table and key, in commit order) and is told
-//! when a batch has been applied. Today's source is the capture triggers' backlog in legacy
-//! ([`triggers`]); sessions ring a [`CommitSignal`] when a transaction that wrote has ended,
-//! so the mirror looks at once instead of at its next poll.
+//! when a batch has been applied. Two sources: the capture triggers' backlog in legacy
+//! ([`triggers`]) and legacy's logical decoding of its WAL through a replication slot
+//! ([`logical`]); [`method`] chooses between them. Sessions ring a [`CommitSignal`] when a
+//! transaction that wrote has ended, so the mirror looks at once instead of at its next poll.
 
+pub mod logical;
+pub mod method;
+pub mod pgoutput;
 pub mod triggers;
 
 use std::sync::Arc;
@@ -56,4 +60,16 @@ pub trait ChangeSource {
 
     /// Changes waiting, for the backlog gauge.
     async fn backlog(&self) -> Result<i64, Self::Error>;
+
+    /// A position in the source's order at or after every change committed before now.
+    async fn mark(&mut self) -> Result<u64, Self::Error>;
+
+    /// Every change up to this position is applied (taken, applied and acknowledged). A
+    /// source that holds every committed change as soon as it commits (the triggers'
+    /// backlog) is caught up with every mark once a drain found nothing.
+    fn applied(&self) -> u64;
+
+    /// Returns when the source may have more to hand out than at the last look (or at once
+    /// when it cannot tell); the mirror also looks on commit signals and every poll.
+    async fn wait(&mut self) -> Result<(), Self::Error>;
 }

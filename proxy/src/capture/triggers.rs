@@ -91,6 +91,21 @@ impl ChangeSource for TriggerSource {
             .await?
             .get(0))
     }
+
+    /// A change is in the backlog from its commit on: a drain that found nothing has
+    /// applied everything committed before it began.
+    async fn mark(&mut self) -> Result<u64, Self::Error> {
+        Ok(0)
+    }
+
+    fn applied(&self) -> u64 {
+        u64::MAX
+    }
+
+    /// The backlog says nothing when it grows: commit signals and the poll wake the mirror.
+    async fn wait(&mut self) -> Result<(), Self::Error> {
+        std::future::pending().await
+    }
 }
 
 /// The tables of `rules` as the backlog names them.
@@ -145,6 +160,25 @@ pub async fn install(
                 .await?;
             warn!(table = %gone.legacy, dropped, "rule removed: capture stopped, its backlog dropped");
         }
+    }
+    Ok(())
+}
+
+/// Removes the capture triggers of every table of `rules` and of `previous` (logical
+/// decoding captures instead); the backlog they left stays, for the mirror to apply.
+pub async fn remove(
+    legacy: &Client,
+    rules: &RuleSet,
+    previous: Option<&RuleSet>,
+) -> Result<(), tokio_postgres::Error> {
+    for rule in rules
+        .tables()
+        .iter()
+        .chain(previous.iter().flat_map(|p| p.tables()))
+    {
+        legacy
+            .batch_execute(&capture_sql::remove_capture(rule))
+            .await?;
     }
     Ok(())
 }

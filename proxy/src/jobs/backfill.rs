@@ -345,8 +345,9 @@ impl Backfill {
         }
         if !capture_installed(&ctl, &rule).await? {
             return Err(JobError::Refused(format!(
-                "dual-write is not on for {name}: its capture trigger is not in legacy, so \
-                 writes made during the backfill would never reach new. Set write = \"on\" \
+                "dual-write is not on for {name}: neither its capture trigger nor a capture \
+                 slot publishing it is in legacy, so writes made during the backfill would \
+                 never reach new. Set write = \"on\" \
                  (`pgdual flags set {name} write on`) and let pgdual install it first"
             )));
         }
@@ -935,11 +936,18 @@ fn backoff(s: &BackfillConfig, attempt: u32) -> Duration {
 
 /// The mirror's backlog (changes, age of the oldest in ms) and the largest replay lag of
 /// legacy's replicas (ms; 0 without replicas or without the right to see them).
+/// The triggers' backlog (rows, age of the oldest), and the replay lag of legacy's replicas.
+/// With logical decoding the backlog's age is the lag the capture stream reports (its
+/// `application_name` is `pgdual-capture`), which is not a replica.
 const LEGACY_PRESSURE: &str = "SELECT \
     coalesce((SELECT max(id) - min(id) + 1 FROM pgdual.changes), 0)::int8, \
-    coalesce((SELECT extract(epoch FROM clock_timestamp() - at) * 1000 FROM pgdual.changes \
-      ORDER BY id LIMIT 1), 0)::float8, \
-    coalesce((SELECT extract(epoch FROM max(replay_lag)) * 1000 FROM pg_catalog.pg_stat_replication), 0)::float8";
+    greatest( \
+      coalesce((SELECT extract(epoch FROM clock_timestamp() - at) * 1000 FROM pgdual.changes \
+        ORDER BY id LIMIT 1), 0), \
+      coalesce((SELECT extract(epoch FROM max(replay_lag)) * 1000 FROM pg_catalog.pg_stat_replication \
+        WHERE application_name = 'pgdual-capture'), 0))::float8, \
+    coalesce((SELECT extract(epoch FROM max(replay_lag)) * 1000 FROM pg_catalog.pg_stat_replication \
+      WHERE application_name IS DISTINCT FROM 'pgdual-capture'), 0)::float8";
 const REPLICA_LAG: &str = "SELECT coalesce((SELECT extract(epoch FROM max(replay_lag)) * 1000 \
     FROM pg_catalog.pg_stat_replication), 0)::float8";
 
@@ -952,8 +960,25 @@ async fn capture_installed(ctl: &Client, rule: &pgdual_rules::TableRule) -> Resu
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger \
              WHERE tgrelid = $1::text::pg_catalog.regclass \
-               AND tgfoid = pg_catalog.to_regproc($2) AND tgenabled <> 'D')",
+               AND tgfoid = pg_catalog.to_regproc($2) AND tgenabled <> 'D'), \
+             pg_catalog.to_regclass('pgdual.capture_slots') IS NOT NULL",
             &[&rule.legacy.to_string(), &capture_sql::function_name(rule)],
+        )
+        .await
+        .map_err(JobError::Legacy)?;
+    let (trigger, slots): (bool, bool) = (row.get(0), row.get(1));
+    if trigger || !slots {
+        return Ok(trigger);
+    }
+    // Logical decoding: a live slot of pgdual's whose publication holds the table.
+    let row = ctl
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pgdual.capture_slots s \
+               JOIN pg_catalog.pg_replication_slots r \
+                 ON r.slot_name = s.slot AND coalesce(r.wal_status, '') <> 'lost' \
+               JOIN pg_catalog.pg_publication_tables p ON p.pubname = s.publication \
+              WHERE p.schemaname = $1 AND p.tablename = $2)",
+            &[&rule.legacy.schema, &rule.legacy.name],
         )
         .await
         .map_err(JobError::Legacy)?;

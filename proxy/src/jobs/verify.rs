@@ -430,19 +430,51 @@ async fn pin_time_zone(pair: &Pair) -> Result<(), JobError> {
         .map(drop)
 }
 
-/// The newest change of `table` in the mirror's backlog; `None` when it holds none (or
-/// there is no backlog).
-async fn mirror_mark(legacy: &Client, table: &str) -> Result<Option<i64>, JobError> {
+/// How far the mirror must get before a re-check: the newest change of the table in the
+/// triggers' backlog, or legacy's WAL position when a capture slot decodes the table.
+#[derive(Debug, Clone)]
+enum Mark {
+    Backlog(i64),
+    Wal(String),
+}
+
+/// `$1`'s capture slots (pgdual's, publishing the table) that have not confirmed `$2`.
+const SLOT_BEHIND: &str = "SELECT EXISTS (SELECT 1 FROM pgdual.capture_slots s \
+    JOIN pg_catalog.pg_replication_slots r ON r.slot_name = s.slot \
+    JOIN pg_catalog.pg_publication_tables p ON p.pubname = s.publication \
+    WHERE pg_catalog.format('%I.%I', p.schemaname, p.tablename)::pg_catalog.regclass \
+          = $1::text::pg_catalog.regclass \
+      AND coalesce(r.wal_status, '') <> 'lost' \
+      AND coalesce(r.confirmed_flush_lsn, '0/0') < $2::text::pg_lsn)";
+
+/// Where the mirror stands for `table` now; `None` when nothing captures it (or the
+/// capture's tables are not ours to read).
+async fn mirror_mark(legacy: &Client, table: &str) -> Result<Option<Mark>, JobError> {
     let row = legacy
         .query_one(
             "SELECT CASE WHEN pg_catalog.to_regclass('pgdual.changes') IS NULL THEN NULL \
-             ELSE (SELECT max(id) FROM pgdual.changes WHERE tbl = $1) END",
+             ELSE (SELECT max(id) FROM pgdual.changes WHERE tbl = $1) END, \
+             CASE WHEN pg_catalog.to_regclass('pgdual.capture_slots') IS NULL THEN NULL \
+             ELSE pg_catalog.pg_current_wal_insert_lsn()::text END",
             &[&table],
         )
         .await;
-    match row {
-        Ok(r) => Ok(r.get(0)),
+    let (backlog, wal): (Option<i64>, Option<String>) = match row {
+        Ok(r) => (r.get(0), r.get(1)),
         // The backlog table exists but is not ours to read: nothing to wait for.
+        Err(e) if e.code().map(|c| c.code()) == Some("42501") => return Ok(None),
+        Err(e) => return Err(JobError::Legacy(e)),
+    };
+    if let Some(id) = backlog {
+        return Ok(Some(Mark::Backlog(id)));
+    }
+    let Some(lsn) = wal else {
+        return Ok(None);
+    };
+    // Only when a slot decodes the table: otherwise there is nothing to wait for.
+    match legacy.query_one(SLOT_BEHIND, &[&table, &lsn]).await {
+        Ok(r) if r.get::<_, bool>(0) => Ok(Some(Mark::Wal(lsn))),
+        Ok(_) => Ok(None),
         Err(e) if e.code().map(|c| c.code()) == Some("42501") => Ok(None),
         Err(e) => Err(JobError::Legacy(e)),
     }
@@ -450,20 +482,23 @@ async fn mirror_mark(legacy: &Client, table: &str) -> Result<Option<i64>, JobErr
 
 /// Waits until the mirror applied every change of `table` up to `mark` (at most
 /// [`MIRROR_WAIT`]).
-async fn wait_for_mirror(legacy: &Client, table: &str, mark: Option<i64>) -> Result<(), JobError> {
+async fn wait_for_mirror(legacy: &Client, table: &str, mark: Option<Mark>) -> Result<(), JobError> {
     let Some(mark) = mark else {
         return Ok(());
     };
     let deadline = Instant::now() + MIRROR_WAIT;
     while Instant::now() < deadline {
-        let pending: bool = legacy
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pgdual.changes WHERE tbl = $1 AND id <= $2)",
-                &[&table, &mark],
-            )
-            .await
-            .map_err(JobError::Legacy)?
-            .get(0);
+        let row =
+            match &mark {
+                Mark::Backlog(id) => legacy
+                    .query_one(
+                        "SELECT EXISTS (SELECT 1 FROM pgdual.changes WHERE tbl = $1 AND id <= $2)",
+                        &[&table, id],
+                    )
+                    .await,
+                Mark::Wal(lsn) => legacy.query_one(SLOT_BEHIND, &[&table, lsn]).await,
+            };
+        let pending: bool = row.map_err(JobError::Legacy)?.get(0);
         if !pending {
             return Ok(());
         }

@@ -3,6 +3,8 @@
 use crate::telemetry::redact;
 
 use super::copy::CopyError;
+use crate::capture::logical::CaptureError;
+use crate::capture::method::SetupError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MirrorError {
@@ -18,6 +20,10 @@ pub enum MirrorError {
     Rules(Vec<String>),
     #[error("a target table's column types changed; reconnecting to learn them")]
     TypesChanged,
+    #[error("capture: {0}")]
+    Capture(#[from] CaptureError),
+    #[error("capture: {0}")]
+    Setup(#[from] SetupError),
 }
 
 /// Errors worth retrying: the connection, serialization and deadlocks, resources,
@@ -39,8 +45,20 @@ impl MirrorError {
         match self {
             MirrorError::Legacy(e) | MirrorError::New(e) => e.code().map(|c| c.code()),
             MirrorError::Copy(e) => e.code(),
-            MirrorError::Connect(_) | MirrorError::Rules(_) | MirrorError::TypesChanged => None,
+            MirrorError::Capture(CaptureError::Legacy(e))
+            | MirrorError::Setup(SetupError::Legacy(e)) => e.code().map(|c| c.code()),
+            MirrorError::Setup(SetupError::Conflict(_)) => Some("55000"),
+            MirrorError::Connect(_)
+            | MirrorError::Rules(_)
+            | MirrorError::TypesChanged
+            | MirrorError::Capture(_) => None,
         }
+    }
+
+    /// The rules must be checked against the catalogs again before mirroring goes on (a
+    /// mapped table's definition changed under the capture).
+    pub fn needs_recheck(&self) -> bool {
+        matches!(self, MirrorError::Capture(CaptureError::Ddl(_)))
     }
 
     pub fn is_transient(&self) -> bool {

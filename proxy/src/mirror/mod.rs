@@ -14,7 +14,7 @@ pub mod copy;
 pub mod error;
 pub mod watermark;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +25,9 @@ use tokio::sync::watch;
 use tokio_postgres::Client;
 use tracing::{debug, info, warn};
 
-use crate::capture::{triggers, ChangeSource, CommitSignal};
+use crate::capture::logical::{self, LogicalSource};
+use crate::capture::method::{self, Method};
+use crate::capture::{pgoutput, triggers, ChangeSource, CommitSignal};
 use crate::control::catalog;
 use crate::control::rules_store::{RulesSnapshot, RulesStore};
 use crate::net::endpoint::Endpoints;
@@ -65,8 +67,8 @@ impl Mirror {
     async fn run(self, mut stop: watch::Receiver<bool>) {
         let cfg = &self.settings;
         let mut delay = Duration::from_millis(cfg.retry_initial_ms);
-        // The rules whose capture is in place, to remove what a reload drops.
-        let mut installed: Option<Arc<RulesSnapshot>> = None;
+        // The rules whose capture is in place (to remove what a reload drops), and how.
+        let mut installed: Option<(Arc<RulesSnapshot>, Method)> = None;
         while !*stop.borrow() {
             let snapshot = self.rules.load();
             // Stopping must never wait on a connection attempt or a slow batch.
@@ -78,6 +80,9 @@ impl Mirror {
                 // The rules changed: take the new snapshot at once.
                 Ok(()) => delay = Duration::from_millis(cfg.retry_initial_ms),
                 Err(e) => {
+                    if e.needs_recheck() {
+                        installed = None;
+                    }
                     self.interrupted(&snapshot.rules, e, delay).await;
                     tokio::select! {
                         _ = tokio::time::sleep(jitter(delay)) => {}
@@ -95,8 +100,56 @@ impl Mirror {
     async fn attempt(
         &self,
         snapshot: &Arc<RulesSnapshot>,
-        installed: &mut Option<Arc<RulesSnapshot>>,
+        installed: &mut Option<(Arc<RulesSnapshot>, Method)>,
     ) -> Result<(), MirrorError> {
+        let (legacy, new) = self.clients().await?;
+        let method = match installed {
+            Some((s, m)) if s.version == snapshot.version => *m,
+            _ => {
+                let previous = installed.as_ref().map(|(s, _)| &*s.rules);
+                let m = self
+                    .install(snapshot, previous, &legacy, new.as_ref())
+                    .await?;
+                *installed = Some((snapshot.clone(), m));
+                m
+            }
+        };
+        let targets = targets(&snapshot.rules, &legacy, new.as_ref()).await?;
+        let rules = &snapshot.rules;
+        match method {
+            Method::Triggers => {
+                if method::slot_exists(&legacy, &self.settings.slot).await? {
+                    self.hand_over_from_logical(rules, &legacy, new.as_ref(), &targets)
+                        .await?;
+                }
+                let mut worker = Worker {
+                    source: triggers::TriggerSource::new(legacy, rules),
+                    new: new.as_ref(),
+                    targets: &targets,
+                    mirror: self,
+                    logical: false,
+                };
+                worker.serve(snapshot.version).await
+            }
+            Method::Logical => {
+                if triggers::backlog(&legacy, rules).await? > 0 {
+                    self.drain_triggers(rules, new.as_ref(), &targets).await?;
+                }
+                let source = self.logical_source(legacy, rules).await?;
+                let mut worker = Worker {
+                    source,
+                    new: new.as_ref(),
+                    targets: &targets,
+                    mirror: self,
+                    logical: true,
+                };
+                worker.serve(snapshot.version).await
+            }
+        }
+    }
+
+    /// Legacy's and new's control-plane clients, under the copy's session settings.
+    async fn clients(&self) -> Result<(Client, Option<Client>), MirrorError> {
         let (legacy, new) = self
             .endpoints
             .clients()
@@ -108,47 +161,165 @@ impl Mirror {
         if let Some(n) = &new {
             copy::pin_session(n).await.map_err(MirrorError::New)?;
         }
-        if installed.as_ref().map(|s| s.version) != Some(snapshot.version) {
-            self.install(snapshot, installed.as_deref(), &legacy, new.as_ref())
-                .await?;
-            *installed = Some(snapshot.clone());
-        }
-        let targets = targets(&snapshot.rules, &legacy, new.as_ref()).await?;
-        let mut worker = Worker {
-            source: triggers::TriggerSource::new(legacy, &snapshot.rules),
-            new,
-            targets: &targets,
-            mirror: self,
-        };
-        worker.serve(snapshot.version).await
+        Ok((legacy, new))
     }
 
-    /// Checks the rules against the catalogs and installs their capture. A rule that does
-    /// not fit the catalogs would dead-letter every change: nothing is captured until the
-    /// rules and the databases agree.
+    /// The decoded stream of the capture slot, row images read over `legacy`.
+    async fn logical_source(
+        &self,
+        legacy: Client,
+        rules: &RuleSet,
+    ) -> Result<LogicalSource, MirrorError> {
+        let stream = self
+            .endpoints
+            .legacy
+            .raw_session(&logical::STREAM_SETTINGS)
+            .await
+            .map_err(MirrorError::Connect)?;
+        let s = &self.settings;
+        Ok(LogicalSource::start(legacy, stream, rules, &s.slot, &s.publication).await?)
+    }
+
+    /// Switching from logical decoding to triggers: the triggers are in place; everything
+    /// committed before now is in the slot, so the slot is drained up to here, then dropped
+    /// with its publication. Changes both captured are applied twice, which changes nothing.
+    async fn hand_over_from_logical(
+        &self,
+        rules: &RuleSet,
+        legacy: &Client,
+        new: Option<&Client>,
+        targets: &HashMap<String, Target>,
+    ) -> Result<(), MirrorError> {
+        let (reader, _) = self.clients().await?;
+        let mut worker = Worker {
+            source: self.logical_source(reader, rules).await?,
+            new,
+            targets,
+            mirror: self,
+            logical: true,
+        };
+        let through = worker.source.mark().await?;
+        info!(
+            through = %pgoutput::lsn_text(through),
+            "switching to triggers: draining the capture slot first"
+        );
+        while worker.source.applied() < through {
+            if worker.drain_once().await? == 0 {
+                let _ = tokio::time::timeout(Duration::from_secs(1), worker.source.wait()).await;
+            }
+        }
+        drop(worker);
+        let s = &self.settings;
+        method::drop_capture(legacy, &s.slot, &s.publication, true).await?;
+        info!("switched to triggers: capture slot and publication dropped");
+        Ok(())
+    }
+
+    /// Switching from triggers to logical decoding: the slot exists and the triggers are
+    /// gone, so their backlog is all it will ever hold; apply it.
+    async fn drain_triggers(
+        &self,
+        rules: &RuleSet,
+        new: Option<&Client>,
+        targets: &HashMap<String, Target>,
+    ) -> Result<(), MirrorError> {
+        let (reader, _) = self.clients().await?;
+        let mut worker = Worker {
+            source: triggers::TriggerSource::new(reader, rules),
+            new,
+            targets,
+            mirror: self,
+            logical: false,
+        };
+        let mut n = 0;
+        loop {
+            let took = worker.drain_once().await?;
+            if took == 0 {
+                break;
+            }
+            n += took;
+        }
+        info!(
+            changes = n,
+            "switched to logical decoding: the triggers' backlog is applied"
+        );
+        Ok(())
+    }
+
+    /// Checks the rules against the catalogs, chooses the capture method and puts it in
+    /// place. A rule that does not fit the catalogs would dead-letter every change: nothing
+    /// is captured until the rules and the databases agree.
     async fn install(
         &self,
         snapshot: &RulesSnapshot,
-        previous: Option<&RulesSnapshot>,
+        previous: Option<&RuleSet>,
         legacy: &Client,
         new: Option<&Client>,
-    ) -> Result<(), MirrorError> {
-        let (problems, learned) = catalog::check_and_learn(&snapshot.rules, legacy, new).await;
+    ) -> Result<Method, MirrorError> {
+        let rules = &snapshot.rules;
+        let (problems, learned) = catalog::check_and_learn(rules, legacy, new).await;
         if !problems.is_empty() {
             let list: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
             return Err(MirrorError::Rules(list));
         }
         self.rules.learn_columns(snapshot.version, learned);
-        triggers::install(
-            legacy,
-            &snapshot.rules,
-            previous.map(|p| &*p.rules),
-            self.settings.install_triggers,
-        )
-        .await
-        .map_err(MirrorError::Legacy)?;
+        let choice = method::choose(legacy, rules, &self.settings)
+            .await
+            .map_err(MirrorError::Legacy)?
+            .map_err(MirrorError::Rules)?;
+        info!(method = %choice.method, reason = %choice.reason, "capture method");
+        let s = &self.settings;
+        match choice.method {
+            Method::Triggers => {
+                triggers::install(legacy, rules, previous, s.install_triggers)
+                    .await
+                    .map_err(MirrorError::Legacy)?;
+            }
+            Method::Logical => {
+                triggers::install(legacy, rules, previous, false)
+                    .await
+                    .map_err(MirrorError::Legacy)?;
+                if method::written_tables(rules).is_empty() {
+                    method::drop_capture(legacy, &s.slot, &s.publication, true).await?;
+                } else if method::prepare(legacy, rules, s).await?.slot_lost {
+                    self.metrics.slot_lost_total.inc();
+                }
+                // Only once the slot exists: every change from here on is decoded.
+                triggers::remove(legacy, rules, previous)
+                    .await
+                    .map_err(MirrorError::Legacy)?;
+            }
+        }
+        self.metrics
+            .capture_logical
+            .set((choice.method == Method::Logical) as i64);
+        let method = choice.method;
+        self.metrics.capture.store(Some(Arc::new(choice)));
         self.metrics.ready.set(1);
         self.metrics.rules_version.set(snapshot.version as i64);
+        Ok(method)
+    }
+
+    /// Reads the slot's state for the gauges and `/status`; warns past the size limit. A
+    /// slot gone or invalidated under a running stream is an error: the mirror starts
+    /// again, and [`method::prepare`] says what was lost and makes the slot again.
+    async fn check_slot(&self, legacy: &Client, warned: &mut bool) -> Result<(), MirrorError> {
+        let slot = method::slot(legacy, &self.settings.slot)
+            .await
+            .map_err(MirrorError::Legacy)?;
+        let lost = slot.as_ref().is_none_or(|s| s.wal_status == "lost");
+        if let Some(s) = &slot {
+            self.metrics.slot_retained_bytes.set(s.retained_bytes);
+            self.metrics.slot_behind_bytes.set(s.behind_bytes);
+            logical::warn_retained(s.retained_bytes, self.settings.slot_warn_bytes, warned);
+        }
+        self.metrics.slot.store(slot.map(Arc::new));
+        if lost {
+            return Err(MirrorError::Connect(format!(
+                "the capture slot {} is gone or invalidated",
+                self.settings.slot
+            )));
+        }
         Ok(())
     }
 
@@ -157,7 +328,9 @@ impl Mirror {
     async fn interrupted(&self, rules: &RuleSet, e: MirrorError, delay: Duration) {
         self.metrics.retries_total.inc();
         if let Ok(c) = self.endpoints.legacy.client().await {
-            if let Ok(n) = triggers::backlog(&c, rules).await {
+            if self.metrics.capture_logical.get() == 1 {
+                let _ = self.check_slot(&c, &mut false).await;
+            } else if let Ok(n) = triggers::backlog(&c, rules).await {
                 self.metrics.backlog.set(n);
             }
         }
@@ -205,10 +378,17 @@ pub(crate) fn jitter(d: Duration) -> Duration {
 
 struct Worker<'a, S> {
     source: S,
-    new: Option<Client>,
+    new: Option<&'a Client>,
     targets: &'a HashMap<String, Target>,
     mirror: &'a Mirror,
+    /// The source is the capture slot: its state is checked now and then.
+    logical: bool,
 }
+
+/// How often a running logical capture reads its slot's state.
+const SLOT_CHECK_EVERY: Duration = Duration::from_secs(5);
+/// Positions waiting for the mirror to pass them, at most.
+const MAX_MARKS: usize = 1024;
 
 impl<S: ChangeSource> Worker<'_, S>
 where
@@ -221,19 +401,39 @@ where
         let m = self.mirror;
         let poll = Duration::from_millis(m.settings.poll_interval_ms);
         let mut rules_changed = m.rules.subscribe();
+        // (instant, position): every change committed before the instant lies at or before
+        // the position; once the source applied it, sessions may read their writes on new.
+        let mut marks: VecDeque<(u64, u64)> = VecDeque::new();
+        let mut slot_checked: Option<std::time::Instant> = None;
+        let mut warned = false;
         loop {
             if m.rules.load().version != version {
                 return Ok(());
             }
-            // Every change committed before this instant is in the backlog the loop takes.
             let started = m.watermark.now();
+            if marks.len() == MAX_MARKS {
+                marks.pop_front();
+            }
+            marks.push_back((started, self.source.mark().await?));
             while self.drain_once().await? > 0 {}
-            m.watermark.mirrored(started);
+            let applied = self.source.applied();
+            while let Some(&(at, position)) = marks.front() {
+                if position > applied {
+                    break;
+                }
+                m.watermark.mirrored(at);
+                marks.pop_front();
+            }
             m.metrics.backlog.set(self.source.backlog().await?);
+            if self.logical && slot_checked.is_none_or(|t| t.elapsed() >= SLOT_CHECK_EVERY) {
+                m.check_slot(self.source.legacy(), &mut warned).await?;
+                slot_checked = Some(std::time::Instant::now());
+            }
             tokio::select! {
                 _ = m.commits.rung() => {}
                 _ = rules_changed.changed() => {}
                 _ = tokio::time::sleep(poll) => {}
+                r = self.source.wait() => r?,
             }
         }
     }
@@ -250,7 +450,7 @@ where
         }
         let ops = apply::group(&changes);
         let legacy = self.source.legacy();
-        match apply::apply(legacy, self.new.as_ref(), self.targets, &ops).await {
+        match apply::apply(legacy, self.new, self.targets, &ops).await {
             Ok((upserted, deleted)) => {
                 m.metrics.rows_upserted_total.inc_by(upserted);
                 m.metrics.rows_deleted_total.inc_by(deleted);
@@ -259,7 +459,7 @@ where
             Err(e) => {
                 // Casts to column types new no longer has would dead-letter every change:
                 // learn the types again and retry instead.
-                if apply::stale_plans(self.targets, self.new.as_ref(), legacy).await? {
+                if apply::stale_plans(self.targets, self.new, legacy).await? {
                     return Err(MirrorError::TypesChanged);
                 }
                 debug!(
@@ -269,7 +469,7 @@ where
                 for op in &ops {
                     let dead = apply::isolate(
                         legacy,
-                        self.new.as_ref(),
+                        self.new,
                         self.targets,
                         &m.settings.dead_letter_file,
                         op,

@@ -233,9 +233,17 @@ impl BackendConn {
 
     /// [`Self::connect`] to a target whose TLS configuration is built already.
     pub(crate) async fn connect_to(target: &Target) -> Result<Self, BackendError> {
+        Self::connect_with(target, &[]).await
+    }
+
+    /// [`Self::connect_to`], with more startup parameters (`replication`, settings).
+    pub(crate) async fn connect_with(
+        target: &Target,
+        extra: &[(&str, &str)],
+    ) -> Result<Self, BackendError> {
         let addr = stream::display_addr(&target.host, target.port);
         let timeout = target.connect_timeout;
-        match tokio::time::timeout(timeout, Self::connect_inner(target, &addr)).await {
+        match tokio::time::timeout(timeout, Self::connect_inner(target, &addr, extra)).await {
             Ok(r) => r,
             Err(_) => Err(BackendError::Connect(format!(
                 "{addr}: timed out after {} ms",
@@ -244,7 +252,11 @@ impl BackendConn {
         }
     }
 
-    async fn connect_inner(target: &Target, addr: &str) -> Result<Self, BackendError> {
+    async fn connect_inner(
+        target: &Target,
+        addr: &str,
+        extra: &[(&str, &str)],
+    ) -> Result<Self, BackendError> {
         let (user, password) = (target.user.as_str(), target.password.as_deref());
         let dbname = target.dbname.as_str();
         let connect_err = |e: io::Error| BackendError::Connect(format!("{addr}: {e}"));
@@ -264,11 +276,11 @@ impl BackendConn {
             broken: true,
         };
         let mut startup = BytesMut::new();
-        let params = [
-            ("user", user),
-            ("database", dbname),
-            ("application_name", "pgdual"),
-        ];
+        let mut params = vec![("user", user), ("database", dbname)];
+        if !extra.iter().any(|(k, _)| *k == "application_name") {
+            params.push(("application_name", "pgdual"));
+        }
+        params.extend_from_slice(extra);
         codec::put_startup(&mut startup, &params);
         conn.send(&startup).await.map_err(connect_err)?;
         conn.authenticate(user, password).await?;
@@ -580,6 +592,52 @@ impl BackendConn {
             )));
         }
         self.take_frame(tag, len).await
+    }
+
+    /// Sends a simple Query that answers with CopyBothResponse (`START_REPLICATION`) and
+    /// reads up to it; an ErrorResponse instead is an error carrying its message and
+    /// SQLSTATE. Afterwards the session is a stream of [`Self::next_frame`] and
+    /// [`Self::send_frames`].
+    pub async fn start_copy_both(&mut self, sql: &str) -> Result<(), BackendError> {
+        let mut q = BytesMut::new();
+        put_message(&mut q, b'Q', |o| {
+            o.put_slice(sql.as_bytes());
+            o.put_u8(0);
+        });
+        self.broken = true;
+        self.send(&q).await?;
+        loop {
+            let f = self.read_control_frame().await?;
+            match f.tag {
+                b'W' => {
+                    self.broken = false;
+                    return Ok(());
+                }
+                b'E' => {
+                    let (code, message) = error_fields(&f.body);
+                    return Err(protocol(format!("{message} (SQLSTATE {code})")));
+                }
+                b'N' | b'S' => {}
+                other => {
+                    return Err(protocol(format!(
+                        "unexpected message {:?} before CopyBothResponse",
+                        other as char
+                    )))
+                }
+            }
+        }
+    }
+
+    /// The next whole frame from the server, of any size up to PostgreSQL's own limit.
+    /// Cancel-safe: dropped midway, it consumes nothing, and a later call reads on.
+    pub async fn next_frame(&mut self) -> Result<Frame, BackendError> {
+        let (tag, len) = self.next_header().await?;
+        self.take_frame(tag, len).await
+    }
+
+    /// Writes complete frames (and flushes them).
+    pub async fn send_frames(&mut self, frames: &[u8]) -> Result<(), BackendError> {
+        self.send(frames).await.map_err(BackendError::Io)
     }
 
     /// Any I/O or protocol error, or a timeout, leaves the connection unusable.

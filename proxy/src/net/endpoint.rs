@@ -12,7 +12,7 @@ use pgdual_config::{Config, LegacyConfig, NewConfig, TlsMode};
 use rustls::ClientConfig;
 use tokio_postgres::{Client, NoTls};
 
-use crate::net::conn::Target;
+use crate::net::conn::{BackendConn, Target};
 use crate::net::legacy::LegacyTarget;
 use crate::net::postgres_tls::MakeRustls;
 use crate::net::tls::{TlsError, TlsTarget};
@@ -134,6 +134,27 @@ impl Endpoint {
                 self.name, self.host, self.port, self.user
             )
         })
+    }
+
+    /// A raw protocol session as pgdual's own role, with more startup parameters (a
+    /// replication session: `replication=database`). Errors name the endpoint and the role.
+    pub async fn raw_session(&self, params: &[(&str, &str)]) -> Result<BackendConn, String> {
+        let mut target = self.target(CLIENT_CONNECT_TIMEOUT);
+        if let Some(path) = &self.password_file {
+            target.password = Some(
+                pgdual_config::read_password_file(path)
+                    .map(|(p, _)| p)
+                    .map_err(|e| format!("{}.password_file: {e}", self.name))?,
+            );
+        }
+        BackendConn::connect_with(&target, params)
+            .await
+            .map_err(|e| {
+                format!(
+                    "cannot open a session on {} at {}:{} as {}: {e}",
+                    self.name, self.host, self.port, self.user
+                )
+            })
     }
 
     async fn connect_client(&self, password: Option<&str>) -> Result<Client, String> {

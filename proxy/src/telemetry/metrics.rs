@@ -156,6 +156,18 @@ pub struct MirrorMetrics {
     pub backlog: IntGauge,
     /// Legacy change to new commit.
     pub lag: Histogram,
+    /// 1 while changes are captured by logical decoding, 0 with triggers.
+    pub capture_logical: IntGauge,
+    /// WAL legacy retains for the capture slot.
+    pub slot_retained_bytes: IntGauge,
+    /// WAL written since the position the mirror confirmed on the slot: its backlog.
+    pub slot_behind_bytes: IntGauge,
+    /// Times the capture slot was found gone or invalidated (changes lost).
+    pub slot_lost_total: IntCounter,
+    /// The capture method in use and why (for `/status`), once the mirror chose.
+    pub capture: arc_swap::ArcSwapOption<crate::capture::method::Choice>,
+    /// The slot as legacy last reported it.
+    pub slot: arc_swap::ArcSwapOption<crate::capture::method::SlotState>,
 }
 
 impl MirrorMetrics {
@@ -201,6 +213,24 @@ impl MirrorMetrics {
                 "From a change on legacy to its row image committed in new.",
                 &LAG_BOUNDS,
             ),
+            capture_logical: r.gauge(
+                "pgdual_capture_logical",
+                "1 while changes are captured by logical decoding, 0 with triggers.",
+            ),
+            slot_retained_bytes: r.gauge(
+                "pgdual_capture_slot_retained_bytes",
+                "WAL legacy retains for the capture slot.",
+            ),
+            slot_behind_bytes: r.gauge(
+                "pgdual_capture_slot_behind_bytes",
+                "WAL written since the position the mirror confirmed on the capture slot.",
+            ),
+            slot_lost_total: r.counter(
+                "pgdual_capture_slot_lost_total",
+                "Times the capture slot was found gone or invalidated (changes lost).",
+            ),
+            capture: Default::default(),
+            slot: Default::default(),
         }
     }
 }

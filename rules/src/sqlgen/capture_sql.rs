@@ -16,7 +16,9 @@
 use crate::ruleset::TableRule;
 use crate::sql::ident::quote_ident;
 
-/// The changelog. `keys` is NULL for a TRUNCATE marker.
+/// The changelog (`keys` is NULL for a TRUNCATE marker); logical capture's record of the
+/// slots pgdual made (one that disappears was lost, not never made) and of the tables whose
+/// capture had a gap and need a backfill and a verify.
 pub const INSTALL_SCHEMA: &str = "
 SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('pgdual install'));
 CREATE SCHEMA IF NOT EXISTS pgdual;
@@ -28,6 +30,17 @@ CREATE TABLE IF NOT EXISTS pgdual.changes (
     at    timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 CREATE INDEX IF NOT EXISTS changes_txid ON pgdual.changes (txid);
+CREATE TABLE IF NOT EXISTS pgdual.capture_slots (
+    slot         text PRIMARY KEY,
+    publication  text NOT NULL,
+    created_at   timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS pgdual.capture_gaps (
+    tbl     text PRIMARY KEY,
+    since   timestamptz NOT NULL DEFAULT now(),
+    reason  text NOT NULL
+);
+REVOKE ALL ON TABLE pgdual.capture_slots, pgdual.capture_gaps FROM PUBLIC;
 REVOKE ALL ON SCHEMA pgdual FROM PUBLIC;
 REVOKE ALL ON TABLE pgdual.changes FROM PUBLIC;
 REVOKE ALL ON SEQUENCE pgdual.changes_id_seq FROM PUBLIC;
