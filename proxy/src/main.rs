@@ -58,6 +58,11 @@ enum Cmd {
     Backfill(BackfillArgs),
     /// Compare a table in legacy and new (as the rules map it); repair what differs.
     Verify(VerifyArgs),
+    /// Logical capture's slot in legacy: its state, or drop it (and the publication).
+    Capture {
+        #[command(subcommand)]
+        command: CaptureCmd,
+    },
     /// Start throwaway legacy and new PostgreSQL servers and pgdual with dual-write on.
     Demo {
         /// Address for the proxy (default 127.0.0.1:6432, or a free port if taken).
@@ -88,6 +93,26 @@ enum RulesCmd {
         /// Only validate the file; do not connect to any database.
         #[arg(long)]
         offline: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaptureCmd {
+    /// The slot's state (retained WAL, lag, who streams from it) and the tables whose
+    /// capture had a gap.
+    Status {
+        /// pgdual config naming legacy and [mirror] slot and publication.
+        #[arg(long, short, env = "PGDUAL_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Drop the slot and the publication, so legacy retains no WAL for pgdual. Refused
+    /// while a pgdual streams from the slot, unless --force (which ends that stream; a
+    /// running pgdual then makes the slot again).
+    Drop {
+        #[arg(long, short, env = "PGDUAL_CONFIG")]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -365,7 +390,24 @@ fn rules_check(file: &PathBuf, config: Option<&PathBuf>, offline: bool) -> anyho
         let missing = pgdual::control::grants::missing(&rules, &legacy, new.as_ref())
             .await
             .context("cannot look up the grants of pgdual's roles")?;
+        let capture = pgdual::capture::method::choose(&legacy, &rules, &config.mirror)
+            .await
+            .context("cannot tell which capture method legacy allows")?;
         let mut report = Vec::new();
+        let capture_line = match capture {
+            Ok(choice) => format!("capture: {} ({})", choice.method, choice.reason),
+            Err(obstacles) => {
+                report.push(format!(
+                    "capture cannot run as configured:\n{}",
+                    obstacles
+                        .iter()
+                        .map(|o| format!("  - {o}"))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                ));
+                String::new()
+            }
+        };
         if !problems.is_empty() {
             report.push(
                 pgdual_rules::RulesError::Invalid {
@@ -391,7 +433,65 @@ fn rules_check(file: &PathBuf, config: Option<&PathBuf>, offline: bool) -> anyho
             rules.tables().len(),
             if new.is_some() { " and new" } else { "" }
         );
+        println!("{capture_line}");
         Ok(())
+    })
+}
+
+fn capture(command: CaptureCmd) -> anyhow::Result<()> {
+    let (CaptureCmd::Status { config } | CaptureCmd::Drop { config, .. }) = &command;
+    let config = load(config.as_ref(), &[])?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let legacy = pgdual::net::endpoint::Endpoint::legacy(&config.legacy)?
+            .client()
+            .await
+            .map_err(anyhow::Error::msg)?;
+        let m = &config.mirror;
+        match command {
+            CaptureCmd::Status { .. } => {
+                match pgdual::capture::method::slot(&legacy, &m.slot).await? {
+                    None => println!("slot {}: none (no logical capture here)", m.slot),
+                    Some(s) => println!(
+                        "slot {}: {} (retains {} bytes of WAL, {} bytes behind legacy){}",
+                        m.slot,
+                        if s.wal_status.is_empty() {
+                            "?"
+                        } else {
+                            &s.wal_status
+                        },
+                        s.retained_bytes,
+                        s.behind_bytes,
+                        s.active_pid
+                            .map(|p| format!(", streamed by process {p}"))
+                            .unwrap_or_default()
+                    ),
+                }
+                for (table, why) in pgdual::capture::method::gaps(&legacy).await? {
+                    println!("needs a backfill and a verify: {table} ({why})");
+                }
+                Ok(())
+            }
+            CaptureCmd::Drop { force, .. } => {
+                let dropped =
+                    pgdual::capture::method::drop_capture(&legacy, &m.slot, &m.publication, force)
+                        .await?;
+                if dropped {
+                    println!(
+                        "dropped slot {} and publication {}: legacy retains no WAL for pgdual",
+                        m.slot, m.publication
+                    );
+                } else {
+                    println!(
+                        "no slot {} (publication {} dropped if it existed)",
+                        m.slot, m.publication
+                    );
+                }
+                Ok(())
+            }
+        }
     })
 }
 
@@ -459,6 +559,7 @@ fn main() -> ExitCode {
         Cmd::Config {
             command: ConfigCmd::Check { file },
         } => config_check(&file),
+        Cmd::Capture { command } => capture(command),
         Cmd::Rules {
             command:
                 RulesCmd::Check {

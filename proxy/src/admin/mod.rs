@@ -295,6 +295,9 @@ async fn status(State(admin): State<Arc<Admin>>) -> Response {
             "retries": m.retries_total.get(),
             "capture": m.capture.load().as_deref(),
             "slot": m.slot.load().as_deref(),
+            "needs_backfill": m.capture_gaps.load().iter()
+                .map(|(t, why)| serde_json::json!({"table": t, "reason": why}))
+                .collect::<Vec<_>>(),
         },
         "backfills": admin.jobs.all_progress(),
     }))

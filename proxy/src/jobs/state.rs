@@ -251,3 +251,33 @@ pub async fn release(legacy: &Client, what: &str, table: &str) -> Result<(), Job
         .map_err(JobError::Legacy)
         .map(drop)
 }
+
+/// Legacy's clock now, as text.
+pub async fn legacy_now(legacy: &Client) -> Result<String, JobError> {
+    Ok(legacy
+        .query_one("SELECT pg_catalog.clock_timestamp()::text", &[])
+        .await
+        .map_err(JobError::Legacy)?
+        .get(0))
+}
+
+/// Forgets that `table`'s capture had a gap (a lost slot) before `before`: a verify that
+/// began after it found new at parity.
+pub async fn close_capture_gap(legacy: &Client, table: &str, before: &str) -> Result<(), JobError> {
+    let closed = legacy
+        .execute(
+            "DELETE FROM pgdual.capture_gaps WHERE tbl = $1 AND since < $2::text::timestamptz",
+            &[&table, &before],
+        )
+        .await;
+    match closed {
+        Ok(n) if n > 0 => {
+            tracing::info!(table, "verify found parity: the capture gap is closed");
+            Ok(())
+        }
+        Ok(_) => Ok(()),
+        // No logical capture ever ran here (no such table), or it is not ours to change.
+        Err(e) if matches!(e.code().map(|c| c.code()), Some("42P01" | "42501")) => Ok(()),
+        Err(e) => Err(JobError::Legacy(e)),
+    }
+}

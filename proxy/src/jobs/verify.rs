@@ -117,6 +117,7 @@ impl Verify {
         let rule = TablePlan::rule(&self.rules, &self.table)?;
         let pair = Pair::open(&self.endpoints, rule.database).await?;
         state::install(&pair.legacy).await?;
+        let began = state::legacy_now(&pair.legacy).await?;
         pin_time_zone(&pair).await?;
         let plan = TablePlan::learn(rule, &pair).await?;
         let mut scan = Scan::default();
@@ -150,6 +151,11 @@ impl Verify {
         report.seconds = started.elapsed().as_secs_f64();
         let json = serde_json::to_value(&report).unwrap_or_default();
         state::save_report(&pair.legacy, &plan.name, &json).await?;
+        let at_parity = report.after_repair.unwrap_or(persisting.len() as u64) == 0;
+        if at_parity {
+            // A gap in the capture before this verify began is closed now.
+            state::close_capture_gap(&pair.legacy, &plan.name, &began).await?;
+        }
         let t = [plan.name.as_str()];
         self.metrics
             .verify_parity

@@ -81,6 +81,7 @@ impl Mirror {
                 Ok(()) => delay = Duration::from_millis(cfg.retry_initial_ms),
                 Err(e) => {
                     if e.needs_recheck() {
+                        self.metrics.capture_ddl_total.inc();
                         installed = None;
                     }
                     self.interrupted(&snapshot.rules, e, delay).await;
@@ -131,7 +132,26 @@ impl Mirror {
                 };
                 worker.serve(snapshot.version).await
             }
+            Method::Logical if method::written_tables(rules).is_empty() => {
+                // Nothing to capture (and no slot retaining WAL): wait for the rules.
+                let mut changed = self.rules.subscribe();
+                while self.rules.load().version == snapshot.version {
+                    if changed.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+                Ok(())
+            }
             Method::Logical => {
+                // A slot lost since the install (dropped, invalidated): say so, make it again.
+                let slot = method::slot(&legacy, &self.settings.slot).await?;
+                if slot.is_none_or(|s| s.wal_status == "lost")
+                    && method::prepare(&legacy, rules, &self.settings)
+                        .await?
+                        .slot_lost
+                {
+                    self.metrics.slot_lost_total.inc();
+                }
                 if triggers::backlog(&legacy, rules).await? > 0 {
                     self.drain_triggers(rules, new.as_ref(), &targets).await?;
                 }
@@ -314,6 +334,8 @@ impl Mirror {
             logical::warn_retained(s.retained_bytes, self.settings.slot_warn_bytes, warned);
         }
         self.metrics.slot.store(slot.map(Arc::new));
+        let gaps = method::gaps(legacy).await.map_err(MirrorError::Legacy)?;
+        self.metrics.capture_gaps.store(Arc::new(gaps));
         if lost {
             return Err(MirrorError::Connect(format!(
                 "the capture slot {} is gone or invalidated",

@@ -168,6 +168,11 @@ pub struct MirrorMetrics {
     pub capture: arc_swap::ArcSwapOption<crate::capture::method::Choice>,
     /// The slot as legacy last reported it.
     pub slot: arc_swap::ArcSwapOption<crate::capture::method::SlotState>,
+    /// Tables whose capture had a gap (a lost slot) and need a backfill and a verify, with
+    /// why: read with the slot's state.
+    pub capture_gaps: arc_swap::ArcSwap<Vec<(String, String)>>,
+    /// Definition changes of mapped legacy tables noticed while capturing.
+    pub capture_ddl_total: IntCounter,
 }
 
 impl MirrorMetrics {
@@ -229,8 +234,13 @@ impl MirrorMetrics {
                 "pgdual_capture_slot_lost_total",
                 "Times the capture slot was found gone or invalidated (changes lost).",
             ),
+            capture_ddl_total: r.counter(
+                "pgdual_capture_ddl_total",
+                "Definition changes of mapped legacy tables noticed while capturing.",
+            ),
             capture: Default::default(),
             slot: Default::default(),
+            capture_gaps: Default::default(),
         }
     }
 }
