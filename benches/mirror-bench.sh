@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# Write-heavy pgbench (TPC-B-like) on mapped tables, side by side in one run: PostgreSQL
-# directly, through pgdual with mirroring off, through pgdual with only the capture triggers
-# installed (their cost alone), and through pgdual with mirroring on, alternating rounds. For mirror-on rounds it also reports mirror lag (p50/p99 from the
-# pgdual_mirror_lag_seconds histogram: the upper bound of the bucket) and whether the
-# backlog was empty when pgbench ended.
+# Write-heavy pgbench (TPC-B-like) on mapped tables, side by side in one run, rounds
+# alternating: PostgreSQL directly; through pgdual with mirroring off; through pgdual
+# mirroring with capture triggers; through pgdual mirroring with logical decoding. For each:
+# TPS, legacy's CPU time per transaction (all of legacy's processes, from /proc: the new
+# server, pgdual and pgbench share these CPUs, so TPS alone mixes in their work), and for the
+# mirroring rounds the mirror lag p50/p99 (upper bounds of the pgdual_mirror_lag_seconds
+# buckets) and how long the mirror took to catch up once pgbench ended.
 #
 #   benches/mirror-bench.sh [seconds-per-run] [rounds] [clients]
 #
-# pgbench_accounts, _tellers and _branches are mapped to new tables with renamed columns
-# and one transform; pgbench_history has no key, so it is not mapped. Capture triggers exist
-# only during mirror-on rounds: the other rounds run on a legacy without them.
+# Legacy runs with wal_level = logical in every round. pgbench_accounts, _tellers and
+# _branches are mapped to new tables with renamed columns and one transform;
+# pgbench_history has no key, so it is not mapped. Capture exists only during the mirroring
+# rounds: triggers are dropped, and the slot and publication are dropped, after each.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +21,7 @@ ROUNDS=${2:-3}
 CLIENTS=${3:-8}
 SCALE=${SCALE:-10}
 NAME=mirror-bench
+LEGACY_OPTS="-c wal_level=logical"
 . benches/two-clusters.sh
 OFF_PORT=$(free_port); ON_PORT=$(free_port); ADMIN=$(free_port)
 psql_n "CREATE SCHEMA bank;
@@ -47,7 +51,8 @@ keys = ["bid"]
 write = "on"
 columns = { branch_id = "bid", balance_cents = "bbalance::bigint * 100", filler = "filler" }
 RULES
-cat > "$WORK/on.toml" <<CONF
+for capture in triggers logical; do
+cat > "$WORK/$capture.toml" <<CONF
 listen = "127.0.0.1:$ON_PORT"
 rules_file = "$WORK/rules.toml"
 [legacy]
@@ -58,10 +63,12 @@ port = $N_PORT
 [admin]
 listen = "127.0.0.1:$ADMIN"
 [mirror]
+capture = "$capture"
 dead_letter_file = "$WORK/dead.jsonl"
 [log]
 level = "warn"
 CONF
+done
 DROP_TRIGGERS="DO \$\$ DECLARE t record; BEGIN
   FOR t IN SELECT tgname, tgrelid::regclass AS rel FROM pg_trigger WHERE tgname LIKE 'pgdual_capture_%' LOOP
     EXECUTE format('DROP TRIGGER %I ON %s', t.tgname, t.rel); END LOOP; END \$\$"
@@ -70,6 +77,33 @@ DROP_TRIGGERS="DO \$\$ DECLARE t record; BEGIN
 PIDS+=($!)
 sleep 1
 
+# CPU seconds legacy's processes have used: the postmaster, its children that ended (which
+# it reaped: cutime, cstime) and those alive now.
+TICK=$(getconf CLK_TCK)
+LEGACY_PID=$(head -1 "$WORK/legacy/postmaster.pid")
+legacy_cpu() {
+  python3 - "$LEGACY_PID" "$TICK" <<'PY'
+import os, sys
+root, tick = sys.argv[1], int(sys.argv[2])
+def stat(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        s = f.read()
+    return s[s.rindex(")") + 2:].split()
+total = 0
+f = stat(root)
+total += int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])
+for pid in os.listdir("/proc"):
+    if not pid.isdigit() or pid == root:
+        continue
+    try:
+        f = stat(pid)
+    except OSError:
+        continue
+    if f[1] == root:
+        total += int(f[11]) + int(f[12])
+print(total / tick)
+PY
+}
 metric() { curl -fsS "http://127.0.0.1:$ADMIN/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
 quantile() { # from the cumulative lag buckets: upper bound of the bucket holding quantile q
   curl -fsS "http://127.0.0.1:$ADMIN/metrics" | python3 -c '
@@ -81,43 +115,45 @@ for l in sys.stdin:
 total = b[-1][1] if b else 0
 print(next((le for le, c in b if total and c >= q * total), "n/a"))' "$1"
 }
-tps() { awk '/^tps = /{print $3}'; }
+caught_up() { # the mirror has applied everything committed before now
+  case $1 in
+    triggers) [ "$(psql_l 'SELECT count(*) FROM pgdual.changes')" = 0 ] ;;
+    logical) [ "$(psql_l "SELECT confirmed_flush_lsn >= '$2'::pg_lsn FROM pg_replication_slots WHERE slot_name = 'pgdual'")" = t ] ;;
+  esac
+}
 
-echo "round,target,tps,latency_ms,lag_p50_s,lag_p99_s,backlog_at_end,drain_s"
+echo "round,target,tps,legacy_cpu_ms_per_tx,lag_p50_s,lag_p99_s,catch_up_s"
 for r in $(seq "$ROUNDS"); do
-  for target in direct mirror_off triggers_only mirror_on; do
+  for target in direct mirror_off triggers logical; do
     case $target in
       direct) port=$L_PORT ;;
       mirror_off) port=$OFF_PORT ;;
-      triggers_only)
-        # The capture triggers' cost alone: installed, but no mirror running.
-        port=$OFF_PORT
-        "$PGDUAL" serve --config "$WORK/on.toml" &
-        ON_PID=$!
-        until [ "$(metric pgdual_mirror_ready 2>/dev/null)" = "1" ]; do sleep 0.1; done
-        kill "$ON_PID"; wait "$ON_PID" 2>/dev/null || true ;;
-      mirror_on)
+      triggers|logical)
         port=$ON_PORT
-        "$PGDUAL" serve --config "$WORK/on.toml" &
+        "$PGDUAL" serve --config "$WORK/$target.toml" &
         ON_PID=$!
         until [ "$(metric pgdual_mirror_ready 2>/dev/null)" = "1" ]; do sleep 0.1; done ;;
     esac
+    before=$(legacy_cpu)
     out=$("$BIN/pgbench" -n -c "$CLIENTS" -j 2 -T "$SECS" -h 127.0.0.1 -p "$port" -U postgres postgres 2>&1)
-    lat=$(awk '/^latency average = /{print $4}' <<<"$out")
-    if [ $target = mirror_on ]; then
-      backlog=$(metric pgdual_mirror_backlog_changes)
+    tps=$(awk '/^tps = /{print $3}' <<<"$out")
+    txs=$(awk '/^number of transactions actually processed/{print $6}' <<<"$out")
+    if [ "$target" = triggers ] || [ "$target" = logical ]; then
+      lsn=$(psql_l "SELECT pg_current_wal_insert_lsn()")
       start=$(date +%s.%N)
-      until [ "$(psql_l 'SELECT count(*) FROM pgdual.changes')" = 0 ]; do sleep 0.1; done
-      drain=$(python3 -c "import time; print(round(time.time() - $start, 2))")
-      echo "$r,$target,$(tps <<<"$out"),$lat,$(quantile 0.5),$(quantile 0.99),$backlog,$drain"
+      until caught_up "$target" "$lsn"; do sleep 0.05; done
+      catch=$(python3 -c "import time; print(round(time.time() - $start, 2))")
+      after=$(legacy_cpu)
+      lag="$(quantile 0.5),$(quantile 0.99),$catch"
       kill "$ON_PID"; wait "$ON_PID" 2>/dev/null || true
       psql_l "$DROP_TRIGGERS"
+      psql_l "TRUNCATE pgdual.changes"
+      "$PGDUAL" capture drop --force --config "$WORK/$target.toml" >/dev/null
     else
-      echo "$r,$target,$(tps <<<"$out"),$lat,,,,"
-      if [ $target = triggers_only ]; then
-        psql_l "$DROP_TRIGGERS"
-        psql_l "TRUNCATE pgdual.changes"
-      fi
+      after=$(legacy_cpu)
+      lag=",,"
     fi
+    cpu=$(python3 -c "print(round(($after - $before) * 1000 / $txs, 3))")
+    echo "$r,$target,$tps,$cpu,$lag"
   done
 done

@@ -2,7 +2,8 @@
 # servers on free ports (fsync off) in a temporary directory removed at exit, and runs
 # `pgbench -i -s $SCALE` on legacy. Sets BIN, PGDUAL, WORK, L_PORT, N_PORT, PIDS (processes
 # to kill at exit), free_port, psql_l and psql_n. Expects NAME (the directory's prefix);
-# LEGACY_CPUS / NEW_CPUS (taskset lists) pin each server when set.
+# LEGACY_CPUS / NEW_CPUS (taskset lists) pin each server when set; LEGACY_OPTS adds server
+# settings to legacy (`-c wal_level=logical`).
 BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 cargo build --release -q -p pgdual
 PGDUAL=$PWD/target/release/pgdual
@@ -24,10 +25,11 @@ trap cleanup EXIT
 for d in legacy new; do
   port=$([ $d = legacy ] && echo "$L_PORT" || echo "$N_PORT")
   cpus=$([ $d = legacy ] && echo "${LEGACY_CPUS:-}" || echo "${NEW_CPUS:-}")
+  opts=$([ $d = legacy ] && echo "${LEGACY_OPTS:-}" || true)
   SRV_PIN=(); [ -n "$cpus" ] && SRV_PIN=(taskset -c "$cpus")
   "${AS[@]}" "$BIN/initdb" -D "$WORK/$d" -U postgres -A trust --no-sync >/dev/null
   "${SRV_PIN[@]}" "${AS[@]}" "$BIN/pg_ctl" -D "$WORK/$d" -l "$WORK/$d.log" -w -o \
-    "-p $port -k $WORK -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200 -c shared_buffers=256MB" \
+    "-p $port -k $WORK -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200 -c shared_buffers=256MB $opts" \
     start >/dev/null
 done
 psql_l() { "$BIN/psql" -X -q -A -t -h 127.0.0.1 -p "$L_PORT" -U postgres -c "$1"; }
