@@ -9,7 +9,9 @@
 #
 #   benches/mirror-bench.sh [seconds-per-run] [rounds] [clients]
 #
-# Legacy runs with wal_level = logical in every round. pgbench_accounts, _tellers and
+# Legacy runs with wal_level = logical in every round (LEGACY_EXTRA adds settings, e.g.
+# "-c synchronous_commit=on": with commits not flushed at once, decoding waits for the WAL
+# writer). pgbench_accounts, _tellers and
 # _branches are mapped to new tables with renamed columns and one transform;
 # pgbench_history has no key, so it is not mapped. Capture exists only during the mirroring
 # rounds: triggers are dropped, and the slot and publication are dropped, after each.
@@ -21,7 +23,7 @@ ROUNDS=${2:-3}
 CLIENTS=${3:-8}
 SCALE=${SCALE:-10}
 NAME=mirror-bench
-LEGACY_OPTS="-c wal_level=logical"
+LEGACY_OPTS="-c wal_level=logical ${LEGACY_EXTRA:-}"
 . benches/two-clusters.sh
 OFF_PORT=$(free_port); ON_PORT=$(free_port); ADMIN=$(free_port)
 psql_n "CREATE SCHEMA bank;
