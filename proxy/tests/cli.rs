@@ -62,6 +62,51 @@ fn flags(admin: &str, args: &[&str]) -> (bool, String) {
     (out.status.success(), output_text(&out))
 }
 
+/// Runs `sql` with psql on `port`; its output, trimmed. Fails the test on an error.
+fn run(port: u16, sql: &str) -> String {
+    let out = psql(port, sql).output().unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A rules file mapping `public.{t}` to `{t}.{new_table}` (key `id`, `write = "on"`, the
+/// given `[table.columns]` lines) and a config for pgdual in front of the shared servers with
+/// it and `mirror_toml` under `[mirror]`; in the returned directory.
+fn mirroring_config(
+    t: &str,
+    new_table: &str,
+    columns: &str,
+    mirror_toml: &str,
+) -> (tempfile::TempDir, std::path::PathBuf) {
+    let (legacy, new) = (pgdual_testkit::legacy(), pgdual_testkit::new_db());
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        format!(
+            "[[table]]\nlegacy = \"public.{t}\"\nnew = \"{t}.{new_table}\"\nkeys = [\"id\"]\n\
+             write = \"on\"\n[table.columns]\n{columns}"
+        ),
+    )
+    .unwrap();
+    let config = dir.path().join("pgdual.toml");
+    let port = free_port().unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\nrules_file = {:?}\n[legacy]\nport = {}\n\
+             [new]\nhost = \"127.0.0.1\"\nport = {}\n[admin]\nlisten = \"\"\n\
+             [mirror]\npoll_interval_ms = 50\ndead_letter_file = {:?}\n{mirror_toml}",
+            rules,
+            legacy.port,
+            new.port,
+            dir.path().join("dead.jsonl")
+        ),
+    )
+    .unwrap();
+    (dir, config)
+}
+
 fn sigterm(child: &Child) {
     // SAFETY: kill(2) on our own child's pid.
     unsafe {
@@ -611,11 +656,6 @@ fn backfill_resumes_after_sigkill_and_verify_reports_and_repairs_drift() {
     let (legacy, new) = (pgdual_testkit::legacy(), pgdual_testkit::new_db());
     let t = "cli_backfill";
     let qualified = format!("public.{t}");
-    let run = |port: u16, sql: &str| {
-        let out = psql(port, sql).output().unwrap();
-        assert!(out.status.success(), "{}", output_text(&out));
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
     run(
         legacy.port,
         &format!(
@@ -630,32 +670,12 @@ fn backfill_resumes_after_sigkill_and_verify_reports_and_repairs_drift() {
              CREATE TABLE {t}.customers (customer_id bigint PRIMARY KEY, name text, v int);"
         ),
     );
-    let dir = tempfile::tempdir().unwrap();
-    let rules = dir.path().join("rules.toml");
-    std::fs::write(
-        &rules,
-        format!(
-            "[[table]]\nlegacy = \"public.{t}\"\nnew = \"{t}.customers\"\nkeys = [\"id\"]\n\
-             write = \"on\"\n[table.columns]\ncustomer_id = \"id\"\nname = \"name\"\nv = \"v\"\n"
-        ),
-    )
-    .unwrap();
-    let config = dir.path().join("pgdual.toml");
-    let port = free_port().unwrap();
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"127.0.0.1:{port}\"\nrules_file = {:?}\n[legacy]\nport = {}\n\
-             [new]\nhost = \"127.0.0.1\"\nport = {}\n[admin]\nlisten = \"\"\n\
-             [mirror]\ncapture = \"triggers\"\npoll_interval_ms = 50\ndead_letter_file = {:?}\n\
-             [backfill]\nmax_latency_ratio = 0.0\n",
-            rules,
-            legacy.port,
-            new.port,
-            dir.path().join("dead.jsonl")
-        ),
-    )
-    .unwrap();
+    let (_dir, config) = mirroring_config(
+        t,
+        "customers",
+        "customer_id = \"id\"\nname = \"name\"\nv = \"v\"\n",
+        "capture = \"triggers\"\n[backfill]\nmax_latency_ratio = 0.0\n",
+    );
     let job = |args: &[&str]| {
         let mut c = pgdual();
         c.args(args).arg("--config").arg(&config);
@@ -810,11 +830,6 @@ fn backfill_resumes_after_sigkill_and_verify_reports_and_repairs_drift() {
 fn logical_capture_killed_mid_stream_loses_nothing_after_a_restart() {
     let (legacy, new) = (pgdual_testkit::legacy(), pgdual_testkit::new_db());
     let t = "cli_kill";
-    let run = |port: u16, sql: &str| {
-        let out = psql(port, sql).output().unwrap();
-        assert!(out.status.success(), "{}", output_text(&out));
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
     run(
         legacy.port,
         &format!(
@@ -828,33 +843,15 @@ fn logical_capture_killed_mid_stream_loses_nothing_after_a_restart() {
              CREATE TABLE {t}.items (id bigint PRIMARY KEY, v int NOT NULL, s text)"
         ),
     );
-    let dir = tempfile::tempdir().unwrap();
-    let rules = dir.path().join("rules.toml");
-    std::fs::write(
-        &rules,
-        format!(
-            "[[table]]\nlegacy = \"public.{t}\"\nnew = \"{t}.items\"\nkeys = [\"id\"]\n\
-             write = \"on\"\n[table.columns]\nid = \"id\"\nv = \"v\"\ns = \"s\"\n"
+    let (_dir, config) = mirroring_config(
+        t,
+        "items",
+        "id = \"id\"\nv = \"v\"\ns = \"s\"\n",
+        &format!(
+            "capture = \"logical\"\nslot = \"{t}\"\npublication = \"{t}\"\n\
+             retry_initial_ms = 50\nretry_max_ms = 500\n"
         ),
-    )
-    .unwrap();
-    let config = dir.path().join("pgdual.toml");
-    let port = free_port().unwrap();
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"127.0.0.1:{port}\"\nrules_file = {:?}\n[legacy]\nport = {}\n\
-             [new]\nhost = \"127.0.0.1\"\nport = {}\n[admin]\nlisten = \"\"\n\
-             [mirror]\ncapture = \"logical\"\nslot = \"{t}\"\npublication = \"{t}\"\n\
-             poll_interval_ms = 50\nretry_initial_ms = 50\nretry_max_ms = 500\n\
-             dead_letter_file = {:?}\n",
-            rules,
-            legacy.port,
-            new.port,
-            dir.path().join("dead.jsonl")
-        ),
-    )
-    .unwrap();
+    );
     let start = || {
         KillOnDrop(
             pgdual()
