@@ -893,6 +893,7 @@ fn logical_capture_killed_mid_stream_loses_nothing_after_a_restart() {
                        UPDATE {t} SET v = v + 1, s = s || '+' WHERE id = i / 2;
                        DELETE FROM {t} WHERE id = i / 3 AND i % 3 = 0;
                        COMMIT;
+                       PERFORM pg_sleep(0.002);
                      END LOOP; END $$"
                 ),
             )
@@ -906,6 +907,7 @@ fn logical_capture_killed_mid_stream_loses_nothing_after_a_restart() {
             .unwrap()
     };
     wait("some rows mirrored", &|| in_new() > 200);
+    assert!(!writer.is_finished(), "the kill must land mid-stream");
     serve.0.kill().unwrap();
     serve.0.wait().unwrap();
     let at_kill = in_new();
