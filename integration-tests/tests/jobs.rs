@@ -328,8 +328,9 @@ async fn pause_resume_and_cancel_through_the_api_and_a_new_run_resumes() {
     let (status, body) = post(&p, &path, json!({"batch_size": 500, "rate": 8000})).await;
     assert_eq!(status, 202, "{body}");
     // A second start while it runs is refused.
+    let first = get(&p, &path).await.1;
     let (status, body) = post(&p, &path, json!({})).await;
-    assert_eq!(status, 409, "{body}");
+    assert_eq!(status, 409, "{body}; the first: {first}");
     wait_state(&p, t, "running", Duration::from_secs(20)).await;
 
     let (status, _) = post(&p, &format!("{path}/pause"), json!({})).await;
