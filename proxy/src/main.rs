@@ -322,16 +322,20 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     )?;
     init_logging(&config.log.level, config.log.format)?;
     let drain = Duration::from_millis(config.limits.drain_timeout_ms);
-    let proxy = Proxy::start(config)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let mut handlers = {
+        let _in_runtime = rt.enter();
+        pgdual::cli::signals::Handlers::install()
+    };
+    let proxy = Proxy::start(config)?;
     rt.block_on(async {
         let rules = proxy.rules().clone();
+        let hangup = handlers.hangup.take();
+        let mut term = handlers.take_term();
         let reload = async move {
-            let Ok(mut hup) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            else {
+            let Some(mut hup) = hangup else {
                 return std::future::pending().await;
             };
             while hup.recv().await.is_some() {
@@ -340,7 +344,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
         };
         tokio::select! {
-            _ = pgdual::cli::signals::terminated() => {}
+            _ = pgdual::cli::signals::Handlers::terminated(&mut term) => {}
             _ = reload => {}
         }
     });
