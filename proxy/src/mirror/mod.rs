@@ -14,7 +14,7 @@ pub mod copy;
 pub mod error;
 pub mod watermark;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -409,8 +409,6 @@ struct Worker<'a, S> {
 
 /// How often a running logical capture reads its slot's state.
 const SLOT_CHECK_EVERY: Duration = Duration::from_secs(5);
-/// Positions waiting for the mirror to pass them, at most.
-const MAX_MARKS: usize = 1024;
 
 impl<S: ChangeSource> Worker<'_, S>
 where
@@ -425,26 +423,25 @@ where
         let mut rules_changed = m.rules.subscribe();
         // (instant, position): every change committed before the instant lies at or before
         // the position; once the source applied it, sessions may read their writes on new.
-        let mut marks: VecDeque<(u64, u64)> = VecDeque::new();
+        // One at a time: a new mark (a query on legacy for logical capture) is taken only
+        // once the last one is passed, so a busy mirror does not pay one per round.
+        let mut mark: Option<(u64, u64)> = None;
         let mut slot_checked: Option<std::time::Instant> = None;
         let mut warned = false;
         loop {
             if m.rules.load().version != version {
                 return Ok(());
             }
-            let started = m.watermark.now();
-            if marks.len() == MAX_MARKS {
-                marks.pop_front();
+            if mark.is_none() {
+                let started = m.watermark.now();
+                mark = Some((started, self.source.mark().await?));
             }
-            marks.push_back((started, self.source.mark().await?));
             while self.drain_once().await? > 0 {}
-            let applied = self.source.applied();
-            while let Some(&(at, position)) = marks.front() {
-                if position > applied {
-                    break;
+            if let Some((at, position)) = mark {
+                if position <= self.source.applied() {
+                    m.watermark.mirrored(at);
+                    mark = None;
                 }
-                m.watermark.mirrored(at);
-                marks.pop_front();
             }
             m.metrics.backlog.set(self.source.backlog().await?);
             if self.logical && slot_checked.is_none_or(|t| t.elapsed() >= SLOT_CHECK_EVERY) {
