@@ -610,3 +610,263 @@ async fn corrupt_row_2_in_new(t: &str, new: &PgCluster) {
         .await
         .unwrap();
 }
+
+/// Columns of every kind a literal may be compared with, mapped with `id` renamed.
+const LIT_RULES: &str = r#"
+[[table]]
+legacy = "public.lit"
+new = "lit.items"
+keys = ["id"]
+write = "on"
+read = "new"
+[table.columns]
+item_id = "id"
+name = "name"
+code = "code"
+price = "price"
+qty = "qty"
+ratio = "ratio"
+ts = "ts"
+day = "day"
+dur = "dur"
+tags = "tags"
+flag = "flag"
+email = "email"
+"#;
+
+const LIT_COLUMNS: &str = "name text, code char(5), price numeric(10,2), qty int, ratio float8, \
+     ts timestamptz, day date, dur interval, tags text[], flag bool, email text";
+
+/// Literal shapes a simple query may carry, each with whether new must answer it (the
+/// others stay on legacy by the planner's rules). Every one must answer as legacy does.
+const LITERAL_SHAPES: &[(&str, bool)] = &[
+    ("SELECT * FROM lit WHERE id = 3", true),
+    ("SELECT * FROM lit WHERE id = -3", true),
+    (
+        "SELECT id FROM lit WHERE qty = -2147483648 OR qty = 2147483647",
+        true,
+    ),
+    (
+        "SELECT id FROM lit WHERE id = 3000000000 OR id < -9223372036854775807",
+        true,
+    ),
+    ("SELECT id FROM lit WHERE price = 12.50", true),
+    (
+        "SELECT id FROM lit WHERE price > 1e1 AND price < 2.5E1 ORDER BY id",
+        true,
+    ),
+    (
+        "SELECT id, ratio FROM lit WHERE ratio < -0.5 OR ratio = .25 ORDER BY id",
+        true,
+    ),
+    ("SELECT id FROM lit WHERE qty = 3.0", true),
+    ("SELECT id FROM lit WHERE qty = 99999999999999999999", true),
+    ("SELECT id FROM lit WHERE name = 'it''s'", true),
+    ("SELECT id FROM lit WHERE name = E'it\\'s'", true),
+    ("SELECT id FROM lit WHERE name = $$it's$$", true),
+    ("SELECT id FROM lit WHERE name = $q$O'Neil 'x'$q$", true),
+    ("SELECT id FROM lit WHERE name LIKE 'it%' ORDER BY id", true),
+    ("SELECT id FROM lit WHERE name = U&'d\\0061t'", true),
+    ("SELECT id, code FROM lit WHERE code = 'ab'", true),
+    ("SELECT id, code FROM lit WHERE code = 'ab   '", true),
+    ("SELECT id FROM lit WHERE email IS NULL ORDER BY id", true),
+    ("SELECT id FROM lit WHERE email = NULL", true),
+    (
+        "SELECT id FROM lit WHERE coalesce(email, 'none') = 'none' ORDER BY id",
+        true,
+    ),
+    (
+        "SELECT id FROM lit WHERE ts > '2024-01-01 10:00:00+02' ORDER BY id",
+        true,
+    ),
+    (
+        "SELECT id FROM lit WHERE ts > '2024-01-01'::timestamptz ORDER BY id",
+        true,
+    ),
+    (
+        "SELECT id FROM lit WHERE ts < timestamptz '2024-01-01 05:00' ORDER BY id",
+        true,
+    ),
+    ("SELECT id FROM lit WHERE day = '2024-01-03'", true),
+    ("SELECT id FROM lit WHERE day = DATE '2024-01-03'", true),
+    (
+        "SELECT id FROM lit WHERE ts > '2024-01-01'::timestamptz + INTERVAL '1 day' ORDER BY id",
+        true,
+    ),
+    ("SELECT id FROM lit WHERE dur > '1 hour' ORDER BY id", true),
+    (
+        "SELECT id FROM lit WHERE dur >= INTERVAL '90 minutes' ORDER BY id",
+        true,
+    ),
+    (
+        "SELECT id FROM lit WHERE dur = '1 day 02:00'::interval",
+        true,
+    ),
+    ("SELECT id FROM lit WHERE tags = '{a,b}' ORDER BY id", true),
+    (
+        "SELECT id FROM lit WHERE tags @> ARRAY['b'] ORDER BY id",
+        true,
+    ),
+    ("SELECT id FROM lit WHERE 'c' = ANY(tags) ORDER BY id", true),
+    (
+        "SELECT id FROM lit WHERE id = ANY('{1,2,3}') ORDER BY id",
+        true,
+    ),
+    ("SELECT id FROM lit WHERE tags = '{}'::text[]", true),
+    ("SELECT id FROM lit WHERE flag = 'true' ORDER BY id", true),
+    (
+        "SELECT id FROM lit WHERE flag = true AND id IN (1, 2, 3, 4) ORDER BY id",
+        true,
+    ),
+    (
+        "SELECT id FROM lit WHERE id BETWEEN 2 AND 5 ORDER BY id",
+        true,
+    ),
+    ("SELECT id, name FROM lit ORDER BY 2, 1 LIMIT 3", true),
+    ("SELECT id FROM lit ORDER BY id LIMIT 2 OFFSET 1", true),
+    (
+        "SELECT id FROM lit ORDER BY id FETCH FIRST 2 ROWS ONLY",
+        true,
+    ),
+    (
+        "SELECT id, 'x' AS tag, 1.50 AS n, -1, NULL FROM lit WHERE id = 2",
+        true,
+    ),
+    ("SELECT id, 'x' FROM lit WHERE id = 3", true),
+    (
+        "SELECT id::numeric(10,2), price::numeric(6,1) FROM lit WHERE id = 2",
+        true,
+    ),
+    ("SELECT id FROM lit WHERE price = 1.5::numeric(10,2)", true),
+    (
+        "SELECT count(*), flag FROM lit WHERE price * 2 > 10 GROUP BY 2 ORDER BY 2",
+        true,
+    ),
+    ("SELECT id FROM lit WHERE name || '!' = 'bob!'", true),
+    (
+        "SELECT id FROM lit WHERE length(name) > 3 AND substr(name, 1, 2) = 'it' ORDER BY id",
+        true,
+    ),
+    (
+        "SELECT id FROM lit WHERE qty::int8 + 1 = 3 OR qty::int8 - -1 = 4 ORDER BY id",
+        true,
+    ),
+    ("SELECT id FROM lit WHERE ratio = 1e-3", true),
+    ("SELECT id FROM lit WHERE ratio::text = '-0'", true),
+    (
+        "SELECT id FROM lit WHERE email = 'user1@example.com' /* 'x' 5 */ -- 7\n",
+        true,
+    ),
+];
+
+/// Each literal shape through pgdual in new mode answers exactly as legacy does, new answers
+/// the ones it can, and a workload of interpolated literals is planned once per shape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn literal_shapes_answer_as_legacy_in_new_mode_and_plan_once_per_shape() {
+    let new = new_db();
+    let l = connect(legacy().port).await;
+    l.batch_execute(&format!(
+        "DROP TABLE IF EXISTS lit; CREATE TABLE lit (id bigint PRIMARY KEY, {LIT_COLUMNS})"
+    ))
+    .await
+    .unwrap();
+    connect(new.port)
+        .await
+        .batch_execute(&format!(
+            "DROP SCHEMA IF EXISTS lit CASCADE; CREATE SCHEMA lit;
+             CREATE TABLE lit.items (item_id bigint PRIMARY KEY, {LIT_COLUMNS})"
+        ))
+        .await
+        .unwrap();
+    let (p, _dir) = proxy_with_rules(LIT_RULES, new);
+    ready(&p).await;
+    let port = p.local_addr().port();
+    connect(port)
+        .await
+        .batch_execute(
+            "INSERT INTO lit VALUES
+             (1, 'it''s', 'ab', 12.50, -2147483648, -0.75, '2024-01-01 07:00+00', '2024-01-03',
+              '1 day 02:00', '{a,b}', true, NULL),
+             (2, 'itself', 'abc', 5.00, 2, .25, '2024-01-02 00:00+00', '2024-01-04', '90 minutes',
+              '{b,c}', false, 'user1@example.com'),
+             (3, 'bob', 'ab   ', 20.00, 3, 1e-3, '2023-12-31 23:00+00', '2024-01-03', '30 minutes',
+              '{}', true, 'none'),
+             (4, 'dat', NULL, 7.25, 2147483647, -0.0, '2024-01-05 12:00+00', NULL, '2 hours', NULL,
+              NULL, 'x@example.com'),
+             (3000000000, 'O''Neil ''x''', 'zz', 0.01, 0, 0.5, '2024-01-01 05:00+00', '2024-01-01',
+              '0', '{c}', false, NULL)",
+        )
+        .await
+        .unwrap();
+    assert_converges(
+        new,
+        "SELECT count(*)::text FROM lit",
+        "SELECT count(*)::text FROM lit.items",
+        30,
+    )
+    .await;
+    let via = connect(port).await;
+    let direct = connect(legacy().port).await;
+    let mut stayed = Vec::new();
+    for (sql, routed) in LITERAL_SHAPES {
+        let before = reads(&p, "lit", "new");
+        let got = simple(&via, sql).await;
+        let want = simple(&direct, sql).await;
+        assert_eq!(got, want, "{sql}");
+        assert!(want.is_ok(), "{sql}: {want:?}");
+        if reads(&p, "lit", "new") == before && *routed {
+            stayed.push(*sql);
+        }
+        assert_eq!(fallbacks(&p, "lit"), 0, "{sql} fell back");
+    }
+    assert!(stayed.is_empty(), "new did not answer: {stayed:#?}");
+
+    // An application interpolating its values: one shape, many texts, one plan.
+    let (shapes, texts) = p.reads().plan_counts();
+    let before = reads(&p, "lit", "new");
+    for i in 0..50 {
+        let sql = format!(
+            "SELECT id, name FROM lit WHERE id = {} AND name <> 'n{i}''s'",
+            i % 5 + 1
+        );
+        assert_eq!(
+            simple(&via, &sql).await,
+            simple(&direct, &sql).await,
+            "{sql}"
+        );
+    }
+    assert_eq!(reads(&p, "lit", "new") - before, 50.0);
+    assert_eq!(
+        p.reads().plan_counts(),
+        (shapes + 1, texts),
+        "one plan for the shape"
+    );
+    assert_eq!(fallbacks(&p, "lit"), 0);
+
+    // Sessions started with other date styles share new's pooled connections: a date
+    // literal means what the session's DateStyle says, and prints as it says.
+    let sql = "SELECT id, ts, day FROM lit WHERE day < '04/01/2024' AND ts > '01/01/2024 06:00' ORDER BY id";
+    for style in ["ISO, DMY", "SQL, MDY", "German, DMY", "ISO, MDY"] {
+        let run = |port: u16| {
+            let out = psql_to(port)
+                .env("PGDATESTYLE", style)
+                .args(["-c", sql])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let before = reads(&p, "lit", "new");
+        assert_eq!(run(port), run(legacy().port), "{style}");
+        assert_eq!(
+            reads(&p, "lit", "new"),
+            before + 1.0,
+            "new answered under {style}"
+        );
+    }
+    assert_eq!(fallbacks(&p, "lit"), 0);
+}

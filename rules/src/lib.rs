@@ -19,6 +19,6 @@ pub use sqlgen::{capture_sql, copy_sql, keyset_sql};
 pub use analysis::{analyze, Analysis, StatementInfo, StatementKind};
 pub use cache::AnalysisCache;
 pub use fingerprint::fingerprint;
-pub use read_plan::{plan_read, KeyRef, NotRoutable, ReadPlan};
+pub use read_plan::{plan_lifted, plan_read, KeyRef, NotLifted, NotRoutable, ReadPlan};
 pub use ruleset::{parse_rules, ReadMode, RuleSet, RulesError, TableRule};
 pub use sql::ident::{TableName, TableRef};

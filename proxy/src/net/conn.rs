@@ -664,6 +664,11 @@ impl BackendConn {
         Some(format!("pgdual_{}", self.named))
     }
 
+    /// Forgets every statement prepared (the caller deallocates them on the server).
+    pub fn forget_statements(&mut self) {
+        self.statements.clear();
+    }
+
     /// Records that `sql` is prepared under `name`.
     pub fn prepared(&mut self, sql: &str, param_types: &[u32], name: String) {
         self.statements

@@ -149,6 +149,21 @@ pub fn bind_frame(portal: &str, statement: &str, raw_rest: &[u8]) -> BytesMut {
     out
 }
 
+/// The rest of a Bind body (after portal and statement names) for text-format `values`,
+/// asking for every result column in text.
+pub fn text_bind_rest<S: AsRef<str>>(values: &[S]) -> Bytes {
+    let mut o = BytesMut::new();
+    o.put_i16(0);
+    o.put_i16(values.len() as i16);
+    for v in values {
+        let v = v.as_ref().as_bytes();
+        o.put_i32(v.len() as i32);
+        o.put_slice(v);
+    }
+    o.put_i16(0);
+    o.freeze()
+}
+
 /// Describe of a statement (`b'S'`) or portal (`b'P'`).
 pub fn describe_frame(kind: u8, name: &str) -> BytesMut {
     let mut out = BytesMut::new();

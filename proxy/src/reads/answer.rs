@@ -88,7 +88,21 @@ async fn on_new_database(
     if result.is_ok() {
         reads.health.answered();
     }
-    let frames = result.map_err(|e| match e {
+    if let (
+        Ok(x),
+        Request::Simple {
+            lifted: Some(l), ..
+        },
+    ) = (&result, request)
+    {
+        if x.refused_parse {
+            debug!(
+                "new refused a simple query's shape with its literals lifted; its texts keep them"
+            );
+            reads.keep_literals(l);
+        }
+    }
+    let frames = result.map(|x| x.frames).map_err(|e| match e {
         BackendError::TooLarge(_) => Fallback::TooLarge,
         BackendError::Protocol(e) => {
             debug!(error = %e, "read on new failed");
@@ -102,8 +116,10 @@ async fn on_new_database(
     new_answer(frames, cfg.log_values)
 }
 
-/// Sends the plan's SQL with the request's parameters (a simple Query, or the statement
-/// prepared once per connection, as the client prepared it on legacy) and reads the answer.
+/// Sends the plan's SQL with the request's parameters (a simple Query; a prepared
+/// statement, as the client prepared it on legacy; or the statement of a simple query's shape
+/// with its literals bound) and reads the answer. Statements are prepared once per pooled
+/// connection.
 async fn exchange(
     conn: &mut BackendConn,
     plan: &ReadPlan,
@@ -111,35 +127,63 @@ async fn exchange(
     described: &Described,
     max_bytes: usize,
     timeout: Duration,
-) -> Result<Vec<Frame>, BackendError> {
+) -> Result<Exchanged, BackendError> {
     let mut out = BytesMut::new();
-    let mut preparing = None;
-    match request {
-        Request::Simple { .. } => out.extend_from_slice(&frontend::query_frame(&plan.sql)),
+    let prepare = match request {
+        Request::Simple { lifted: None, .. } => {
+            out.extend_from_slice(&frontend::query_frame(&plan.sql));
+            None
+        }
+        Request::Simple {
+            lifted: Some(l), ..
+        } => bind_statement(conn, &plan.sql, &l.types, &l.bind_rest, &mut out),
         Request::Extended { bind_rest, .. } => {
-            let name = match conn.statement(&plan.sql, &described.params) {
-                Some(known) => known.to_string(),
-                None => {
-                    let name = conn.statement_name().unwrap_or_default();
-                    let parse = frontend::parse_frame(&name, &plan.sql, &described.params);
-                    out.extend_from_slice(&parse);
-                    preparing = Some(name.clone()).filter(|n| !n.is_empty());
-                    name
-                }
-            };
-            out.extend_from_slice(&frontend::bind_frame("", &name, bind_rest));
-            out.extend_from_slice(&frontend::describe_frame(b'P', ""));
-            out.extend_from_slice(&frontend::execute_frame("", 0));
-            out.extend_from_slice(&frontend::sync_frame());
+            bind_statement(conn, &plan.sql, &described.params, bind_rest, &mut out)
         }
-    }
+    };
     let frames = conn.round_trip(&out, max_bytes, timeout).await?;
-    if let Some(name) = preparing {
-        if frames.iter().any(|f| f.tag == b'1') {
-            conn.prepared(&plan.sql, &described.params, name);
+    let mut refused_parse = false;
+    if let Some((name, types)) = prepare {
+        let parsed = frames.iter().any(|f| f.tag == b'1');
+        refused_parse = !parsed && frames.iter().any(|f| f.tag == b'E');
+        if parsed && !name.is_empty() {
+            conn.prepared(&plan.sql, types, name);
         }
     }
-    Ok(frames)
+    Ok(Exchanged {
+        frames,
+        refused_parse,
+    })
+}
+
+/// What new sent back, and whether it refused to prepare the statement.
+struct Exchanged {
+    frames: Vec<Frame>,
+    refused_parse: bool,
+}
+
+/// Adds Bind (of `sql`, prepared first unless the connection has it already), Describe,
+/// Execute and Sync to `out`; returns the name and types being prepared, if it is.
+fn bind_statement<'a>(
+    conn: &mut BackendConn,
+    sql: &str,
+    types: &'a [u32],
+    bind_rest: &[u8],
+    out: &mut BytesMut,
+) -> Option<(String, &'a [u32])> {
+    let (name, preparing) = match conn.statement(sql, types) {
+        Some(known) => (known.to_string(), None),
+        None => {
+            let name = conn.statement_name().unwrap_or_default();
+            out.extend_from_slice(&frontend::parse_frame(&name, sql, types));
+            (name.clone(), Some((name, types)))
+        }
+    };
+    out.extend_from_slice(&frontend::bind_frame("", &name, bind_rest));
+    out.extend_from_slice(&frontend::describe_frame(b'P', ""));
+    out.extend_from_slice(&frontend::execute_frame("", 0));
+    out.extend_from_slice(&frontend::sync_frame());
+    preparing
 }
 
 /// New's answer from its frames; an ErrorResponse is a [`Fallback::Error`].
@@ -184,6 +228,10 @@ async fn align_settings(
         }
     }
     if !sql.is_empty() {
+        // Constants in a prepared statement were read under the settings it was prepared
+        // with (a timestamp literal under TimeZone and DateStyle): new settings, new statements.
+        sql.push_str("DEALLOCATE ALL;");
+        conn.forget_statements();
         let frames = conn
             .round_trip(&frontend::query_frame(&sql), 1 << 16, timeout)
             .await?;

@@ -30,6 +30,10 @@ pub async fn describe(
     // Texts that differ only in literals outside the select list (`WHERE id = 1`, `= 2`)
     // have the same shape: one describe serves them all.
     let key_text = match request {
+        // One shape, one description: its literals are values outside the select list.
+        Request::Simple {
+            lifted: Some(l), ..
+        } => l.key.1.clone(),
         Request::Simple { .. } if !plan.literal_output => {
             Box::from(pgdual_rules::fingerprint::fingerprint(sql))
         }

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use pgdual_config::ReadsConfig;
-use pgdual_rules::read_plan::NotRoutable;
+use pgdual_rules::read_plan::{NotLifted, NotRoutable};
 use pgdual_rules::ruleset::TargetDatabase;
 use pgdual_rules::{ReadPlan, RuleSet, TableName};
 
@@ -33,7 +33,7 @@ use crate::net::endpoint::Endpoints;
 pub use answer::answer;
 pub use counters::{Fallback, Families, KeptForRole, Sample, TableReads};
 pub use describe::Described;
-pub use request::{Request, Settings, TRACKED_SETTINGS};
+pub use request::{Lifted, Request, Settings, TRACKED_SETTINGS};
 pub use shadow::{spawn_shadow, Capture, ShadowJob};
 pub use warm::keep_warm;
 
@@ -76,6 +76,9 @@ pub struct Reads {
     settings: ReadsConfig,
     targets: Targets,
     plans: DashMap<(u64, Box<str>), CachedPlan>,
+    /// Plans of simple queries by shape (rules generation, text with literals lifted); `None`
+    /// when the shape's literals must stay in its text.
+    lifted: DashMap<(u64, Box<str>), Option<CachedPlan>>,
     /// Verdicts that new cannot answer a statement, by rules generation and fingerprint.
     unroutable: DashMap<(u64, Box<str>), CachedPlan>,
     described: DashMap<(Box<str>, Vec<u32>), Arc<Described>>,
@@ -105,6 +108,7 @@ impl Reads {
                 new: endpoints.new.as_ref().map(|n| n.target(read_connect)),
             },
             plans: DashMap::new(),
+            lifted: DashMap::new(),
             unroutable: DashMap::new(),
             described: DashMap::new(),
             described_generation: AtomicU64::new(0),
@@ -154,6 +158,60 @@ impl Reads {
         plan
     }
 
+    /// The plan of a simple query: once per shape with its literals lifted to parameters
+    /// (the values returned, bound), or, for a shape whose literals must stay in the text
+    /// (see [`pgdual_rules::sql::literals`]), per text as [`Self::plan`].
+    pub fn plan_simple(
+        &self,
+        snap: &RulesSnapshot,
+        sql: &str,
+    ) -> (CachedPlan, Option<Box<Lifted>>) {
+        self.follow(snap.generation);
+        if let Some(l) = pgdual_rules::sql::literals::lift(sql) {
+            let key = (snap.generation, Box::<str>::from(l.sql.as_str()));
+            let entry = match self.lifted.get(&key) {
+                Some(e) => e.clone(),
+                None => {
+                    let entry = match pgdual_rules::plan_lifted(&l.sql, l.values.len(), &snap.rules)
+                    {
+                        Ok(plan) => Some(Arc::new(Ok(plan))),
+                        Err(NotLifted::NotRoutable(e)) => Some(Arc::new(Err(e))),
+                        Err(NotLifted::Literals) => None,
+                    };
+                    if self.lifted.len() >= PLAN_CACHE_CAPACITY {
+                        self.lifted.clear();
+                    }
+                    self.lifted.insert(key.clone(), entry.clone());
+                    entry
+                }
+            };
+            if let Some(plan) = entry {
+                let lifted = plan.is_ok().then(|| {
+                    Box::new(Lifted {
+                        key,
+                        bind_rest: crate::proto::frontend::text_bind_rest(&l.values),
+                        types: l.types,
+                    })
+                });
+                return (plan, lifted);
+            }
+        }
+        (self.plan(snap, sql), None)
+    }
+
+    /// Plans cached: (simple-query shapes planned with their literals lifted, texts planned
+    /// as they are).
+    pub fn plan_counts(&self) -> (usize, usize) {
+        let lifted = self.lifted.iter().filter(|e| e.value().is_some()).count();
+        (lifted, self.plans.len())
+    }
+
+    /// New refused to prepare a lifted shape: its texts are planned with their literals from
+    /// now on (until the rules change).
+    fn keep_literals(&self, lifted: &Lifted) {
+        self.lifted.insert(lifted.key.clone(), None);
+    }
+
     /// A newer rules generation forgets what was learned about legacy's statements (the change
     /// may come with changes on legacy) and the plans of older generations.
     fn follow(&self, generation: u64) {
@@ -166,6 +224,7 @@ impl Reads {
         {
             self.described.clear();
             self.plans.retain(|(g, _), _| *g == generation);
+            self.lifted.retain(|(g, _), _| *g == generation);
             self.unroutable.retain(|(g, _), _| *g == generation);
         }
     }

@@ -14,8 +14,12 @@ pub const TRACKED_SETTINGS: [&str; 4] =
 /// One read request group of the client, as it would go to legacy.
 #[derive(Debug, Clone)]
 pub enum Request {
-    /// A simple Query.
-    Simple { sql: Arc<str> },
+    /// A simple Query; `lifted` when its literals run on new as parameters of one statement
+    /// per shape.
+    Simple {
+        sql: Arc<str>,
+        lifted: Option<Box<Lifted>>,
+    },
     /// Bind (of a statement prepared on legacy), optional Describe of the portal, Execute, Sync.
     Extended {
         sql: Arc<str>,
@@ -28,10 +32,21 @@ pub enum Request {
     },
 }
 
+/// A simple query's literals, lifted to parameters of its plan's SQL.
+#[derive(Debug, Clone)]
+pub struct Lifted {
+    /// The plan cache key of the shape (rules generation, lifted text).
+    pub(super) key: (u64, Box<str>),
+    /// Parameter types (0: unspecified, as an unknown-typed literal).
+    pub types: Vec<u32>,
+    /// The Bind body after the portal and statement names: the values in text.
+    pub bind_rest: Bytes,
+}
+
 impl Request {
     pub fn sql(&self) -> &str {
         match self {
-            Request::Simple { sql } | Request::Extended { sql, .. } => sql,
+            Request::Simple { sql, .. } | Request::Extended { sql, .. } => sql,
         }
     }
 
@@ -42,10 +57,14 @@ impl Request {
         }
     }
 
-    /// The bytes of parameter `n` (1-based) in text or binary as the client sent it.
+    /// The bytes of parameter `n` (1-based) in text or binary as the client sent it (for a
+    /// simple query, its `n`th lifted literal).
     pub fn param(&self, n: usize) -> Option<Bytes> {
         match self {
-            Request::Simple { .. } => None,
+            Request::Simple { lifted: None, .. } => None,
+            Request::Simple {
+                lifted: Some(l), ..
+            } => frontend::bind_param(&l.bind_rest, n),
             Request::Extended { bind_rest, .. } => frontend::bind_param(bind_rest, n),
         }
     }

@@ -35,7 +35,14 @@ fn read_group(
         b'Q' => {
             let sql = std::str::from_utf8(frontend::query(body)?).ok()?;
             let routed = routed_tables(&ctx.cache.get(sql), rules)?;
-            Some((at + len, Request::Simple { sql: sql.into() }, routed))
+            Some((
+                at + len,
+                Request::Simple {
+                    sql: sql.into(),
+                    lifted: None,
+                },
+                routed,
+            ))
         }
         b'B' => {
             let (portal, stmt) = frontend::bind(body)?;
@@ -182,14 +189,21 @@ pub async fn route_group(
     }
     let Pending {
         end,
-        request,
+        mut request,
         routed,
         mut view,
         settings,
         conn_seed,
         who,
     } = pending(buf, &session.borrow(), ctx, &snap.rules)?;
-    let plan = ctx.reads.plan(&snap, request.sql());
+    let plan = match &mut request {
+        Request::Simple { sql, lifted } => {
+            let (plan, values) = ctx.reads.plan_simple(&snap, sql);
+            *lifted = values;
+            plan
+        }
+        Request::Extended { sql, .. } => ctx.reads.plan(&snap, sql),
+    };
     let stick = stickiness(&plan, &request, conn_seed);
     if let Ok(p) = plan.as_ref() {
         view.access = who.access(ctx, snap.version, p);

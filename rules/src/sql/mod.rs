@@ -8,3 +8,4 @@ pub mod bounds;
 pub mod cache;
 pub mod fingerprint;
 pub mod ident;
+pub mod literals;

@@ -87,7 +87,78 @@ pub const MAX_SQL_LEN: usize = 32 * 1024;
 
 /// Plans one client SQL text as a read on the new schema, or says why it cannot be.
 pub fn plan_read(sql: &str, rules: &RuleSet) -> Result<ReadPlan, NotRoutable> {
-    let mut query = parse_query(sql)?;
+    plan_query(parse_query(sql)?, rules)
+}
+
+/// Why a lifted text ([`crate::sql::literals::lift`]) cannot be planned with its parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotLifted {
+    /// A parameter sits where a literal means more than its value (the select list, `ORDER
+    /// BY 1`, a type modifier, `INTERVAL '1 day'`), or the text does not parse with them:
+    /// plan the text with its literals instead.
+    Literals,
+    /// New cannot answer the statement whatever its literals.
+    NotRoutable(NotRoutable),
+}
+
+/// Plans a text whose `params` literals were lifted into `$1..$params`: the plan's SQL keeps
+/// the parameters, so one plan serves every text of this shape. Refused (as
+/// [`NotLifted::Literals`]) unless each parameter appears once, as a value, outside the
+/// select list, `ORDER BY`, `GROUP BY`, `DISTINCT ON` and `INTERVAL`.
+pub fn plan_lifted(sql: &str, params: usize, rules: &RuleSet) -> Result<ReadPlan, NotLifted> {
+    let query = match parse_query(sql) {
+        Ok(q) => q,
+        Err(NotRoutable::Parse(_)) => return Err(NotLifted::Literals),
+        Err(e) => return Err(NotLifted::NotRoutable(e)),
+    };
+    if !lifted_in_value_places(&query, params) {
+        return Err(NotLifted::Literals);
+    }
+    plan_query(query, rules).map_err(NotLifted::NotRoutable)
+}
+
+/// Whether `$1..$params` each appear exactly once in `query`, every one where a value goes.
+fn lifted_in_value_places(query: &Query, params: usize) -> bool {
+    let mut seen = vec![false; params];
+    let all_once = sqlparser::ast::visit_expressions(query, |e| {
+        if let Expr::Value(v) = e {
+            if let Value::Placeholder(p) = &v.value {
+                match p.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()) {
+                    Some(n) if (1..=params).contains(&n) && !seen[n - 1] => seen[n - 1] = true,
+                    _ => return ControlFlow::Break(()),
+                }
+            }
+        }
+        ControlFlow::Continue(())
+    })
+    .is_continue();
+    if !all_once || seen.contains(&false) {
+        return false;
+    }
+    let Ok(select) = select_of(query) else {
+        return false;
+    };
+    let in_interval = sqlparser::ast::visit_expressions(query, |e| match e {
+        Expr::Interval(i) if has_placeholder(&i.value) => ControlFlow::Break(()),
+        _ => ControlFlow::Continue(()),
+    })
+    .is_break();
+    !in_interval
+        && !has_placeholder(&select.projection)
+        && !has_placeholder(&select.group_by)
+        && !has_placeholder(&select.distinct)
+        && !has_placeholder(&query.order_by)
+}
+
+fn has_placeholder<V: sqlparser::ast::Visit>(node: &V) -> bool {
+    sqlparser::ast::visit_expressions(node, |e| match e {
+        Expr::Value(v) if matches!(v.value, Value::Placeholder(_)) => ControlFlow::Break(()),
+        _ => ControlFlow::Continue(()),
+    })
+    .is_break()
+}
+
+fn plan_query(mut query: Box<Query>, rules: &RuleSet) -> Result<ReadPlan, NotRoutable> {
     check_query_shape(&query)?;
     check_no_subqueries(&query)?;
     let select = select_of(&query)?;

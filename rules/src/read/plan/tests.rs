@@ -758,3 +758,49 @@ fn quoted_table_names_plan_onto_quoted_new_names() {
         assert!(plan_read(sql, &set).is_err(), "{sql}");
     }
 }
+
+/// Lifts `sql` and plans it with its parameters.
+fn lifted(sql: &str) -> Result<ReadPlan, NotLifted> {
+    let l = crate::sql::literals::lift(sql).expect("literals to lift");
+    plan_lifted(&l.sql, l.values.len(), &rules_with_columns())
+}
+
+#[test]
+fn lifted_values_plan_once_with_their_parameters() {
+    let p =
+        lifted("SELECT email FROM users WHERE id = 42 AND first_name = 'Ann' LIMIT 10 OFFSET 5")
+            .unwrap();
+    assert!(p.sql.contains("$1") && p.sql.contains("$2"), "{}", p.sql);
+    assert!(p.sql.ends_with("LIMIT $3 OFFSET $4"), "{}", p.sql);
+    assert_eq!(p.key, Some(vec![KeyRef::Param(1)]));
+    let p = lifted("SELECT id FROM users WHERE id IN (1, -2, 3) AND email = 'a@b'::text").unwrap();
+    assert!(
+        p.sql.contains("-$2") && p.sql.contains("$4::TEXT"),
+        "{}",
+        p.sql
+    );
+}
+
+#[test]
+fn literals_that_are_more_than_values_are_not_lifted() {
+    for sql in [
+        "SELECT email, 'x' FROM users WHERE id = 1",
+        "SELECT email FROM users WHERE id = 1 ORDER BY 1",
+        "SELECT email, count(*) FROM users WHERE id > 1 GROUP BY 1",
+        "SELECT DISTINCT ON (1) email FROM users WHERE id > 1",
+        "SELECT email FROM users WHERE created_at > now() - INTERVAL '1 day'",
+        "SELECT email FROM users WHERE created_at > date '2020-01-01'",
+        "SELECT email FROM users WHERE id::numeric(10, 2) = 1",
+        "SELECT email FROM users WHERE id = 1e",
+    ] {
+        assert_eq!(lifted(sql), Err(NotLifted::Literals), "{sql}");
+    }
+}
+
+#[test]
+fn what_new_cannot_answer_stays_a_verdict_when_lifted() {
+    assert!(matches!(
+        lifted("SELECT email FROM users WHERE id = 1 FOR UPDATE"),
+        Err(NotLifted::NotRoutable(NotRoutable::Locking))
+    ));
+}
