@@ -870,3 +870,125 @@ async fn literal_shapes_answer_as_legacy_in_new_mode_and_plan_once_per_shape() {
     }
     assert_eq!(fallbacks(&p, "lit"), 0);
 }
+
+/// Parse, Bind, Describe, Execute and Sync of the unnamed statement in one batch (libpq's
+/// PQexecParams, pgbench -M extended, tokio-postgres' typed queries): new answers it as
+/// legacy would, and a later Bind of the unnamed statement without a Parse still reaches the
+/// statement the client parsed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unnamed_statement_batches_are_answered_by_new_as_legacy_would() {
+    use tokio_postgres::types::Type;
+
+    let t = "dr_unnamed";
+    let new = new_db();
+    create(t, new).await;
+    let (p, _dir) = proxy_with_rules(&rules(t, "read = \"new\""), new);
+    ready(&p).await;
+    let port = p.local_addr().port();
+    fill(t, port, new, 20).await;
+    let via = connect(port).await;
+    let direct = connect(legacy().port).await;
+
+    // tokio-postgres: one batch per query, the unnamed statement, binary parameters and
+    // results.
+    let sql = format!("SELECT id, first_name, email, score::text FROM {t} WHERE id = $1");
+    let before = reads(&p, t, "new");
+    for id in [1i64, 5, 20, 21] {
+        let row = |r: &tokio_postgres::Row| -> (i64, String, Option<String>, Option<String>) {
+            (r.get(0), r.get(1), r.get(2), r.get(3))
+        };
+        let a = via.query_typed(&sql, &[(&id, Type::INT8)]).await.unwrap();
+        let b = direct
+            .query_typed(&sql, &[(&id, Type::INT8)])
+            .await
+            .unwrap();
+        assert_eq!(
+            a.iter().map(row).collect::<Vec<_>>(),
+            b.iter().map(row).collect::<Vec<_>>()
+        );
+    }
+    assert_eq!(reads(&p, t, "new") - before, 4.0, "new answered every one");
+    assert_eq!(fallbacks(&p, t), 0);
+
+    // The same by hand: the batch, then a Bind of the unnamed statement alone, which legacy
+    // can only answer if it has the statement the client parsed.
+    let mut raw = tokio::task::spawn_blocking(move || RawClient::startup(port))
+        .await
+        .unwrap();
+    let parse = {
+        let mut b = vec![0u8];
+        b.extend_from_slice(format!("SELECT first_name FROM {t} WHERE id = $1").as_bytes());
+        b.extend_from_slice(&[0, 0, 0]);
+        message(b'P', &b)
+    };
+    let bind = |id: &str| {
+        let mut b = vec![0u8, 0, 0, 0, 0, 1];
+        b.extend_from_slice(&(id.len() as i32).to_be_bytes());
+        b.extend_from_slice(id.as_bytes());
+        b.extend_from_slice(&[0, 0]);
+        message(b'B', &b)
+    };
+    let describe = message(b'D', b"P\0");
+    let execute = message(b'E', &[0, 0, 0, 0, 0]);
+    let sync = message(b'S', b"");
+    let before = reads(&p, t, "new");
+    let batch = [parse, bind("7"), describe, execute.clone(), sync.clone()].concat();
+    let rebind = [bind("9"), execute, sync].concat();
+    let (first, second) = tokio::task::spawn_blocking(move || {
+        raw.send(&batch);
+        let first = raw.read_until(b'Z');
+        raw.send(&rebind);
+        (first, raw.read_until(b'Z'))
+    })
+    .await
+    .unwrap();
+    let tags = |m: &[(u8, Vec<u8>)]| m.iter().map(|(t, _)| *t as char).collect::<String>();
+    assert_eq!(tags(&first), "12TDCZ", "{first:?}");
+    assert!(first[3].1.ends_with(b"First7"), "{first:?}");
+    assert_eq!(reads(&p, t, "new") - before, 1.0, "new answered the batch");
+    assert_eq!(tags(&second), "2DCZ", "no stray ParseComplete: {second:?}");
+    assert!(second[1].1.ends_with(b"First9"), "{second:?}");
+
+    // pgbench -M extended through pgdual: new answers its reads.
+    let script = _dir.path().join("read.sql");
+    std::fs::write(
+        &script,
+        format!("\\set id random(1, 20)\nSELECT first_name, email FROM {t} WHERE id = :id;\n"),
+    )
+    .unwrap();
+    for mode in ["extended", "simple"] {
+        let before = reads(&p, t, "new");
+        let out = std::process::Command::new(legacy().bin_dir().join("pgbench"))
+            .args([
+                "-n",
+                "-M",
+                mode,
+                "-c",
+                "2",
+                "-t",
+                "50",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+            ])
+            .arg("-p")
+            .arg(port.to_string())
+            .arg("-f")
+            .arg(&script)
+            .arg("postgres")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            reads(&p, t, "new") - before,
+            100.0,
+            "-M {mode}: new answered every read"
+        );
+    }
+    assert_eq!(fallbacks(&p, t), 0);
+}

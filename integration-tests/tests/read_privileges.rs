@@ -130,6 +130,22 @@ async fn extended(c: &Client, sql: &str, id: i64) -> Answer {
         .collect())
 }
 
+/// The same through the unnamed statement, parsed and bound in one batch.
+async fn unnamed(c: &Client, sql: &str, id: i64) -> Answer {
+    let rows = c
+        .query_typed(sql, &[(&id, tokio_postgres::types::Type::INT8)])
+        .await
+        .map_err(db_error)?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            (0..r.len())
+                .map(|i| r.get::<_, Option<String>>(i))
+                .collect()
+        })
+        .collect())
+}
+
 /// The value of `name{table="public.<table>",<label>}`, 0 before the table's first read.
 fn counter(p: &Proxy, name: &str, table: &str, label: &str) -> f64 {
     let page = p.metrics().render();
@@ -203,6 +219,11 @@ async fn same_answers(p: &Proxy, role: &str, reads: &[&str]) {
             extended(&via, &ext, id).await,
             extended(&direct, &ext, id).await,
             "{role}: {ext}"
+        );
+        assert_eq!(
+            unnamed(&via, &ext, id).await,
+            unnamed(&direct, &ext, id).await,
+            "{role}: {ext} (unnamed)"
         );
     }
 }

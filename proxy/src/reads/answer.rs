@@ -11,7 +11,7 @@ use tracing::{debug, warn};
 
 use super::counters::Routed;
 use super::describe::{describe, Described};
-use super::{Fallback, Reads, Request, Settings};
+use super::{Describe, Fallback, Reads, Request, Settings};
 use crate::net::conn::{BackendConn, BackendError, Frame};
 use crate::net::pool;
 use crate::proto::backend::{error_fields, same_shape, with_formats};
@@ -138,7 +138,7 @@ async fn exchange(
             lifted: Some(l), ..
         } => bind_statement(conn, &plan.sql, &l.types, &l.bind_rest, &mut out),
         Request::Extended { bind_rest, .. } => {
-            bind_statement(conn, &plan.sql, &described.params, bind_rest, &mut out)
+            bind_statement(conn, &plan.sql, &described.new_params, bind_rest, &mut out)
         }
     };
     let frames = conn.round_trip(&out, max_bytes, timeout).await?;
@@ -303,13 +303,29 @@ async fn answer_timed(
         Request::Extended {
             bind_rest,
             describe,
+            parse,
             ..
         } => {
+            if *parse {
+                put_message(&mut out, b'1', |_| {});
+            }
             put_message(&mut out, b'2', |_| {});
-            if *describe {
-                let formats = frontend::result_formats(bind_rest).ok_or(Fallback::Shape)?;
-                let row = with_formats(legacy_row, &formats).ok_or(Fallback::Shape)?;
-                put_message(&mut out, b'T', |b| b.put_slice(&row));
+            match describe {
+                Describe::None => {}
+                Describe::Portal => {
+                    let formats = frontend::result_formats(bind_rest).ok_or(Fallback::Shape)?;
+                    let row = with_formats(legacy_row, &formats).ok_or(Fallback::Shape)?;
+                    put_message(&mut out, b'T', |b| b.put_slice(&row));
+                }
+                Describe::Statement => {
+                    put_message(&mut out, b't', |b| {
+                        b.put_i16(described.params.len() as i16);
+                        for t in &described.params {
+                            b.put_u32(*t);
+                        }
+                    });
+                    put_message(&mut out, b'T', |b| b.put_slice(legacy_row));
+                }
             }
         }
     }

@@ -11,10 +11,16 @@ use super::{Reads, Request, PLAN_CACHE_CAPACITY};
 use crate::net::pool;
 use crate::proto::{backend, frontend};
 
+/// OIDs below this are built into PostgreSQL, the same in every cluster of a version.
+const FIRST_NORMAL_OID: u32 = 16384;
+
 /// How legacy describes a statement: parameter types and result columns.
 #[derive(Debug)]
 pub struct Described {
     pub params: Vec<u32>,
+    /// `params` as new's Parse gets them: a type legacy's catalog defined (an OID from
+    /// 16384 up: an enum, a domain) is left for new to infer, as its OID there differs.
+    pub new_params: Vec<u32>,
     /// The RowDescription body, or `None` for a statement that returns no rows.
     pub row: Option<bytes::Bytes>,
 }
@@ -69,8 +75,13 @@ pub async fn describe(
             _ => {}
         }
     }
+    let params = params.ok_or(())?;
     let d = Arc::new(Described {
-        params: params.ok_or(())?,
+        new_params: params
+            .iter()
+            .map(|&t| if t < FIRST_NORMAL_OID { t } else { 0 })
+            .collect(),
+        params,
         row,
     });
     if reads.described.len() >= PLAN_CACHE_CAPACITY {

@@ -33,7 +33,7 @@ use crate::net::endpoint::Endpoints;
 pub use answer::answer;
 pub use counters::{Fallback, Families, KeptForRole, Sample, TableReads};
 pub use describe::Described;
-pub use request::{Lifted, Request, Settings, TRACKED_SETTINGS};
+pub use request::{Describe, Lifted, Request, Settings, TRACKED_SETTINGS};
 pub use shadow::{spawn_shadow, Capture, ShadowJob};
 pub use warm::keep_warm;
 

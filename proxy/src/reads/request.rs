@@ -20,16 +20,30 @@ pub enum Request {
         sql: Arc<str>,
         lifted: Option<Box<Lifted>>,
     },
-    /// Bind (of a statement prepared on legacy), optional Describe of the portal, Execute, Sync.
+    /// Bind (of a statement prepared on legacy, or of the unnamed statement parsed in the
+    /// same batch), optional Describe of the portal, Execute, Sync.
     Extended {
         sql: Arc<str>,
         /// The parameter types the client gave in Parse (0 = unspecified).
         param_types: Vec<u32>,
         /// The Bind body after the portal and statement names.
         bind_rest: Bytes,
-        /// The client asked for a RowDescription of the portal.
-        describe: bool,
+        /// What the client asked to have described in the batch.
+        describe: Describe,
+        /// The batch began with Parse of the unnamed statement: the answer begins with
+        /// ParseComplete.
+        parse: bool,
     },
+}
+
+/// A Describe in an extended-protocol read batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Describe {
+    None,
+    /// Of the portal: RowDescription in the result formats the Bind asked for.
+    Portal,
+    /// Of the statement: ParameterDescription, then RowDescription with formats unknown.
+    Statement,
 }
 
 /// A simple query's literals, lifted to parameters of its plan's SQL.

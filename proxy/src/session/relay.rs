@@ -139,11 +139,24 @@ where
             }
         }
         if found.forward > 0 {
-            let chunk = buf.split_to(found.forward).freeze();
+            let mut chunk = buf.split_to(found.forward).freeze();
             {
                 let mut s = session.borrow_mut();
-                for (at, tag, len) in frames(&chunk, found.first, found.complete) {
-                    s.on_frontend(tag, &chunk, at, len, &mut after);
+                let mut complete = found.complete;
+                let held = match s.held_parse_at(&chunk, found.first, complete) {
+                    Some(at) => s.held_unnamed.take().map(|parse| (at, parse)),
+                    None => None,
+                };
+                if let Some((at, parse)) = &held {
+                    chunk = with_frame_at(&chunk, *at, parse);
+                    complete += parse.len();
+                }
+                for (at, tag, len) in frames(&chunk, found.first, complete) {
+                    if held.as_ref().is_some_and(|(h, _)| *h == at) {
+                        s.on_held_parse(&chunk, at, len);
+                    } else {
+                        s.on_frontend(tag, &chunk, at, len, &mut after);
+                    }
                 }
             }
             w.write_all(&chunk).await.map_err(RelayError::LegacyIo)?;
@@ -167,6 +180,15 @@ where
         }
         started = Instant::now();
     }
+}
+
+/// `chunk` with `frame` inserted at byte `at`.
+fn with_frame_at(chunk: &Bytes, at: usize, frame: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(chunk.len() + frame.len());
+    out.extend_from_slice(&chunk[..at]);
+    out.extend_from_slice(frame);
+    out.extend_from_slice(&chunk[at..]);
+    out.freeze()
 }
 
 /// What the statements just sent to legacy may do.
@@ -237,6 +259,7 @@ where
             key_at,
             nudge,
             shadowed,
+            dropped,
         } = inspect(&buf, &found, pass, session, ctx);
         if let Some(job) = shadowed {
             crate::reads::spawn_shadow(ctx.reads.clone(), *job);
@@ -247,11 +270,19 @@ where
         if let Some((at, end)) = key_at {
             *key.borrow_mut() = Some(replace_backend_secret(&mut buf[at..end], ctx));
         }
-        w.lock()
-            .await
-            .write_all(&buf[..found.forward])
-            .await
-            .map_err(RelayError::ClientIo)?;
+        {
+            let mut out = w.lock().await;
+            let mut from = 0;
+            for (at, end) in dropped {
+                out.write_all(&buf[from..at])
+                    .await
+                    .map_err(RelayError::ClientIo)?;
+                from = end;
+            }
+            out.write_all(&buf[from..found.forward])
+                .await
+                .map_err(RelayError::ClientIo)?;
+        }
         ctx.metrics
             .added_latency
             .observe_duration(started.elapsed());
@@ -268,6 +299,9 @@ struct Inspected {
     nudge: bool,
     /// A shadowed read whose legacy answer is now whole.
     shadowed: Option<Box<crate::reads::ShadowJob>>,
+    /// Frames the client must not see (byte ranges, in order): answers to messages pgdual
+    /// sent for it.
+    dropped: Vec<(usize, usize)>,
 }
 
 /// Walks the whole frames legacy sent: the session's state, shadow capture, error counts.
@@ -279,6 +313,7 @@ fn inspect(
     ctx: &Context,
 ) -> Inspected {
     let (mut key_at, mut nudge, mut shadowed) = (None, false, None);
+    let mut dropped = Vec::new();
     let mut s = session.borrow_mut();
     if pass > 0 {
         if let Some(job) = &mut s.shadow {
@@ -296,7 +331,9 @@ fn inspect(
                 )
             });
         }
-        s.on_backend(tag, &buf[at + 5..at + len]);
+        if s.on_backend(tag, &buf[at + 5..at + len]) {
+            dropped.push((at, at + len));
+        }
         match tag {
             b'E' => {
                 ctx.metrics.legacy_error_responses_total.inc();
@@ -315,6 +352,7 @@ fn inspect(
         key_at,
         nudge,
         shadowed,
+        dropped,
     }
 }
 

@@ -14,7 +14,7 @@ use pgdual_rules::{Analysis, ReadPlan, RuleSet, StatementKind, TableName};
 
 use crate::proto::codec::frames;
 use crate::proto::frontend;
-use crate::reads::{self, CachedPlan, Request, ShadowJob};
+use crate::reads::{self, CachedPlan, Describe, Request, ShadowJob};
 use crate::session::state::{Session, TxStatus};
 use crate::session::Context;
 
@@ -44,48 +44,96 @@ fn read_group(
                 routed,
             ))
         }
+        b'P' => {
+            // Parse of the unnamed statement, then Bind of it, in one batch (libpq's
+            // PQexecParams, pgbench -M extended, JDBC and node-postgres one-shot queries).
+            // New validates the statement (the plan checked its names and the role's
+            // privileges against legacy's catalog); legacy's unnamed statement catches up only
+            // if the client uses it again without parsing it (see `Session::held_unnamed`).
+            let (name, sql) = frontend::parse(body)?;
+            if !name.is_empty() {
+                return None;
+            }
+            let sql: Arc<str> = std::str::from_utf8(sql).ok()?.into();
+            let param_types = frontend::parse_declared_types(body);
+            let routed = routed_tables(&ctx.cache.get(&sql), rules)?;
+            let (at, tag, len) = it.next()?;
+            if tag != b'B' {
+                return None;
+            }
+            let (end, bind_rest, describe) = bind_group(buf, &mut it, at, len, b"")?;
+            Some((
+                end,
+                Request::Extended {
+                    sql,
+                    param_types,
+                    bind_rest,
+                    describe,
+                    parse: true,
+                },
+                routed,
+            ))
+        }
         b'B' => {
-            let (portal, stmt) = frontend::bind(body)?;
+            let (_, stmt) = frontend::bind(body)?;
             let prepared = s.confirmed(stmt)?;
             let analysis = prepared
                 .analysis
                 .get_or_init(|| ctx.cache.get(&prepared.sql));
             let routed = routed_tables(analysis, rules)?;
-            let bind_rest = frontend::bind_rest(&Bytes::copy_from_slice(body))?;
-            let (mut at, mut tag, mut len) = it.next()?;
-            let mut describe = false;
-            if tag == b'D' {
-                if frontend::target(&buf[at + 5..at + len])? != (b'P', portal) {
-                    return None;
-                }
-                describe = true;
-                (at, tag, len) = it.next()?;
-            }
-            let exec = &buf[at + 5..at + len];
-            if tag != b'E' || frontend::execute(exec)? != portal {
-                return None;
-            }
-            // Only an Execute of all rows: a row limit leaves a portal open on legacy.
-            if exec.get(portal.len() + 1..portal.len() + 5)? != [0, 0, 0, 0] {
-                return None;
-            }
-            let (at, tag, len) = it.next()?;
-            if tag != b'S' {
-                return None;
-            }
+            let (end, bind_rest, describe) = bind_group(buf, &mut it, at, len, stmt)?;
             Some((
-                at + len,
+                end,
                 Request::Extended {
                     sql: prepared.sql.clone(),
                     param_types: prepared.param_types.clone(),
                     bind_rest,
                     describe,
+                    parse: false,
                 },
                 routed,
             ))
         }
         _ => None,
     }
+}
+
+/// The Bind at `buf[at..at + len]` (of statement `stmt`), an optional Describe of its
+/// portal, an Execute of all its rows and Sync: the group's end, the Bind's body after the
+/// names, and what is described (the portal, or `stmt` when `statement_describe`).
+fn bind_group(
+    buf: &[u8],
+    it: &mut impl Iterator<Item = (usize, u8, usize)>,
+    at: usize,
+    len: usize,
+    stmt: &[u8],
+) -> Option<(usize, Bytes, Describe)> {
+    let body = &buf[at + 5..at + len];
+    let (portal, bound) = frontend::bind(body)?;
+    if bound != stmt {
+        return None;
+    }
+    let bind_rest = frontend::bind_rest(&Bytes::copy_from_slice(body))?;
+    let (mut at, mut tag, mut len) = it.next()?;
+    let mut describe = Describe::None;
+    if tag == b'D' {
+        describe = match frontend::target(&buf[at + 5..at + len])? {
+            (b'P', p) if p == portal => Describe::Portal,
+            (b'S', s) if s == stmt => Describe::Statement,
+            _ => return None,
+        };
+        (at, tag, len) = it.next()?;
+    }
+    let exec = &buf[at + 5..at + len];
+    if tag != b'E' || frontend::execute(exec)? != portal {
+        return None;
+    }
+    // Only an Execute of all rows: a row limit leaves a portal open on legacy.
+    if exec.get(portal.len() + 1..portal.len() + 5)? != [0, 0, 0, 0] {
+        return None;
+    }
+    let (at, tag, len) = it.next()?;
+    (tag == b'S').then_some((at + len, bind_rest, describe))
 }
 
 /// When the analysis is of one read statement touching tables whose reads are routed,
@@ -247,6 +295,16 @@ pub async fn route_group(
                 reads.count(p, |t| {
                     t.new.inc();
                 });
+                if let Request::Extended {
+                    sql,
+                    param_types,
+                    parse: true,
+                    ..
+                } = &request
+                {
+                    session.borrow_mut().held_unnamed =
+                        Some(frontend::parse_frame("", sql, param_types).freeze());
+                }
                 ctx.metrics.statement(StatementKind::Read);
                 Some((end, answer))
             }
@@ -283,5 +341,74 @@ fn stickiness(plan: &CachedPlan, request: &Request, conn_seed: u64) -> u8 {
             None => bucket(&conn_seed.to_le_bytes()),
         },
         Err(_) => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::{BufMut, BytesMut};
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::proto::codec::put_message;
+
+    fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        put_message(&mut b, tag, |o| o.put_slice(body));
+        b.to_vec()
+    }
+
+    /// Bind of the unnamed statement to the unnamed portal with one text parameter.
+    fn bind() -> Vec<u8> {
+        frame(b'B', b"\0\0\0\0\0\x01\0\0\0\x017\0\0")
+    }
+
+    fn group(buf: &[u8]) -> Option<(usize, Describe)> {
+        let mut it = frames(buf, 0, buf.len());
+        let (at, _, len) = it.next()?;
+        bind_group(buf, &mut it, at, len, b"").map(|(end, _, d)| (end, d))
+    }
+
+    #[test]
+    fn a_bind_group_is_bind_describe_execute_of_all_rows_and_sync() {
+        let exec = frame(b'E', b"\0\0\0\0\0");
+        let sync = frame(b'S', b"");
+        let whole = [bind(), frame(b'D', b"P\0"), exec.clone(), sync.clone()].concat();
+        assert_eq!(group(&whole), Some((whole.len(), Describe::Portal)));
+        let stmt = [bind(), frame(b'D', b"S\0"), exec.clone(), sync.clone()].concat();
+        assert_eq!(group(&stmt), Some((stmt.len(), Describe::Statement)));
+        let bare = [bind(), exec.clone(), sync.clone()].concat();
+        assert_eq!(group(&bare), Some((bare.len(), Describe::None)));
+        for not in [
+            // A row limit, a Flush instead of Sync, another portal described, no Sync yet.
+            [bind(), frame(b'E', b"\0\0\0\0\x05"), sync.clone()].concat(),
+            [bind(), exec.clone(), frame(b'H', b"")].concat(),
+            [bind(), frame(b'D', b"Px\0"), exec.clone(), sync.clone()].concat(),
+            [bind(), exec.clone()].concat(),
+        ] {
+            assert_eq!(group(&not), None);
+        }
+    }
+
+    proptest! {
+        /// Any frames at all: an answer or `None`, never a panic, and never past the buffer.
+        #[test]
+        fn arbitrary_frames_never_panic(
+            parts in proptest::collection::vec(
+                (prop_oneof![Just(b'B'), Just(b'D'), Just(b'E'), Just(b'S'), Just(b'P'), any::<u8>()],
+                 proptest::collection::vec(any::<u8>(), 0..24)),
+                0..8,
+            ),
+            cut in 0usize..200,
+        ) {
+            let mut buf = bind();
+            for (tag, body) in &parts {
+                buf.extend(frame(*tag, body));
+            }
+            buf.truncate(cut.max(5).min(buf.len()));
+            if let Some((end, _)) = group(&buf) {
+                prop_assert!(end <= buf.len());
+            }
+        }
     }
 }
