@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Select-only pgbench (-S: SELECT abalance FROM pgbench_accounts WHERE aid = :aid) on a mapped
 # table, side by side in one run: PostgreSQL directly, and through one pgdual whose read mode
-# for the table is legacy, shadow at 100 %, then new at 100 % (set through the admin API
-# between runs), alternating rounds, in the simple, extended and prepared protocols, with
-# pgdual's CPU time per read (utime + stime from /proc) beside the TPS.
+# for the table is legacy, shadow at 10 % (and 100 %), then new at 100 % (set through the
+# admin API between runs), alternating rounds, in the simple, extended and prepared
+# protocols, with pgdual's CPU time per read (utime + stime from /proc) beside the TPS.
+# The `literal` workload is what psycopg2, Ruby's pg or PHP's PDO with emulated prepares
+# send: simple queries with their values interpolated, numbers and a quoted string.
 #
 #   benches/read-bench.sh [seconds-per-run] [rounds] [clients]
 #   PIN=1 benches/read-bench.sh ...   # new on CPU 1; legacy, pgdual and pgbench on CPU 0
+#   WORKLOADS="simple literal" TARGETS="legacy new" benches/read-bench.sh ...
 #
 # pgbench_accounts maps to bank.accounts in the new database with renamed columns and a
 # transformed balance (cents), read back by `abalance = "(balance_cents / 100)::int"`.
@@ -29,23 +32,34 @@ PGDUAL_PID=$!
 PIDS+=($!)
 until curl -fsS "http://127.0.0.1:$ADMIN/healthz" >/dev/null 2>&1; do sleep 0.1; done
 
-set_mode() {
-  curl -fsS -X PUT -d "{\"mode\": \"$1\", \"percent\": 100}" \
+set_mode() { # mode percent
+  curl -fsS -X PUT -d "{\"mode\": \"$1\", \"percent\": ${2:-100}}" \
     "http://127.0.0.1:$ADMIN/tables/public.pgbench_accounts/read" >/dev/null
 }
+# The literal workload: pgbench's simple protocol puts each variable's value into the text.
+cat > "$WORK/literal.sql" <<'SQL'
+\set aid random(1, 100000 * :scale)
+\set bid random(1, :scale)
+SELECT abalance, bid FROM pgbench_accounts WHERE aid = :aid AND bid <= :bid + 10 AND filler <> 'x:bid';
+SQL
 # Samples print their labels in name order.
 counter() { curl -fsS "http://127.0.0.1:$ADMIN/metrics" | awk -v m="$1" '$1 == m {s += $2} END {print s + 0}'; }
 T='table="public.pgbench_accounts"'
 # pgdual's CPU time so far, in clock ticks (utime + stime).
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$PGDUAL_PID/stat"; }
 
-echo "round,protocol,target,tps,latency_ms,new_answers,fallbacks,shadow_compared,shadow_skipped,pgdual_cpu_us_per_read"
+echo "round,workload,target,tps,latency_ms,new_answers,fallbacks,shadow_compared,shadow_skipped,pgdual_cpu_us_per_read"
 for r in $(seq "$ROUNDS"); do
-  for proto in simple extended prepared; do
-    for target in direct legacy shadow new; do
+  for workload in ${WORKLOADS:-simple extended prepared literal}; do
+    case $workload in
+      literal) args=(-M simple -f "$WORK/literal.sql" -D scale="$SCALE") ;;
+      *) args=(-S -M "$workload") ;;
+    esac
+    for target in ${TARGETS:-direct legacy shadow10 shadow new}; do
       port=$P_PORT
       case $target in
         direct) port=$L_PORT ;;
+        shadow10) set_mode shadow 10 ;;
         *) set_mode "$target" ;;
       esac
       before=($(counter "pgdual_reads_total{route=\"new\",$T}") \
@@ -54,7 +68,7 @@ for r in $(seq "$ROUNDS"); do
               $(counter "pgdual_shadow_reads_total{outcome=\"mismatch\",$T}") \
               $(counter "pgdual_shadow_reads_total{outcome=\"skipped\",$T}"))
       ticks=$(cpu_ticks)
-      out=$("${CLIENT_PIN[@]}" "$BIN/pgbench" -n -S -M "$proto" -c "$CLIENTS" -j 2 -T "$SECS" -h 127.0.0.1 -p "$port" -U postgres postgres 2>&1)
+      out=$("${CLIENT_PIN[@]}" "$BIN/pgbench" -n "${args[@]}" -c "$CLIENTS" -j 2 -T "$SECS" -h 127.0.0.1 -p "$port" -U postgres postgres 2>&1)
       tps=$(awk '/^tps = /{print $3}' <<<"$out")
       lat=$(awk '/^latency average = /{print $4}' <<<"$out")
       tx=$(awk '/^number of transactions actually processed:/{print $6}' <<<"$out")
@@ -66,7 +80,7 @@ for r in $(seq "$ROUNDS"); do
              $(counter "pgdual_shadow_reads_total{outcome=\"mismatch\",$T}") \
              $(counter "pgdual_shadow_reads_total{outcome=\"skipped\",$T}"))
       d() { echo $(( ${after[$1]} - ${before[$1]} )); }
-      echo "$r,$proto,$target,$tps,$lat,$(d 0),$(d 1),$(( $(d 2) + $(d 3) )) ($(d 3) mismatched),$(d 4),$cpu"
+      echo "$r,$workload,$target,$tps,$lat,$(d 0),$(d 1),$(( $(d 2) + $(d 3) )) ($(d 3) mismatched),$(d 4),$cpu"
     done
   done
 done
