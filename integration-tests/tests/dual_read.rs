@@ -319,6 +319,13 @@ async fn shadow_counts_and_samples_a_row_corrupted_in_new_while_clients_get_lega
     assert_eq!(table.shadow_mismatches.get(), 2, "id 2, in both protocols");
     assert_eq!(table.shadow_matches.get(), 4);
     assert_eq!(table.shadow_errors.get(), 0);
+    // The comparisons ran on the shadow thread, not on the workers relaying clients.
+    let threads: Vec<String> = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|c| c.trim().to_string())
+        .collect();
+    assert!(threads.iter().any(|c| c == "pgdual-shadow"), "{threads:?}");
     // Each comparison's time is recorded once it is done, on new and in pgdual.
     let shadow_times = |what: &str| {
         sample(

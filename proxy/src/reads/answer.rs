@@ -116,10 +116,8 @@ async fn on_new_database(
     new_answer(frames, cfg.log_values)
 }
 
-/// Sends the plan's SQL with the request's parameters (a simple Query; a prepared
-/// statement, as the client prepared it on legacy; or the statement of a simple query's shape
-/// with its literals bound) and reads the answer. Statements are prepared once per pooled
-/// connection.
+/// Sends the plan's SQL with the request's parameters (see [`request_frames`]) and reads
+/// the answer. Statements are prepared once per pooled connection.
 async fn exchange(
     conn: &mut BackendConn,
     plan: &ReadPlan,
@@ -129,31 +127,64 @@ async fn exchange(
     timeout: Duration,
 ) -> Result<Exchanged, BackendError> {
     let mut out = BytesMut::new();
-    let prepare = match request {
+    let prepare = request_frames(conn, plan, request, described, &mut out, &mut Vec::new());
+    let frames = conn.round_trip(&out, max_bytes, timeout).await?;
+    let refused_parse = settle_prepare(conn, &plan.sql, prepare, &frames);
+    Ok(Exchanged {
+        frames,
+        refused_parse,
+    })
+}
+
+/// A statement being prepared by a request: its name and parameter types.
+pub(super) type Preparing = Option<(String, Vec<u32>)>;
+
+/// Adds one read's messages to `out`: a simple Query; a prepared statement, as the client
+/// prepared it on legacy; or the statement of a simple query's shape with its literals
+/// bound. `batch` holds the statements earlier requests of the same write prepare.
+pub(super) fn request_frames(
+    conn: &mut BackendConn,
+    plan: &ReadPlan,
+    request: &Request,
+    described: &Described,
+    out: &mut BytesMut,
+    batch: &mut Vec<(String, Vec<u32>, String)>,
+) -> Preparing {
+    match request {
         Request::Simple { lifted: None, .. } => {
             out.extend_from_slice(&frontend::query_frame(&plan.sql));
             None
         }
         Request::Simple {
             lifted: Some(l), ..
-        } => bind_statement(conn, &plan.sql, &l.types, &l.bind_rest, &mut out),
-        Request::Extended { bind_rest, .. } => {
-            bind_statement(conn, &plan.sql, &described.new_params, bind_rest, &mut out)
-        }
-    };
-    let frames = conn.round_trip(&out, max_bytes, timeout).await?;
-    let mut refused_parse = false;
-    if let Some((name, types)) = prepare {
-        let parsed = frames.iter().any(|f| f.tag == b'1');
-        refused_parse = !parsed && frames.iter().any(|f| f.tag == b'E');
-        if parsed && !name.is_empty() {
-            conn.prepared(&plan.sql, types, name);
-        }
+        } => bind_statement(conn, &plan.sql, &l.types, &l.bind_rest, out, batch),
+        Request::Extended { bind_rest, .. } => bind_statement(
+            conn,
+            &plan.sql,
+            &described.new_params,
+            bind_rest,
+            out,
+            batch,
+        ),
     }
-    Ok(Exchanged {
-        frames,
-        refused_parse,
-    })
+}
+
+/// Records a statement new confirmed (ParseComplete among `frames`); `true` when new
+/// refused to prepare it.
+pub(super) fn settle_prepare(
+    conn: &mut BackendConn,
+    sql: &str,
+    prepare: Preparing,
+    frames: &[Frame],
+) -> bool {
+    let Some((name, types)) = prepare else {
+        return false;
+    };
+    let parsed = frames.iter().any(|f| f.tag == b'1');
+    if parsed && !name.is_empty() {
+        conn.prepared(sql, &types, name);
+    }
+    !parsed && frames.iter().any(|f| f.tag == b'E')
 }
 
 /// What new sent back, and whether it refused to prepare the statement.
@@ -162,21 +193,36 @@ struct Exchanged {
     refused_parse: bool,
 }
 
-/// Adds Bind (of `sql`, prepared first unless the connection has it already), Describe,
-/// Execute and Sync to `out`; returns the name and types being prepared, if it is.
-fn bind_statement<'a>(
+/// Adds Bind (of `sql`, prepared first unless the connection or an earlier request of the
+/// batch has it already), Describe, Execute and Sync to `out`; returns the name and types
+/// being prepared, if it is.
+fn bind_statement(
     conn: &mut BackendConn,
     sql: &str,
-    types: &'a [u32],
+    types: &[u32],
     bind_rest: &[u8],
     out: &mut BytesMut,
-) -> Option<(String, &'a [u32])> {
-    let (name, preparing) = match conn.statement(sql, types) {
-        Some(known) => (known.to_string(), None),
+    batch: &mut Vec<(String, Vec<u32>, String)>,
+) -> Preparing {
+    let earlier = || {
+        batch
+            .iter()
+            .find(|(s, t, _)| s == sql && t == types)
+            .map(|(_, _, n)| n.clone())
+    };
+    let (name, preparing) = match conn
+        .statement(sql, types)
+        .map(str::to_string)
+        .or_else(earlier)
+    {
+        Some(known) => (known, None),
         None => {
             let name = conn.statement_name().unwrap_or_default();
             out.extend_from_slice(&frontend::parse_frame(&name, sql, types));
-            (name.clone(), Some((name, types)))
+            if !name.is_empty() {
+                batch.push((sql.to_string(), types.to_vec(), name.clone()));
+            }
+            (name.clone(), Some((name, types.to_vec())))
         }
     };
     out.extend_from_slice(&frontend::bind_frame("", &name, bind_rest));
@@ -187,7 +233,7 @@ fn bind_statement<'a>(
 }
 
 /// New's answer from its frames; an ErrorResponse is a [`Fallback::Error`].
-fn new_answer(frames: Vec<Frame>, log_values: bool) -> Result<NewAnswer, Fallback> {
+pub(super) fn new_answer(frames: Vec<Frame>, log_values: bool) -> Result<NewAnswer, Fallback> {
     let mut answer = NewAnswer {
         row: None,
         rows: Vec::new(),
@@ -211,7 +257,7 @@ fn new_answer(frames: Vec<Frame>, log_values: bool) -> Result<NewAnswer, Fallbac
 }
 
 /// Makes the connection's printing settings those of the session.
-async fn align_settings(
+pub(super) async fn align_settings(
     conn: &mut BackendConn,
     settings: &Settings,
     timeout: Duration,

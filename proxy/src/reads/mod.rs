@@ -13,6 +13,7 @@ mod counters;
 mod describe;
 mod health;
 mod request;
+mod runner;
 mod shadow;
 mod warm;
 
@@ -87,7 +88,8 @@ pub struct Reads {
     tables: DashMap<String, Arc<TableReads>>,
     families: Families,
     samples: Mutex<VecDeque<Sample>>,
-    shadow_slots: Arc<tokio::sync::Semaphore>,
+    /// Shadowed reads waiting for the shadow thread, started with the first.
+    shadow_queue: std::sync::OnceLock<tokio::sync::mpsc::Sender<ShadowJob>>,
     health: health::Health,
 }
 
@@ -115,10 +117,16 @@ impl Reads {
             tables: DashMap::new(),
             families,
             samples: Mutex::new(VecDeque::new()),
-            shadow_slots: Arc::new(tokio::sync::Semaphore::new(settings.shadow_concurrency)),
+            shadow_queue: std::sync::OnceLock::new(),
             health: Default::default(),
             settings,
         }
+    }
+
+    /// Where shadowed reads go: the shadow thread's queue (the thread starts on first use
+    /// and ends once these reads are dropped).
+    fn shadow_queue(self: &Arc<Self>) -> &tokio::sync::mpsc::Sender<ShadowJob> {
+        self.shadow_queue.get_or_init(|| runner::start(self))
     }
 
     fn timeout(&self) -> Duration {

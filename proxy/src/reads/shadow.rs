@@ -4,16 +4,17 @@
 //! `reads.log_values`.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use pgdual_rules::read_plan::KeyRef;
 use pgdual_rules::{ReadPlan, RuleSet};
 use tracing::{debug, warn};
 
-use super::answer::{run_on_new, NewAnswer};
-use super::counters::Routed;
-use super::describe::describe;
+use tokio::sync::mpsc::error::TrySendError;
+
+use super::answer::NewAnswer;
+use super::describe::Described;
 use super::{CachedPlan, Fallback, Reads, Request, Sample, Settings, TableReads};
 use crate::proto::backend::{columns, field_names, same_shape};
 
@@ -38,7 +39,8 @@ pub struct ShadowJob {
     pub capture: Capture,
 }
 
-/// Runs a shadowed read on new and compares, on a task of its own; the client has its answer.
+/// Hands a shadowed read to the shadow thread (see [`super::runner`]); the client has its
+/// answer. A read that finds the queue full is counted as skipped.
 pub fn spawn_shadow(reads: Arc<Reads>, job: ShadowJob) {
     let Ok(plan) = &*job.plan else { return };
     let skipped = |t: &TableReads| {
@@ -47,45 +49,27 @@ pub fn spawn_shadow(reads: Arc<Reads>, job: ShadowJob) {
     if job.capture.spoiled || !job.capture.complete {
         return reads.count(plan, skipped);
     }
-    let Ok(permit) = reads.shadow_slots.clone().try_acquire_owned() else {
-        return reads.count(plan, skipped);
-    };
-    tokio::spawn(async move {
-        let _permit = permit;
-        shadow(&reads, job).await;
-    });
+    if let Err(e) = reads.shadow_queue().try_send(job) {
+        let job = match e {
+            TrySendError::Full(job) | TrySendError::Closed(job) => job,
+        };
+        if let Ok(plan) = &*job.plan {
+            reads.count(plan, skipped);
+        }
+    }
 }
 
-/// Runs `job` on new and counts (and samples) how the answers compare.
-async fn shadow(reads: &Reads, job: ShadowJob) {
-    let started = Instant::now();
-    let mut on_new = Duration::ZERO;
-    compare_on_new(reads, job, &mut on_new).await;
-    reads
-        .families
-        .times
-        .observe(Routed::Shadow, started.elapsed(), on_new);
-}
-
-async fn compare_on_new(reads: &Reads, mut job: ShadowJob, on_new: &mut Duration) {
+/// Counts (and samples) how new's answer to a shadowed read compares with legacy's.
+pub(super) fn finish(
+    reads: &Reads,
+    job: ShadowJob,
+    described: &Described,
+    answer: Result<NewAnswer, Fallback>,
+) {
     let plan = job.plan.clone();
     let Ok(plan) = &*plan else { return };
-    let outcome = async {
-        let described = describe(reads, plan, &job.request)
-            .await
-            .map_err(|()| Fallback::Describe)?;
-        // Without a Describe in the client's request, legacy sent no RowDescription.
-        if job.capture.row.is_none() {
-            job.capture.row = described.row.clone();
-        }
-        let (rules, request, settings) = (&job.rules, &job.request, &job.settings);
-        run_on_new(reads, rules, plan, request, &described, settings, on_new)
-            .await
-            .map(|new| (new, described))
-    }
-    .await;
-    let (new, described) = match outcome {
-        Ok(answered) => answered,
+    let new = match answer {
+        Ok(new) => new,
         Err(why) => {
             debug!(reason = why.as_str(), "shadow read failed on new");
             return reads.count(plan, |t| {

@@ -1,0 +1,244 @@
+//! The shadow thread: shadowed reads run on new off the workers that relay clients, on a
+//! thread of their own with its own connections to new. `reads.shadow_concurrency` tasks
+//! each take what the queue holds (up to [`MAX_BATCH`] reads) and send it to new in one
+//! write, one Sync per read, so a busy shadow costs a round trip per batch rather than per
+//! read. The queue holds `shadow_concurrency × MAX_BATCH` reads; a read that finds it full is
+//! skipped, so memory stays bounded however slow new is.
+
+use std::rc::Rc;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::sync::mpsc::{self, Receiver, Sender};
+use tracing::{debug, warn};
+
+use super::answer::{align_settings, new_answer, request_frames, settle_prepare, NewAnswer};
+use super::counters::Routed;
+use super::describe::{describe, Described};
+use super::shadow::{finish, ShadowJob};
+use super::{Fallback, Reads, Request};
+use crate::net::conn::{BackendError, Frame, Target};
+use crate::net::pool;
+
+/// Most shadowed reads sent to new in one round trip.
+pub const MAX_BATCH: usize = 16;
+
+/// Starts the shadow thread for `reads`; returns its queue. If the thread cannot start, the
+/// queue is closed and shadowed reads are counted as skipped.
+pub(super) fn start(reads: &Arc<Reads>) -> Sender<ShadowJob> {
+    let tasks = reads.settings.shadow_concurrency.max(1);
+    let (tx, rx) = mpsc::channel(tasks * MAX_BATCH);
+    let weak = Arc::downgrade(reads);
+    let spawned = std::thread::Builder::new()
+        .name("pgdual-shadow".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => return warn!(error = %e, "cannot start the shadow runtime"),
+            };
+            let rx = Rc::new(tokio::sync::Mutex::new(rx));
+            let local = tokio::task::LocalSet::new();
+            for _ in 0..tasks {
+                local.spawn_local(take_batches(weak.clone(), rx.clone()));
+            }
+            rt.block_on(local);
+        });
+    if let Err(e) = spawned {
+        warn!(error = %e, "cannot start the shadow thread; shadowed reads are skipped");
+    }
+    tx
+}
+
+/// Takes batches off the queue and runs them, until the reads are dropped.
+async fn take_batches(reads: Weak<Reads>, rx: Rc<tokio::sync::Mutex<Receiver<ShadowJob>>>) {
+    loop {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        {
+            let mut rx = rx.lock().await;
+            match rx.recv().await {
+                Some(job) => batch.push(job),
+                None => return,
+            }
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+        }
+        let Some(reads) = reads.upgrade() else { return };
+        run_batch(&reads, batch).await;
+    }
+}
+
+/// Describes each read (cached), then runs the reads that share a target and settings in
+/// one round trip each, and compares.
+async fn run_batch(reads: &Reads, jobs: Vec<ShadowJob>) {
+    let started = Instant::now();
+    let mut ready = Vec::with_capacity(jobs.len());
+    for mut job in jobs {
+        let plan = job.plan.clone();
+        let Ok(plan) = &*plan else { continue };
+        match describe(reads, plan, &job.request).await {
+            Ok(d) => {
+                // Without a Describe in the client's request, legacy sent no RowDescription.
+                if job.capture.row.is_none() {
+                    job.capture.row = d.row.clone();
+                }
+                ready.push((job, d));
+            }
+            Err(()) => {
+                let d = Described {
+                    params: Vec::new(),
+                    new_params: Vec::new(),
+                    row: None,
+                };
+                finish(reads, job, &d, Err(Fallback::Describe));
+            }
+        }
+    }
+    while let Some((first, _)) = ready.first() {
+        let target = target_of(reads, first);
+        let settings = first.settings.clone();
+        let (group, rest): (Vec<_>, Vec<_>) = ready.into_iter().partition(|(job, _)| {
+            same_target(target_of(reads, job), target) && job.settings == settings
+        });
+        ready = rest;
+        let mut on_new = Duration::ZERO;
+        let answers = match target {
+            Some(target) => run_group(reads, target, &group, &mut on_new).await,
+            None => group.iter().map(|_| Err(Fallback::Unavailable)).collect(),
+        };
+        let total = started.elapsed();
+        for ((job, described), answer) in group.into_iter().zip(answers) {
+            finish(reads, job, &described, answer);
+            reads.families.times.observe(Routed::Shadow, total, on_new);
+        }
+    }
+}
+
+fn target_of<'a>(reads: &'a Reads, job: &ShadowJob) -> Option<&'a Target> {
+    match &*job.plan {
+        Ok(plan) => reads.targets.for_plan(plan, &job.rules),
+        Err(_) => None,
+    }
+}
+
+fn same_target(a: Option<&Target>, b: Option<&Target>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => std::ptr::eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+/// Runs `group` on one connection to `target` in one round trip: each read's answer, in order.
+async fn run_group(
+    reads: &Reads,
+    target: &Target,
+    group: &[(ShadowJob, Arc<Described>)],
+    on_new: &mut Duration,
+) -> Vec<Result<NewAnswer, Fallback>> {
+    let all = |why: Fallback| group.iter().map(|_| Err(why)).collect();
+    if reads.health.is_down() {
+        return all(Fallback::Unavailable);
+    }
+    let cfg = &reads.settings;
+    let timeout = reads.timeout();
+    let started = Instant::now();
+    let mut conn = match pool::checkout(target).await {
+        Ok(c) => c,
+        Err(e) => {
+            *on_new += started.elapsed();
+            if reads
+                .health
+                .failed(Duration::from_millis(cfg.retry_after_ms))
+            {
+                warn!(error = %e, "new is unreachable; reads fall back to legacy");
+            }
+            return all(Fallback::Unavailable);
+        }
+    };
+    let result = async {
+        align_settings(&mut conn, &group[0].0.settings, timeout, cfg.log_values).await?;
+        let mut out = BytesMut::new();
+        let mut batch = Vec::new();
+        let mut prepares = Vec::with_capacity(group.len());
+        for (job, described) in group {
+            let Ok(plan) = &*job.plan else {
+                return Err(BackendError::Protocol("a shadow without a plan".into()));
+            };
+            let prepare = request_frames(
+                &mut conn,
+                plan,
+                &job.request,
+                described,
+                &mut out,
+                &mut batch,
+            );
+            prepares.push(prepare);
+        }
+        let max = cfg.max_result_bytes.saturating_mul(group.len());
+        let frames = conn.round_trip(&out, max, timeout).await?;
+        Ok((frames, prepares))
+    }
+    .await;
+    *on_new += started.elapsed();
+    let (frames, prepares) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            pool::checkin(target, conn);
+            debug!(error = %e, "shadow reads failed on new");
+            return all(match e {
+                BackendError::TooLarge(_) => Fallback::TooLarge,
+                BackendError::Protocol(_) => Fallback::Error,
+                _ => Fallback::Unavailable,
+            });
+        }
+    };
+    reads.health.answered();
+    let answers = per_request(frames);
+    if answers.len() != group.len() {
+        pool::checkin(target, conn);
+        return all(Fallback::Error);
+    }
+    let mut out = Vec::with_capacity(group.len());
+    for (((job, _), prepare), frames) in group.iter().zip(prepares).zip(answers) {
+        if let Ok(plan) = &*job.plan {
+            if settle_prepare(&mut conn, &plan.sql, prepare, &frames) {
+                if let Request::Simple {
+                    lifted: Some(l), ..
+                } = &job.request
+                {
+                    reads.keep_literals(l);
+                }
+            }
+        }
+        let size: usize = frames.iter().map(|f| f.body.len() + 5).sum();
+        out.push(if size > cfg.max_result_bytes {
+            Err(Fallback::TooLarge)
+        } else {
+            new_answer(frames, cfg.log_values)
+        });
+    }
+    pool::checkin(target, conn);
+    out
+}
+
+/// The frames of a pipelined exchange split after each ReadyForQuery: one answer per request.
+fn per_request(frames: Vec<Frame>) -> Vec<Vec<Frame>> {
+    let mut out = Vec::new();
+    let mut current = Vec::new();
+    for f in frames {
+        let end = f.tag == b'Z';
+        current.push(f);
+        if end {
+            out.push(std::mem::take(&mut current));
+        }
+    }
+    out
+}
