@@ -111,11 +111,14 @@ pub struct BackendConn {
     status: u8,
     broken: bool,
     /// Statements this connection has prepared, by SQL and parameter types: their names.
-    statements: HashMap<(Box<str>, Vec<u32>), Box<str>>,
+    statements: HashMap<Box<str>, Vec<Named>>,
     /// Names handed out so far: a name is never reused, even when its Parse's outcome was
     /// not recorded.
     named: usize,
 }
+
+/// A statement prepared on a connection: its parameter types and name.
+type Named = (Vec<u32>, Box<str>);
 
 /// Named statements kept per connection; past this, statements run unnamed.
 const MAX_STATEMENTS: usize = 256;
@@ -649,15 +652,17 @@ impl BackendConn {
     /// The name this connection prepared `sql` under, if it has.
     pub fn statement(&self, sql: &str, param_types: &[u32]) -> Option<&str> {
         self.statements
-            .get(&(Box::from(sql), param_types.to_vec()))
-            .map(|n| &**n)
+            .get(sql)?
+            .iter()
+            .find(|(t, _)| t == param_types)
+            .map(|(_, n)| &**n)
     }
 
     /// A fresh name to prepare `sql` under, or `None` when the connection keeps enough
     /// statements already (run it unnamed). Call [`Self::prepared`] once the server said
     /// ParseComplete.
     pub fn statement_name(&mut self) -> Option<String> {
-        if self.statements.len() >= MAX_STATEMENTS {
+        if self.statements.values().map(Vec::len).sum::<usize>() >= MAX_STATEMENTS {
             return None;
         }
         self.named += 1;
@@ -672,7 +677,9 @@ impl BackendConn {
     /// Records that `sql` is prepared under `name`.
     pub fn prepared(&mut self, sql: &str, param_types: &[u32], name: String) {
         self.statements
-            .insert((Box::from(sql), param_types.to_vec()), name.into());
+            .entry(sql.into())
+            .or_default()
+            .push((param_types.to_vec(), name.into()));
     }
 
     pub fn parameter(&self, name: &str) -> Option<&str> {

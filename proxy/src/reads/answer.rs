@@ -157,7 +157,7 @@ pub(super) fn request_frames(
         }
         Request::Simple {
             lifted: Some(l), ..
-        } => bind_statement(conn, &plan.sql, &l.types, &l.bind_rest, out, batch),
+        } => bind_statement(conn, &plan.sql, &l.types, &l.bind_rest(), out, batch),
         Request::Extended { bind_rest, .. } => bind_statement(
             conn,
             &plan.sql,
@@ -264,7 +264,7 @@ pub(super) async fn align_settings(
     show_values: bool,
 ) -> Result<(), BackendError> {
     let mut sql = String::new();
-    for (name, value) in settings {
+    for (name, value) in settings.iter() {
         if conn.parameter(name) != Some(value.as_str()) {
             sql.push_str(&format!(
                 "SET {} TO '{}';",

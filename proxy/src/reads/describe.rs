@@ -41,9 +41,9 @@ pub async fn describe(
             lifted: Some(l), ..
         } => l.key.1.clone(),
         Request::Simple { .. } if !plan.literal_output => {
-            Box::from(pgdual_rules::fingerprint::fingerprint(sql))
+            Arc::from(pgdual_rules::fingerprint::fingerprint(sql))
         }
-        _ => Box::<str>::from(sql),
+        Request::Simple { sql, .. } | Request::Extended { sql, .. } => sql.clone(),
     };
     let key = (key_text, param_types.to_vec());
     if let Some(d) = reads.described.get(&key) {

@@ -46,6 +46,15 @@ const SAMPLES: usize = 64;
 /// A statement's plan for one rules generation, or why new cannot answer it.
 pub type CachedPlan = Arc<Result<ReadPlan, NotRoutable>>;
 
+/// A simple-query shape's plan for one rules generation; `plan` is `None` when the shape's
+/// literals must stay in its text.
+#[derive(Clone)]
+struct LiftedEntry {
+    generation: u64,
+    text: Arc<str>,
+    plan: Option<CachedPlan>,
+}
+
 /// Where reads connect: pooled connections as pgdual's own role.
 struct Targets {
     /// Legacy, to describe statements (within `limits.connect_timeout_ms`).
@@ -79,13 +88,15 @@ pub struct Reads {
     plans: DashMap<(u64, Box<str>), CachedPlan>,
     /// Plans of simple queries by shape (rules generation, text with literals lifted); `None`
     /// when the shape's literals must stay in its text.
-    lifted: DashMap<(u64, Box<str>), Option<CachedPlan>>,
+    lifted: DashMap<Arc<str>, LiftedEntry>,
     /// Verdicts that new cannot answer a statement, by rules generation and fingerprint.
     unroutable: DashMap<(u64, Box<str>), CachedPlan>,
-    described: DashMap<(Box<str>, Vec<u32>), Arc<Described>>,
+    described: DashMap<(Arc<str>, Vec<u32>), Arc<Described>>,
     /// The rules generation `described` was learned under: a rules change forgets it.
     described_generation: AtomicU64,
     tables: DashMap<String, Arc<TableReads>>,
+    /// The same counters by table name, as reads count them.
+    by_table: DashMap<TableName, Arc<TableReads>>,
     families: Families,
     samples: Mutex<VecDeque<Sample>>,
     /// Shadowed reads waiting for the shadow thread, started with the first.
@@ -115,6 +126,7 @@ impl Reads {
             described: DashMap::new(),
             described_generation: AtomicU64::new(0),
             tables: DashMap::new(),
+            by_table: DashMap::new(),
             families,
             samples: Mutex::new(VecDeque::new()),
             shadow_queue: std::sync::OnceLock::new(),
@@ -176,29 +188,35 @@ impl Reads {
     ) -> (CachedPlan, Option<Box<Lifted>>) {
         self.follow(snap.generation);
         if let Some(l) = pgdual_rules::sql::literals::lift(sql) {
-            let key = (snap.generation, Box::<str>::from(l.sql.as_str()));
-            let entry = match self.lifted.get(&key) {
-                Some(e) => e.clone(),
-                None => {
-                    let entry = match pgdual_rules::plan_lifted(&l.sql, l.values.len(), &snap.rules)
-                    {
-                        Ok(plan) => Some(Arc::new(Ok(plan))),
-                        Err(NotLifted::NotRoutable(e)) => Some(Arc::new(Err(e))),
-                        Err(NotLifted::Literals) => None,
-                    };
-                    if self.lifted.len() >= PLAN_CACHE_CAPACITY {
-                        self.lifted.clear();
-                    }
-                    self.lifted.insert(key.clone(), entry.clone());
-                    entry
+            let known = self
+                .lifted
+                .get(l.sql.as_str())
+                .filter(|e| e.generation == snap.generation)
+                .map(|e| (e.text.clone(), e.plan.clone()));
+            let (text, plan) = known.unwrap_or_else(|| {
+                let plan = match pgdual_rules::plan_lifted(&l.sql, l.values.len(), &snap.rules) {
+                    Ok(plan) => Some(Arc::new(Ok(plan))),
+                    Err(NotLifted::NotRoutable(e)) => Some(Arc::new(Err(e))),
+                    Err(NotLifted::Literals) => None,
+                };
+                if self.lifted.len() >= PLAN_CACHE_CAPACITY {
+                    self.lifted.clear();
                 }
-            };
-            if let Some(plan) = entry {
+                let text: Arc<str> = l.sql.as_str().into();
+                let entry = LiftedEntry {
+                    generation: snap.generation,
+                    text: text.clone(),
+                    plan: plan.clone(),
+                };
+                self.lifted.insert(text.clone(), entry);
+                (text, plan)
+            });
+            if let Some(plan) = plan {
                 let lifted = plan.is_ok().then(|| {
                     Box::new(Lifted {
-                        key,
-                        bind_rest: crate::proto::frontend::text_bind_rest(&l.values),
+                        key: (snap.generation, text),
                         types: l.types,
+                        values: l.values,
                     })
                 });
                 return (plan, lifted);
@@ -210,14 +228,23 @@ impl Reads {
     /// Plans cached: (simple-query shapes planned with their literals lifted, texts planned
     /// as they are).
     pub fn plan_counts(&self) -> (usize, usize) {
-        let lifted = self.lifted.iter().filter(|e| e.value().is_some()).count();
+        let lifted = self.lifted.iter().filter(|e| e.plan.is_some()).count();
         (lifted, self.plans.len())
     }
 
     /// New refused to prepare a lifted shape: its texts are planned with their literals from
     /// now on (until the rules change).
     fn keep_literals(&self, lifted: &Lifted) {
-        self.lifted.insert(lifted.key.clone(), None);
+        let (generation, text) = lifted.key.clone();
+        let plan = None;
+        self.lifted.insert(
+            text.clone(),
+            LiftedEntry {
+                generation,
+                text,
+                plan,
+            },
+        );
     }
 
     /// A newer rules generation forgets what was learned about legacy's statements (the change
@@ -232,7 +259,7 @@ impl Reads {
         {
             self.described.clear();
             self.plans.retain(|(g, _), _| *g == generation);
-            self.lifted.retain(|(g, _), _| *g == generation);
+            self.lifted.retain(|_, e| e.generation == generation);
             self.unroutable.retain(|(g, _), _| *g == generation);
         }
     }
@@ -281,7 +308,13 @@ impl Reads {
 
     pub fn count_tables(&self, tables: &[TableName], f: impl Fn(&TableReads)) {
         for t in tables {
-            f(&self.table(&t.to_string()));
+            if let Some(r) = self.by_table.get(t) {
+                f(&r);
+                continue;
+            }
+            let r = self.table(&t.to_string());
+            self.by_table.insert(t.clone(), r.clone());
+            f(&r);
         }
     }
 }

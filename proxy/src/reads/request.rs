@@ -50,11 +50,18 @@ pub enum Describe {
 #[derive(Debug, Clone)]
 pub struct Lifted {
     /// The plan cache key of the shape (rules generation, lifted text).
-    pub(super) key: (u64, Box<str>),
+    pub(super) key: (u64, Arc<str>),
     /// Parameter types (0: unspecified, as an unknown-typed literal).
     pub types: Vec<u32>,
+    /// Parameter values, in text.
+    pub values: Vec<String>,
+}
+
+impl Lifted {
     /// The Bind body after the portal and statement names: the values in text.
-    pub bind_rest: Bytes,
+    pub fn bind_rest(&self) -> Bytes {
+        frontend::text_bind_rest(&self.values)
+    }
 }
 
 impl Request {
@@ -78,7 +85,10 @@ impl Request {
             Request::Simple { lifted: None, .. } => None,
             Request::Simple {
                 lifted: Some(l), ..
-            } => frontend::bind_param(&l.bind_rest, n),
+            } => l
+                .values
+                .get(n.checked_sub(1)?)
+                .map(|v| Bytes::copy_from_slice(v.as_bytes())),
             Request::Extended { bind_rest, .. } => frontend::bind_param(bind_rest, n),
         }
     }
@@ -92,5 +102,6 @@ impl Request {
     }
 }
 
-/// The connection settings of a session that new must share.
-pub type Settings = Vec<(String, String)>;
+/// The connection settings of a session that new must share: shared, as every routed read
+/// of the session carries them.
+pub type Settings = Arc<Vec<(String, String)>>;
