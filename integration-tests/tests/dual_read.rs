@@ -124,6 +124,18 @@ async fn ready(p: &Proxy) {
     wait_legacy_columns(p).await;
 }
 
+/// A pgdual answering reads of `t` from new, `rows` rows mirrored there: the proxy, its
+/// rules directory and its port.
+async fn serving_from_new(t: &str, rows: i64) -> (Proxy, tempfile::TempDir, u16) {
+    let new = new_db();
+    create(t, new).await;
+    let (p, dir) = proxy_with_rules(&rules(t, "read = \"new\""), new);
+    ready(&p).await;
+    let port = p.local_addr().port();
+    fill(t, port, new, rows).await;
+    (p, dir, port)
+}
+
 const SIMPLE_READS: &[&str] = &[
     "SELECT id, first_name, last_name, email FROM {t} WHERE id = 3",
     "SELECT * FROM {t} WHERE id = 7",
@@ -137,12 +149,7 @@ const SIMPLE_READS: &[&str] = &[
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_mode_answers_exactly_what_legacy_would_in_both_protocols() {
     let t = "dr_new";
-    let new = new_db();
-    create(t, new).await;
-    let (p, _dir) = proxy_with_rules(&rules(t, "read = \"new\""), new);
-    ready(&p).await;
-    let port = p.local_addr().port();
-    fill(t, port, new, 20).await;
+    let (p, _dir, port) = serving_from_new(t, 20).await;
     // A fresh connection: the one that wrote reads its own writes from legacy until the
     // mirror has them.
     let via = connect(port).await;
@@ -887,12 +894,7 @@ async fn unnamed_statement_batches_are_answered_by_new_as_legacy_would() {
     use tokio_postgres::types::Type;
 
     let t = "dr_unnamed";
-    let new = new_db();
-    create(t, new).await;
-    let (p, _dir) = proxy_with_rules(&rules(t, "read = \"new\""), new);
-    ready(&p).await;
-    let port = p.local_addr().port();
-    fill(t, port, new, 20).await;
+    let (p, _dir, port) = serving_from_new(t, 20).await;
     let via = connect(port).await;
     let direct = connect(legacy().port).await;
 

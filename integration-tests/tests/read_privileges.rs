@@ -120,14 +120,18 @@ async fn simple(c: &Client, sql: &str) -> Answer {
 async fn extended(c: &Client, sql: &str, id: i64) -> Answer {
     let stmt = c.prepare(sql).await.map_err(db_error)?;
     let rows = c.query(&stmt, &[&id]).await.map_err(db_error)?;
-    Ok(rows
-        .iter()
+    Ok(text_columns(&rows))
+}
+
+/// Each row's columns, all text.
+fn text_columns(rows: &[tokio_postgres::Row]) -> Vec<Vec<Option<String>>> {
+    rows.iter()
         .map(|r| {
             (0..r.len())
                 .map(|i| r.get::<_, Option<String>>(i))
                 .collect()
         })
-        .collect())
+        .collect()
 }
 
 /// The same through the unnamed statement, parsed and bound in one batch.
@@ -136,14 +140,7 @@ async fn unnamed(c: &Client, sql: &str, id: i64) -> Answer {
         .query_typed(sql, &[(&id, tokio_postgres::types::Type::INT8)])
         .await
         .map_err(db_error)?;
-    Ok(rows
-        .iter()
-        .map(|r| {
-            (0..r.len())
-                .map(|i| r.get::<_, Option<String>>(i))
-                .collect()
-        })
-        .collect())
+    Ok(text_columns(&rows))
 }
 
 /// The value of `name{table="public.<table>",<label>}`, 0 before the table's first read.
