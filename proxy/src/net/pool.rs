@@ -2,7 +2,6 @@
 //! runtime per worker, and a socket must stay on the runtime that opened it.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 
 use crate::net::conn::{BackendConn, BackendError, Target};
 
@@ -23,21 +22,58 @@ impl Target {
     }
 }
 
+/// This thread's idle connections to one target.
+struct Idle {
+    user: String,
+    host: String,
+    port: u16,
+    dbname: String,
+    conns: Vec<BackendConn>,
+}
+
+impl Idle {
+    /// Whether connections to `target` are these (compared field by field: checkouts and
+    /// checkins are on every read's path, so no key is built).
+    fn serves(&self, target: &Target) -> bool {
+        self.port == target.port
+            && self.host == target.host
+            && self.user == target.user
+            && self.dbname == target.dbname
+    }
+}
+
 thread_local! {
-    /// Idle connections of this worker thread, by [`Target::key`].
-    static IDLE: RefCell<HashMap<String, Vec<BackendConn>>> = RefCell::new(HashMap::new());
+    /// Idle connections of this worker thread, by target (a handful at most).
+    static IDLE: RefCell<Vec<Idle>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on this thread's idle connections to `target` (created empty if need be).
+fn with_idle<T>(target: &Target, f: impl FnOnce(&mut Vec<BackendConn>) -> T) -> Option<T> {
+    IDLE.try_with(|p| {
+        let mut pool = p.borrow_mut();
+        let at = match pool.iter().position(|i| i.serves(target)) {
+            Some(at) => at,
+            None => {
+                pool.push(Idle {
+                    user: target.user.clone(),
+                    host: target.host.clone(),
+                    port: target.port,
+                    dbname: target.dbname.clone(),
+                    conns: Vec::new(),
+                });
+                pool.len() - 1
+            }
+        };
+        f(&mut pool[at].conns)
+    })
+    .ok()
 }
 
 /// An idle connection to `target` from this thread's pool (the most recently used one that is
 /// still open), or a new one.
 pub async fn checkout(target: &Target) -> Result<BackendConn, BackendError> {
-    let key = target.key();
     loop {
-        let idle = IDLE
-            .try_with(|p| p.borrow_mut().get_mut(&key).and_then(Vec::pop))
-            .ok()
-            .flatten();
-        match idle {
+        match with_idle(target, Vec::pop).flatten() {
             Some(conn) if conn.still_usable() => return Ok(conn),
             Some(_) => continue,
             None => return target.connect().await,
@@ -51,10 +87,7 @@ pub fn checkin(target: &Target, conn: BackendConn) {
     if !conn.reusable() {
         return;
     }
-    let key = target.key();
-    let _ = IDLE.try_with(move |p| {
-        let mut pool = p.borrow_mut();
-        let idle = pool.entry(key).or_default();
+    with_idle(target, move |idle| {
         if idle.len() < MAX_IDLE_PER_KEY {
             idle.push(conn);
         }
@@ -65,12 +98,7 @@ pub fn checkin(target: &Target, conn: BackendConn) {
 /// client's path: drops the idle ones the server has closed or written to, then opens the
 /// missing ones. Returns how many it opened, or the first connect's error.
 pub async fn keep_idle(target: &Target, min: usize) -> Result<usize, BackendError> {
-    let key = target.key();
-    let _ = IDLE.try_with(|p| {
-        if let Some(idle) = p.borrow_mut().get_mut(&key) {
-            idle.retain(BackendConn::still_usable);
-        }
-    });
+    with_idle(target, |idle| idle.retain(BackendConn::still_usable));
     let missing = min.min(MAX_IDLE_PER_KEY).saturating_sub(idle_count(target));
     for _ in 0..missing {
         checkin(target, target.connect().await?);
@@ -80,8 +108,7 @@ pub async fn keep_idle(target: &Target, min: usize) -> Result<usize, BackendErro
 
 /// Idle connections to `target` in this thread's pool.
 pub fn idle_count(target: &Target) -> usize {
-    IDLE.try_with(|p| p.borrow().get(&target.key()).map_or(0, Vec::len))
-        .unwrap_or(0)
+    with_idle(target, |idle| idle.len()).unwrap_or(0)
 }
 
 #[cfg(test)]

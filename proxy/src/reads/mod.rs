@@ -85,12 +85,13 @@ impl Targets {
 pub struct Reads {
     settings: ReadsConfig,
     targets: Targets,
-    plans: DashMap<(u64, Box<str>), CachedPlan>,
+    /// Plans by SQL text, each with the rules generation it was made under.
+    plans: DashMap<Box<str>, (u64, CachedPlan)>,
     /// Plans of simple queries by shape (rules generation, text with literals lifted); `None`
     /// when the shape's literals must stay in its text.
     lifted: DashMap<Arc<str>, LiftedEntry>,
     /// Verdicts that new cannot answer a statement, by rules generation and fingerprint.
-    unroutable: DashMap<(u64, Box<str>), CachedPlan>,
+    unroutable: DashMap<Box<str>, (u64, CachedPlan)>,
     described: DashMap<(Arc<str>, Vec<u32>), Arc<Described>>,
     /// The rules generation `described` was learned under: a rules change forgets it.
     described_generation: AtomicU64,
@@ -152,29 +153,32 @@ impl Reads {
     /// The plan of `sql` under the rules of `snap`, cached.
     pub fn plan(&self, snap: &RulesSnapshot, sql: &str) -> CachedPlan {
         self.follow(snap.generation);
-        let key = (snap.generation, Box::<str>::from(sql));
-        if let Some(p) = self.plans.get(&key) {
-            return p.clone();
+        let current = |e: &(u64, CachedPlan)| (e.0 == snap.generation).then(|| e.1.clone());
+        if let Some(p) = self.plans.get(sql).and_then(|e| current(&e)) {
+            return p;
         }
         // What keeps a statement from new is its shape, not its literals: one verdict per
         // fingerprint spares parsing every text that differs in literals only. At worst a
         // text whose literals would have let it through stays on legacy, which is always right.
-        let shape = (
-            snap.generation,
-            Box::<str>::from(pgdual_rules::fingerprint::fingerprint(sql)),
-        );
-        if let Some(p) = self.unroutable.get(&shape) {
-            return p.clone();
+        let shape = pgdual_rules::fingerprint::fingerprint(sql);
+        if let Some(p) = self
+            .unroutable
+            .get(shape.as_str())
+            .and_then(|e| current(&e))
+        {
+            return p;
         }
         let plan = Arc::new(pgdual_rules::read_plan::plan_read(sql, &snap.rules));
         let (cache, key) = match &*plan {
-            Err(NotRoutable::TooLong(_) | NotRoutable::Parse(_)) | Ok(_) => (&self.plans, key),
-            Err(_) => (&self.unroutable, shape),
+            Err(NotRoutable::TooLong(_) | NotRoutable::Parse(_)) | Ok(_) => {
+                (&self.plans, sql.into())
+            }
+            Err(_) => (&self.unroutable, shape.into_boxed_str()),
         };
         if cache.len() >= PLAN_CACHE_CAPACITY {
             cache.clear();
         }
-        cache.insert(key, plan.clone());
+        cache.insert(key, (snap.generation, plan.clone()));
         plan
     }
 
@@ -258,9 +262,9 @@ impl Reads {
                 .is_ok()
         {
             self.described.clear();
-            self.plans.retain(|(g, _), _| *g == generation);
+            self.plans.retain(|_, e| e.0 == generation);
             self.lifted.retain(|_, e| e.generation == generation);
-            self.unroutable.retain(|(g, _), _| *g == generation);
+            self.unroutable.retain(|_, e| e.0 == generation);
         }
     }
 
