@@ -39,10 +39,10 @@ for mode in ${MODES:-legacy shadow new}; do
   sleep 1
   dump=$(ls -t "$out".* | head -1)   # the dump of the zeroed counters: $out.1
   kill "$pid"; wait "$pid" 2>/dev/null || true
-  total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}')
+  total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ && !t {gsub(",", "", $1); t = $1} END {print t}')
   printf "%s,%.0f\n" "$mode" "$(python3 -c "print($total / $READS)")"
-  { callgrind_annotate --inclusive=yes "$dump" 2>/dev/null || true; } |
-    sed -n '/file:function/,$p' | head -40 > "$WORK/top.$mode" || true
+  callgrind_annotate --inclusive=yes "$dump" 2>/dev/null > "$WORK/annotate.$mode" || true
+  sed -n '/file:function/,$p' "$WORK/annotate.$mode" | sed -n 1,40p > "$WORK/top.$mode"
   echo "--- $mode: inclusive instructions, top functions (whole run of $READS reads)" >&2
   cat "$WORK/top.$mode" >&2
 done

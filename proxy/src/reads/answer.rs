@@ -204,31 +204,33 @@ fn bind_statement(
     out: &mut BytesMut,
     batch: &mut Vec<(String, Vec<u32>, String)>,
 ) -> Preparing {
-    let earlier = || {
-        batch
-            .iter()
-            .find(|(s, t, _)| s == sql && t == types)
-            .map(|(_, _, n)| n.clone())
-    };
-    let (name, preparing) = match conn
-        .statement(sql, types)
-        .map(str::to_string)
-        .or_else(earlier)
-    {
-        Some(known) => (known, None),
+    let mut preparing = None;
+    let earlier = batch
+        .iter()
+        .find(|(s, t, _)| s == sql && t == types)
+        .map(|(_, _, n)| n.as_str());
+    let name = match conn.statement(sql, types).or(earlier) {
+        Some(known) => known,
         None => {
             let name = conn.statement_name().unwrap_or_default();
             out.extend_from_slice(&frontend::parse_frame(&name, sql, types));
             if !name.is_empty() {
                 batch.push((sql.to_string(), types.to_vec(), name.clone()));
             }
-            (name.clone(), Some((name, types.to_vec())))
+            preparing = Some((name, types.to_vec()));
+            preparing.as_ref().map_or("", |(n, _)| n.as_str())
         }
     };
-    out.extend_from_slice(&frontend::bind_frame("", &name, bind_rest));
-    out.extend_from_slice(&frontend::describe_frame(b'P', ""));
-    out.extend_from_slice(&frontend::execute_frame("", 0));
-    out.extend_from_slice(&frontend::sync_frame());
+    // Bind (unnamed portal), Describe of the portal, Execute of all rows, Sync.
+    put_message(out, b'B', |o| {
+        o.put_u8(0);
+        o.put_slice(name.as_bytes());
+        o.put_u8(0);
+        o.put_slice(bind_rest);
+    });
+    put_message(out, b'D', |o| o.put_slice(b"P\0"));
+    put_message(out, b'E', |o| o.put_slice(&[0, 0, 0, 0, 0]));
+    put_message(out, b'S', |_| {});
     preparing
 }
 

@@ -252,7 +252,17 @@ pub async fn route_group(
         }
         Request::Extended { sql, .. } => ctx.reads.plan(&snap, sql),
     };
-    let stick = stickiness(&plan, &request, conn_seed);
+    // The bucket matters only when some table's reads are ramped below 100 %.
+    let ramped = plan.as_ref().as_ref().is_ok_and(|p| {
+        p.tables
+            .iter()
+            .any(|t| snap.rules.table(t).is_some_and(|r| r.read_percent < 100))
+    });
+    let stick = if ramped {
+        stickiness(&plan, &request, conn_seed)
+    } else {
+        0
+    };
     if let Ok(p) = plan.as_ref() {
         view.access = who.access(ctx, snap.version, p);
     }
