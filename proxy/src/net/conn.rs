@@ -510,21 +510,38 @@ impl BackendConn {
         max_bytes: usize,
         timeout: Duration,
     ) -> Result<Vec<Frame>, BackendError> {
+        let mut frames = Vec::new();
+        self.round_trip_visit(request, max_bytes, timeout, &mut |f| frames.push(f))
+            .await?;
+        Ok(frames)
+    }
+
+    /// As [`Self::round_trip`], handing each frame to `visit` as it arrives instead of
+    /// collecting them: a caller that digests rows holds none of them. Past `max_bytes`,
+    /// frames other than ReadyForQuery are skipped and the answer is `TooLarge`.
+    pub async fn round_trip_visit(
+        &mut self,
+        request: &[u8],
+        max_bytes: usize,
+        timeout: Duration,
+        visit: &mut (dyn FnMut(Frame) + Send),
+    ) -> Result<(), BackendError> {
         if self.broken {
             return Err(protocol("the connection is broken"));
         }
         let syncs = sync_points(request)?;
         // Broken until the exchange completes, even if this future is dropped midway.
         self.broken = true;
-        match tokio::time::timeout(timeout, self.exchange(request, syncs, max_bytes)).await {
+        let exchange = self.exchange(request, syncs, max_bytes, visit);
+        match tokio::time::timeout(timeout, exchange).await {
             Err(_) => Err(BackendError::Timeout),
             Ok(Err(e)) => Err(e),
-            Ok(Ok((frames, total, over))) => {
+            Ok(Ok((total, over))) => {
                 self.broken = false;
                 if over {
                     Err(BackendError::TooLarge(total))
                 } else {
-                    Ok(frames)
+                    Ok(())
                 }
             }
         }
@@ -535,9 +552,9 @@ impl BackendConn {
         request: &[u8],
         mut syncs: usize,
         max_bytes: usize,
-    ) -> Result<(Vec<Frame>, usize, bool), BackendError> {
+        visit: &mut (dyn FnMut(Frame) + Send),
+    ) -> Result<(usize, bool), BackendError> {
         self.send(request).await?;
-        let mut frames = Vec::new();
         let mut total = 0usize;
         let mut over = false;
         while syncs > 0 {
@@ -571,20 +588,14 @@ impl BackendConn {
                 let f = self.read_sized(tag, len).await?;
                 self.set_status(&f.body)?;
                 syncs -= 1;
-                if !over {
-                    frames.push(f);
-                }
+                visit(f);
             } else if over {
-                frames.clear();
                 self.skip_frame(len).await?;
             } else {
-                frames.push(self.take_frame(tag, len).await?);
+                visit(self.take_frame(tag, len).await?);
             }
         }
-        if over {
-            frames.clear();
-        }
-        Ok((frames, total, over))
+        Ok((total, over))
     }
 
     async fn read_sized(&mut self, tag: u8, len: usize) -> Result<Frame, BackendError> {

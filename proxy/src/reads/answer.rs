@@ -129,7 +129,9 @@ async fn exchange(
     let mut out = BytesMut::new();
     let prepare = request_frames(conn, plan, request, described, &mut out, &mut Vec::new());
     let frames = conn.round_trip(&out, max_bytes, timeout).await?;
-    let refused_parse = settle_prepare(conn, &plan.sql, prepare, &frames);
+    let parsed = frames.iter().any(|f| f.tag == b'1');
+    let errored = frames.iter().any(|f| f.tag == b'E');
+    let refused_parse = settle_prepare(conn, &plan.sql, prepare, parsed, errored);
     Ok(Exchanged {
         frames,
         refused_parse,
@@ -175,16 +177,16 @@ pub(super) fn settle_prepare(
     conn: &mut BackendConn,
     sql: &str,
     prepare: Preparing,
-    frames: &[Frame],
+    parsed: bool,
+    errored: bool,
 ) -> bool {
     let Some((name, types)) = prepare else {
         return false;
     };
-    let parsed = frames.iter().any(|f| f.tag == b'1');
     if parsed && !name.is_empty() {
         conn.prepared(sql, &types, name);
     }
-    !parsed && frames.iter().any(|f| f.tag == b'E')
+    !parsed && errored
 }
 
 /// What new sent back, and whether it refused to prepare the statement.

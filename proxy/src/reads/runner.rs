@@ -9,17 +9,18 @@ use std::rc::Rc;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc::{self, Receiver, Sender};
 use tracing::{debug, warn};
 
-use super::answer::{align_settings, new_answer, request_frames, settle_prepare, NewAnswer};
+use super::answer::{align_settings, request_frames, settle_prepare};
 use super::counters::Routed;
 use super::describe::{describe, Described};
-use super::shadow::{finish, ShadowJob};
+use super::shadow::{finish, Answered, ShadowJob};
 use super::{Fallback, Reads, Request};
 use crate::net::conn::{BackendError, Frame, Target};
 use crate::net::pool;
+use crate::proto::backend::error_fields;
 
 /// Most shadowed reads sent to new in one round trip.
 pub const MAX_BATCH: usize = 16;
@@ -136,19 +137,30 @@ fn same_target(a: Option<&Target>, b: Option<&Target>) -> bool {
     }
 }
 
-/// Runs `group` on one connection to `target` in one round trip: each read's answer, in order.
+/// What new sent back for one read of a batch, digested as it arrived.
+#[derive(Default)]
+struct Digest {
+    answer: Answered,
+    /// Bytes of DataRow received (past the limit, rows are no longer digested).
+    size: usize,
+    parsed: bool,
+    error: Option<Bytes>,
+}
+
+/// Runs `group` on one connection to `target` in one round trip, digesting each read's rows
+/// as they arrive: each read's answer, in order.
 async fn run_group(
     reads: &Reads,
     target: &Target,
     group: &[(ShadowJob, Arc<Described>)],
     on_new: &mut Duration,
-) -> Vec<Result<NewAnswer, Fallback>> {
+) -> Vec<Result<Answered, Fallback>> {
     let all = |why: Fallback| group.iter().map(|_| Err(why)).collect();
     if reads.health.is_down() {
         return all(Fallback::Unavailable);
     }
     let cfg = &reads.settings;
-    let timeout = reads.timeout();
+    let (timeout, max) = (reads.timeout(), cfg.max_result_bytes);
     let started = Instant::now();
     let mut conn = match pool::checkout(target).await {
         Ok(c) => c,
@@ -163,6 +175,7 @@ async fn run_group(
             return all(Fallback::Unavailable);
         }
     };
+    let mut digests: Vec<Digest> = group.iter().map(|_| Digest::default()).collect();
     let result = async {
         align_settings(&mut conn, &group[0].0.settings, timeout, cfg.log_values).await?;
         let mut out = BytesMut::new();
@@ -182,13 +195,30 @@ async fn run_group(
             );
             prepares.push(prepare);
         }
-        let max = cfg.max_result_bytes.saturating_mul(group.len());
-        let frames = conn.round_trip(&out, max, timeout).await?;
-        Ok((frames, prepares))
+        let mut at = 0;
+        let mut visit = |f: Frame| {
+            let Some(d) = digests.get_mut(at) else { return };
+            match f.tag {
+                b'1' => d.parsed = true,
+                b'T' => d.answer.row = Some(f.body),
+                b'D' => {
+                    d.size += f.body.len();
+                    if d.size <= max {
+                        d.answer.rows.push(&f.body);
+                    }
+                }
+                b'E' => d.error = Some(f.body),
+                b'Z' => at += 1,
+                _ => {}
+            }
+        };
+        conn.round_trip_visit(&out, max.saturating_mul(group.len()), timeout, &mut visit)
+            .await?;
+        Ok((prepares, at))
     }
     .await;
     *on_new += started.elapsed();
-    let (frames, prepares) = match result {
+    let (prepares, answered) = match result {
         Ok(r) => r,
         Err(e) => {
             pool::checkin(target, conn);
@@ -201,44 +231,37 @@ async fn run_group(
         }
     };
     reads.health.answered();
-    let answers = per_request(frames);
-    if answers.len() != group.len() {
+    if answered != group.len() {
         pool::checkin(target, conn);
         return all(Fallback::Error);
     }
     let mut out = Vec::with_capacity(group.len());
-    for (((job, _), prepare), frames) in group.iter().zip(prepares).zip(answers) {
+    for (((job, _), prepare), d) in group.iter().zip(prepares).zip(digests) {
         if let Ok(plan) = &*job.plan {
-            if settle_prepare(&mut conn, &plan.sql, prepare, &frames) {
-                if let Request::Simple {
+            let refused =
+                settle_prepare(&mut conn, &plan.sql, prepare, d.parsed, d.error.is_some());
+            if let (
+                true,
+                Request::Simple {
                     lifted: Some(l), ..
-                } = &job.request
-                {
-                    reads.keep_literals(l);
-                }
+                },
+            ) = (refused, &job.request)
+            {
+                reads.keep_literals(l);
             }
         }
-        let size: usize = frames.iter().map(|f| f.body.len() + 5).sum();
-        out.push(if size > cfg.max_result_bytes {
-            Err(Fallback::TooLarge)
-        } else {
-            new_answer(frames, cfg.log_values)
+        out.push(match d.error {
+            Some(body) => {
+                let (code, message) = error_fields(&body);
+                let message =
+                    crate::telemetry::redact::server_message(&code, &message, cfg.log_values);
+                debug!(code, message, "new answered a shadowed read with an error");
+                Err(Fallback::Error)
+            }
+            None if d.size > max => Err(Fallback::TooLarge),
+            None => Ok(d.answer),
         });
     }
     pool::checkin(target, conn);
-    out
-}
-
-/// The frames of a pipelined exchange split after each ReadyForQuery: one answer per request.
-fn per_request(frames: Vec<Frame>) -> Vec<Vec<Frame>> {
-    let mut out = Vec::new();
-    let mut current = Vec::new();
-    for f in frames {
-        let end = f.tag == b'Z';
-        current.push(f);
-        if end {
-            out.push(std::mem::take(&mut current));
-        }
-    }
     out
 }

@@ -2,6 +2,10 @@
 //! two answers compared (as multisets, or in order when the query is ordered). Mismatches are
 //! counted per table and sampled for the admin API, with values redacted unless
 //! `reads.log_values`.
+//!
+//! Neither answer is held whole: each side's rows are digested as they arrive (a hash per
+//! row), and the rows themselves are kept only while both fit in [`KEPT_BYTES`], which is
+//! what a mismatch's sample needs to name the column and values.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -13,16 +17,76 @@ use tracing::{debug, warn};
 
 use tokio::sync::mpsc::error::TrySendError;
 
-use super::answer::NewAnswer;
 use super::describe::Described;
 use super::{CachedPlan, Fallback, Reads, Request, Sample, Settings, TableReads};
 use crate::proto::backend::{columns, field_names, same_shape};
 
-/// What legacy answered a shadowed read, captured as it went to the client.
+/// Rows kept as they are for a mismatch's sample, per answer; past this only their hashes.
+pub const KEPT_BYTES: usize = 64 * 1024;
+
+/// An answer's rows as a comparison needs them: a hash of each, and the rows themselves
+/// while they fit in [`KEPT_BYTES`].
+#[derive(Debug)]
+pub struct Rows {
+    hashes: Vec<u64>,
+    kept: Vec<Bytes>,
+    kept_bytes: usize,
+    /// Every row is in `kept`.
+    whole: bool,
+}
+
+impl Default for Rows {
+    fn default() -> Self {
+        Rows {
+            hashes: Vec::new(),
+            kept: Vec::new(),
+            kept_bytes: 0,
+            whole: true,
+        }
+    }
+}
+
+impl Rows {
+    /// Digests one DataRow body.
+    pub fn push(&mut self, row: &[u8]) {
+        let mut h = std::hash::DefaultHasher::new();
+        std::hash::Hasher::write(&mut h, row);
+        self.hashes.push(std::hash::Hasher::finish(&h));
+        if self.whole && self.kept_bytes + row.len() <= KEPT_BYTES {
+            self.kept_bytes += row.len();
+            self.kept.push(Bytes::copy_from_slice(row));
+        } else if self.whole {
+            self.whole = false;
+            self.kept = Vec::new();
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.hashes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.hashes.is_empty()
+    }
+
+    /// The rows, when every one was kept.
+    fn all(&self) -> Option<&[Bytes]> {
+        self.whole.then_some(&self.kept[..])
+    }
+}
+
+/// What new answered a shadowed read, digested.
+#[derive(Debug, Default)]
+pub struct Answered {
+    pub row: Option<Bytes>,
+    pub rows: Rows,
+}
+
+/// What legacy answered a shadowed read, digested as it went to the client.
 #[derive(Debug, Default)]
 pub struct Capture {
     pub row: Option<Bytes>,
-    pub rows: Vec<Bytes>,
+    pub rows: Rows,
     pub bytes: usize,
     /// Over the size limit, streamed, or an error: nothing to compare.
     pub spoiled: bool,
@@ -64,7 +128,7 @@ pub(super) fn finish(
     reads: &Reads,
     job: ShadowJob,
     described: &Described,
-    answer: Result<NewAnswer, Fallback>,
+    answer: Result<Answered, Fallback>,
 ) {
     let plan = job.plan.clone();
     let Ok(plan) = &*plan else { return };
@@ -109,33 +173,46 @@ pub(super) fn finish(
 type Diff = Option<(usize, usize)>;
 
 /// `None` when the answers are equal (as multisets, or in order when the query is ordered).
-fn compare(legacy: &Capture, new: &NewAnswer, ordered: bool) -> Option<Diff> {
+/// Where they differ is known when both kept their rows.
+fn compare(legacy: &Capture, new: &Answered, ordered: bool) -> Option<Diff> {
     if !same_shape(legacy.row.as_deref().unwrap_or(&[]), new.row.as_deref()) {
         return Some(None);
     }
-    let mut a: Vec<&Bytes> = legacy.rows.iter().collect();
-    let mut b: Vec<&Bytes> = new.rows.iter().collect();
+    if legacy.rows.len() != new.rows.len() {
+        return Some(None);
+    }
+    let (mut a, mut b) = (legacy.rows.hashes.clone(), new.rows.hashes.clone());
     if !ordered {
-        a.sort();
-        b.sort();
+        a.sort_unstable();
+        b.sort_unstable();
     }
     if a == b {
         return None;
     }
-    if a.len() != b.len() {
+    let (Some(a), Some(b)) = (legacy.rows.all(), new.rows.all()) else {
         return Some(None);
-    }
+    };
+    let (a, b) = (in_order(a, ordered), in_order(b, ordered));
     let i = a.iter().zip(&b).position(|(x, y)| x != y)?;
     let (x, y) = (columns(a[i]), columns(b[i]));
     let col = x.iter().zip(&y).position(|(p, q)| p != q);
     Some(col.map(|c| (i, c)))
 }
 
+/// Rows in comparison order: as they came when ordered, sorted otherwise.
+fn in_order(rows: &[Bytes], ordered: bool) -> Vec<&Bytes> {
+    let mut v: Vec<&Bytes> = rows.iter().collect();
+    if !ordered {
+        v.sort();
+    }
+    v
+}
+
 fn sample(
     show: bool,
     plan: &ReadPlan,
     job: &ShadowJob,
-    new: &NewAnswer,
+    new: &Answered,
     diff: Diff,
     param_types: &[u32],
 ) -> Sample {
@@ -171,14 +248,12 @@ fn sample(
             .map(field_names)
             .unwrap_or_default();
         column = names.get(col).cloned();
-        let mut a: Vec<&Bytes> = job.capture.rows.iter().collect();
-        let mut b: Vec<&Bytes> = new.rows.iter().collect();
-        if !plan.ordered {
-            a.sort();
-            b.sort();
+        // A diff with a column comes only from kept rows.
+        if let (Some(a), Some(b)) = (job.capture.rows.all(), new.rows.all()) {
+            let (a, b) = (in_order(a, plan.ordered), in_order(b, plan.ordered));
+            legacy_value = Some(redact(columns(a[row]).get(col).copied().flatten()));
+            new_value = Some(redact(columns(b[row]).get(col).copied().flatten()));
         }
-        legacy_value = Some(redact(columns(a[row]).get(col).copied().flatten()));
-        new_value = Some(redact(columns(b[row]).get(col).copied().flatten()));
     }
     Sample {
         at: SystemTime::now()
@@ -217,22 +292,29 @@ mod tests {
         b.freeze()
     }
 
+    fn rows(list: &[Bytes]) -> Rows {
+        let mut r = Rows::default();
+        for row in list {
+            r.push(row);
+        }
+        r
+    }
+
     #[test]
     fn answers_compare_as_multisets_unless_ordered() {
         let row = Some(Bytes::from(row_description(&[("id", 23), ("email", 25)])));
         let legacy = Capture {
             row: row.clone(),
-            rows: vec![
+            rows: rows(&[
                 data_row(&[Some("1"), Some("a")]),
                 data_row(&[Some("2"), None]),
-            ],
+            ]),
             complete: true,
             ..Default::default()
         };
-        let new = |rows: Vec<Bytes>| NewAnswer {
+        let new = |list: Vec<Bytes>| Answered {
             row: row.clone(),
-            rows,
-            complete: Bytes::new(),
+            rows: rows(&list),
         };
         let swapped = new(vec![
             data_row(&[Some("2"), None]),
@@ -246,5 +328,41 @@ mod tests {
         ]);
         assert_eq!(compare(&legacy, &changed, true), Some(Some((0, 1))));
         assert_eq!(compare(&legacy, &new(vec![]), false), Some(None));
+    }
+
+    #[test]
+    fn large_answers_compare_by_their_hashes_alone() {
+        let big = |n: usize, last: &str| {
+            let mut list: Vec<Bytes> = (0..n)
+                .map(|i| data_row(&[Some(&format!("{i:0>100}"))]))
+                .collect();
+            list.push(data_row(&[Some(last)]));
+            rows(&list)
+        };
+        let n = KEPT_BYTES / 100 + 10;
+        let a = big(n, "x");
+        assert!(a.all().is_none(), "past the budget only hashes are kept");
+        assert!(a.kept.is_empty() && a.len() == n + 1);
+        let row = Some(Bytes::from(row_description(&[("v", 25)])));
+        let legacy = Capture {
+            row: row.clone(),
+            rows: a,
+            complete: true,
+            ..Default::default()
+        };
+        let same = Answered {
+            row: row.clone(),
+            rows: big(n, "x"),
+        };
+        let other = Answered {
+            row,
+            rows: big(n, "y"),
+        };
+        assert_eq!(compare(&legacy, &same, true), None);
+        assert_eq!(
+            compare(&legacy, &other, false),
+            Some(None),
+            "differs, column unknown"
+        );
     }
 }

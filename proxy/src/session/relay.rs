@@ -371,9 +371,9 @@ fn capture(
             c.bytes += body.len();
             if c.bytes > max {
                 c.spoiled = true;
-                c.rows = Vec::new();
+                c.rows = Default::default();
             } else {
-                c.rows.push(Bytes::copy_from_slice(body));
+                c.rows.push(body);
             }
         }
         b'C' => c.complete = true,
