@@ -7,6 +7,7 @@
 #
 #   benches/read-profile.sh [protocol] [reads]       # protocol: simple | extended | prepared
 #   MODES="legacy shadow" benches/read-profile.sh simple 4000
+#   PERCENT=10 MODES=shadow benches/read-profile.sh prepared   # the mode at 10 %
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,7 +28,7 @@ for mode in ${MODES:-legacy shadow new}; do
   pid=$!
   PIDS+=($pid)
   until curl -fsS "http://127.0.0.1:$ADMIN/healthz" >/dev/null 2>&1; do sleep 0.5; done
-  curl -fsS -X PUT -d "{\"mode\": \"$mode\", \"percent\": 100}" \
+  curl -fsS -X PUT -d "{\"mode\": \"$mode\", \"percent\": ${PERCENT:-100}}" \
     "http://127.0.0.1:$ADMIN/tables/public.pgbench_accounts/read" >/dev/null
   bench() { "$BIN/pgbench" -n -S -M "$PROTO" -c "$CLIENTS" -t "$1" -h 127.0.0.1 -p "$P_PORT" -U postgres postgres >/dev/null 2>&1; }
   bench 100   # warm-up: connections, plans, descriptions, the warm pool

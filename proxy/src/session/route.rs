@@ -8,26 +8,25 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use pgdual_rules::privilege::Access;
 use pgdual_rules::read_plan::KeyRef;
-use pgdual_rules::route::{bucket, route, Route, SessionView};
+use pgdual_rules::route::{bucket, route, Bucket, Route, SessionView};
 use pgdual_rules::sql::ident::DEFAULT_SCHEMA;
 use pgdual_rules::{Analysis, ReadPlan, RuleSet, StatementKind, TableName};
 
 use crate::proto::codec::frames;
 use crate::proto::frontend;
 use crate::reads::{self, CachedPlan, Describe, Request, ShadowJob};
-use crate::session::state::{Session, TxStatus};
+use crate::session::state::{Prepared, Session, TxStatus};
 use crate::session::Context;
+
+/// A read group: its length, the request, the routed tables it reads, and the named
+/// statement a Bind uses.
+type ReadGroup = (usize, Request, Vec<TableName>, Option<Arc<Prepared>>);
 
 /// The first request group of `buf` when it is a read of tables whose reads are routed: a
 /// simple Query, or Bind, optional Describe of that portal, Execute (all rows) and Sync.
 /// Returns the group's length, the request and those tables. The analysis comes from the
 /// cache by fingerprint, or from the prepared statement itself, before anything is copied.
-fn read_group(
-    buf: &[u8],
-    s: &Session,
-    ctx: &Context,
-    rules: &RuleSet,
-) -> Option<(usize, Request, Vec<TableName>)> {
+fn read_group(buf: &[u8], s: &Session, ctx: &Context, rules: &RuleSet) -> Option<ReadGroup> {
     let mut it = frames(buf, 0, buf.len());
     let (at, tag, len) = it.next()?;
     let body = &buf[at + 5..at + len];
@@ -42,6 +41,7 @@ fn read_group(
                     lifted: None,
                 },
                 routed,
+                None,
             ))
         }
         b'P' => {
@@ -72,6 +72,7 @@ fn read_group(
                     parse: true,
                 },
                 routed,
+                None,
             ))
         }
         b'B' => {
@@ -92,6 +93,7 @@ fn read_group(
                     parse: false,
                 },
                 routed,
+                Some(prepared.clone()),
             ))
         }
         _ => None,
@@ -193,6 +195,8 @@ impl Who {
 struct Pending {
     end: usize,
     request: Request,
+    /// The named statement a Bind uses, which keeps its plan.
+    statement: Option<Arc<Prepared>>,
     routed: Vec<TableName>,
     view: SessionView,
     settings: reads::Settings,
@@ -206,10 +210,11 @@ fn pending(buf: &[u8], s: &Session, ctx: &Context, rules: &RuleSet) -> Option<Pe
     if !s.reads_routable || s.busy() || s.unsynced || !s.utf8() {
         return None;
     }
-    let (end, request, routed) = read_group(buf, s, ctx, rules)?;
+    let (end, request, routed, statement) = read_group(buf, s, ctx, rules)?;
     Some(Pending {
         end,
         request,
+        statement,
         routed,
         view: SessionView {
             in_block: s.tx != TxStatus::Idle,
@@ -238,6 +243,7 @@ pub async fn route_group(
     let Pending {
         end,
         mut request,
+        statement,
         routed,
         mut view,
         settings,
@@ -250,7 +256,10 @@ pub async fn route_group(
             *lifted = values;
             plan
         }
-        Request::Extended { sql, .. } => ctx.reads.plan(&snap, sql),
+        Request::Extended { sql, .. } => match &statement {
+            Some(s) => s.plan_for(snap.generation, || ctx.reads.plan(&snap, sql)),
+            None => ctx.reads.plan(&snap, sql),
+        },
     };
     // The bucket matters only when some table's reads are ramped below 100 %.
     let ramped = plan.as_ref().as_ref().is_ok_and(|p| {
@@ -332,21 +341,28 @@ pub async fn route_group(
 /// The bucket that decides a ramped read: by the pinned key's value when the plan pins one
 /// (every read of one key goes the same way), else by the connection.
 fn stickiness(plan: &CachedPlan, request: &Request, conn_seed: u64) -> u8 {
+    use std::fmt::Write;
     match plan.as_ref() {
         Ok(p) => match &p.key {
+            // The table's name, then each key value after a NUL, fed as they come.
             Some(keys) => {
-                let mut seed = p.tables.first().map(|t| t.to_string()).unwrap_or_default();
+                let mut b = Bucket::default();
+                if let Some(t) = p.tables.first() {
+                    let _ = write!(b, "{t}");
+                }
                 for k in keys {
-                    seed.push('\0');
+                    b.feed(b"\0");
                     match k {
-                        KeyRef::Literal(v) => seed.push_str(v),
+                        KeyRef::Literal(v) => b.feed(v.as_bytes()),
                         KeyRef::Param(n) => match request.param(*n) {
-                            Some(v) => seed.push_str(&String::from_utf8_lossy(&v)),
-                            None => seed.push_str(&conn_seed.to_string()),
+                            Some(v) => b.feed(String::from_utf8_lossy(&v).as_bytes()),
+                            None => {
+                                let _ = write!(b, "{conn_seed}");
+                            }
                         },
                     }
                 }
-                bucket(seed.as_bytes())
+                b.finish()
             }
             None => bucket(&conn_seed.to_le_bytes()),
         },

@@ -77,12 +77,40 @@ impl Why {
 
 /// The bucket (0-99) of a key value or connection: FNV-1a, stable across runs and versions.
 pub fn bucket(seed: &[u8]) -> u8 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in seed {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
+    let mut b = Bucket::default();
+    b.feed(seed);
+    b.finish()
+}
+
+/// [`bucket`] fed in pieces (bytes, or text through `fmt::Write`) with no buffer: the same
+/// bucket as the pieces joined.
+#[derive(Debug, Clone, Copy)]
+pub struct Bucket(u64);
+
+impl Default for Bucket {
+    fn default() -> Self {
+        Bucket(0xcbf2_9ce4_8422_2325)
     }
-    (h % 100) as u8
+}
+
+impl Bucket {
+    pub fn feed(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    pub fn finish(self) -> u8 {
+        (self.0 % 100) as u8
+    }
+}
+
+impl std::fmt::Write for Bucket {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.feed(s.as_bytes());
+        Ok(())
+    }
 }
 
 /// Routes one read. `plan` is the read's plan for the rules in `rules`; `stick` is the bucket
@@ -267,5 +295,19 @@ mod tests {
             seen[bucket(k.to_string().as_bytes()) as usize] += 1;
         }
         assert!(seen.iter().all(|&n| (50..=150).contains(&n)), "{seen:?}");
+        // Known values: buckets must not move between versions (a fleet shares them).
+        assert_eq!(bucket(b""), (0xcbf2_9ce4_8422_2325u64 % 100) as u8);
+        // Fed in pieces, the same bucket as the pieces joined.
+        use std::fmt::Write;
+        for k in 0..1_000u32 {
+            let whole = format!("public.users\0{k}\0x");
+            let mut b = Bucket::default();
+            let table = "public.users";
+            write!(b, "{table}").unwrap();
+            b.feed(b"\0");
+            write!(b, "{k}").unwrap();
+            b.feed(b"\0x");
+            assert_eq!(b.finish(), bucket(whole.as_bytes()));
+        }
     }
 }
