@@ -57,46 +57,45 @@ pub fn bind_rest(body: &Bytes) -> Option<Bytes> {
     Some(body.slice(a + 1 + b + 1..))
 }
 
-/// Where a Bind's parameter values sit (offset, length; `None` for NULL) and
-/// the result formats it asks for.
-struct BindParts {
-    values: Vec<Option<(usize, usize)>>,
-    formats: Vec<i16>,
-}
-
-/// Walks a Bind body's rest: parameter formats, values, result formats.
-fn bind_parts(rest: &[u8]) -> Option<BindParts> {
+/// Walks a Bind's rest past its parameter formats and values, calling `each(index, at, len)`
+/// for every non-NULL value; the offset of the result formats, when all is well formed.
+fn past_values(rest: &[u8], mut each: impl FnMut(usize, usize, usize)) -> Option<usize> {
     let nf = be_i16(rest, 0)?.max(0) as usize;
     let mut at = 2 + 2 * nf;
     let np = be_i16(rest, at)?.max(0) as usize;
     at += 2;
-    let mut values = Vec::with_capacity(np);
-    for _ in 0..np {
+    for i in 0..np {
         let len = be_i32(rest, at)?;
         at += 4;
-        if len < 0 {
-            values.push(None);
-        } else {
+        if len >= 0 {
             rest.get(at..at + len as usize)?;
-            values.push(Some((at, len as usize)));
+            each(i, at, len as usize);
             at += len as usize;
         }
     }
-    let nr = be_i16(rest, at)?.max(0) as usize;
-    at += 2;
-    let formats = (0..nr)
-        .map(|i| be_i16(rest, at + 2 * i))
-        .collect::<Option<Vec<_>>>()?;
-    Some(BindParts { values, formats })
+    Some(at)
 }
 
+/// The result formats a Bind's rest asks for, when the whole body is well formed.
 pub fn result_formats(rest: &[u8]) -> Option<Vec<i16>> {
-    bind_parts(rest).map(|p| p.formats)
+    let at = past_values(rest, |_, _, _| {})?;
+    let nr = be_i16(rest, at)?.max(0) as usize;
+    (0..nr).map(|i| be_i16(rest, at + 2 + 2 * i)).collect()
 }
 
+/// Parameter `n` (from 1) of a Bind's rest, when the whole body is well formed and the value
+/// is not NULL.
 pub fn bind_param(rest: &Bytes, n: usize) -> Option<Bytes> {
-    let values = bind_parts(rest)?.values;
-    let (at, len) = (*values.get(n.checked_sub(1)?)?)?;
+    let want = n.checked_sub(1)?;
+    let mut found = None;
+    let at = past_values(rest, |i, at, len| {
+        if i == want {
+            found = Some((at, len));
+        }
+    })?;
+    let nr = be_i16(rest, at)?.max(0) as usize;
+    rest.get(at + 2..at + 2 + 2 * nr)?;
+    let (at, len) = found?;
     Some(rest.slice(at..at + len))
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use pgdual_rules::privilege::Access;
 use pgdual_rules::read_plan::KeyRef;
-use pgdual_rules::route::{bucket, route, Bucket, Route, SessionView};
+use pgdual_rules::route::{bucket, route, Route, SessionView};
 use pgdual_rules::sql::ident::DEFAULT_SCHEMA;
 use pgdual_rules::{Analysis, ReadPlan, RuleSet, StatementKind, TableName};
 
@@ -346,10 +346,7 @@ fn stickiness(plan: &CachedPlan, request: &Request, conn_seed: u64) -> u8 {
         Ok(p) => match &p.key {
             // The table's name, then each key value after a NUL, fed as they come.
             Some(keys) => {
-                let mut b = Bucket::default();
-                if let Some(t) = p.tables.first() {
-                    let _ = write!(b, "{t}");
-                }
+                let mut b = p.table_bucket;
                 for k in keys {
                     b.feed(b"\0");
                     match k {

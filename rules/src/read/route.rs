@@ -84,7 +84,7 @@ pub fn bucket(seed: &[u8]) -> u8 {
 
 /// [`bucket`] fed in pieces (bytes, or text through `fmt::Write`) with no buffer: the same
 /// bucket as the pieces joined.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bucket(u64);
 
 impl Default for Bucket {

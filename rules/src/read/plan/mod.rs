@@ -66,6 +66,9 @@ pub struct ReadPlan {
     /// The select list holds literal values or casts (`SELECT 'a', id::numeric(10,2) ...`),
     /// so texts with the same fingerprint may differ in the result's shape.
     pub literal_output: bool,
+    /// The sticky bucket's hash fed the first table's name: a read's bucket goes on from
+    /// here with its key values (see `route::Bucket`).
+    pub table_bucket: crate::read::route::Bucket,
     /// Each legacy table read (as in `tables`) with the legacy columns the query references
     /// anywhere (select list with `*` expanded, WHERE, JOIN, GROUP BY, HAVING, ORDER BY,
     /// function arguments), sorted: what the client's role needs SELECT on, on legacy.
@@ -201,8 +204,14 @@ fn plan_query(mut query: Box<Query>, rules: &RuleSet) -> Result<ReadPlan, NotRou
     // Not parsed again here: a rewrite new cannot run is a fallback, counted as an error.
     let sql = query.to_string();
     let columns = columns_by_table(&tables, &scope, touched);
+    let mut table_bucket = crate::read::route::Bucket::default();
+    if let Some(t) = tables.first() {
+        use std::fmt::Write;
+        let _ = write!(table_bucket, "{t}");
+    }
     Ok(ReadPlan {
         sql,
+        table_bucket,
         tables,
         ordered,
         key,
