@@ -3,6 +3,7 @@
 //!
 //! Pure functions of SQL text, the rule set and what the proxy hands in; no I/O.
 
+pub mod bucket;
 pub mod plan;
 pub mod privilege;
 pub mod route;

@@ -67,8 +67,8 @@ pub struct ReadPlan {
     /// so texts with the same fingerprint may differ in the result's shape.
     pub literal_output: bool,
     /// The sticky bucket's hash fed the first table's name: a read's bucket goes on from
-    /// here with its key values (see `route::Bucket`).
-    pub table_bucket: crate::read::route::Bucket,
+    /// here with its key values (see `bucket::Bucket`).
+    pub table_bucket: crate::read::bucket::Bucket,
     /// Each legacy table read (as in `tables`) with the legacy columns the query references
     /// anywhere (select list with `*` expanded, WHERE, JOIN, GROUP BY, HAVING, ORDER BY,
     /// function arguments), sorted: what the client's role needs SELECT on, on legacy.
@@ -204,7 +204,7 @@ fn plan_query(mut query: Box<Query>, rules: &RuleSet) -> Result<ReadPlan, NotRou
     // Not parsed again here: a rewrite new cannot run is a fallback, counted as an error.
     let sql = query.to_string();
     let columns = columns_by_table(&tables, &scope, touched);
-    let mut table_bucket = crate::read::route::Bucket::default();
+    let mut table_bucket = crate::read::bucket::Bucket::default();
     if let Some(t) = tables.first() {
         use std::fmt::Write;
         let _ = write!(table_bucket, "{t}");
