@@ -6,39 +6,68 @@
 //! dollar-quoted bodies and comments are kept verbatim: they can change what a statement is.
 //! One pass over the bytes, no allocation when the output buffer has room.
 
+use std::ops::ControlFlow;
+
 /// Writes the fingerprint of `sql` into `out` (cleared first).
 pub fn fingerprint_into(sql: &str, out: &mut String) {
     out.clear();
+    let mut copied = 0;
+    let _ = scan_values(sql, |token, start, end| {
+        if token != Token::Param {
+            out.push_str(&sql[copied..start]);
+            out.push('?');
+            copied = end;
+        }
+        ControlFlow::Continue(())
+    });
+    out.push_str(&sql[copied.min(sql.len())..]);
+}
+
+/// A value in SQL text, as [`scan_values`] finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Token {
+    /// A string literal, quotes (and an `E` prefix's escapes) included.
+    String,
+    /// A number.
+    Number,
+    /// A `$n` parameter.
+    Param,
+}
+
+/// Calls `f(token, start, end)` for each string literal, number and `$n` parameter of `sql`
+/// (`sql[start..end]`), in order, outside quoted names, comments and dollar-quoted bodies;
+/// stops when `f` breaks. The one lexer of values that fingerprints and lifted literals share.
+pub(crate) fn scan_values(
+    sql: &str,
+    mut f: impl FnMut(Token, usize, usize) -> ControlFlow<()>,
+) -> ControlFlow<()> {
     let b = sql.as_bytes();
     let mut i = 0;
-    // Start of the run of plain bytes not yet copied.
-    let mut copied = 0;
     while i < b.len() {
         let c = b[i];
         let prev = if i > 0 { b[i - 1] } else { b' ' };
         let next = match c {
             b'\'' | b'"' | b'-' | b'/' | b'$' => match opaque_at(b, i) {
                 Some((end, true)) => {
-                    out.push_str(&sql[copied..i]);
-                    out.push('?');
-                    copied = end;
+                    f(Token::String, i, end)?;
                     end
                 }
-                Some((end, false)) => end,
+                Some((end, false)) => {
+                    if c == b'$' && b.get(i + 1).is_some_and(u8::is_ascii_digit) {
+                        f(Token::Param, i, end)?;
+                    }
+                    end
+                }
                 None => i + 1,
             },
             b'0'..=b'9' if !is_ident(prev) => {
                 let end = number_end(b, i);
-                out.push_str(&sql[copied..i]);
-                out.push('?');
-                copied = end;
+                f(Token::Number, i, end)?;
                 end
             }
             b'.' if !is_ident(prev) && b.get(i + 1).is_some_and(u8::is_ascii_digit) => {
                 let end = number_end(b, i);
-                out.push_str(&sql[copied..i]);
-                out.push('?');
-                copied = end;
+                f(Token::Number, i, end)?;
                 end
             }
             _ if is_ident(c) => i + 1 + count(b, i + 1, is_ident),
@@ -46,7 +75,7 @@ pub fn fingerprint_into(sql: &str, out: &mut String) {
         };
         i = next.min(b.len());
     }
-    out.push_str(&sql[copied.min(sql.len())..]);
+    ControlFlow::Continue(())
 }
 
 /// When a string literal, a quoted name, a comment, a dollar-quoted body or a `$n`

@@ -18,7 +18,9 @@
 //! the parsed statement ([`crate::read_plan::plan_lifted`]). Dollar-quoted strings stay in
 //! the text as they are.
 
-use super::fingerprint::{is_ident, number_end, opaque_at};
+use std::ops::ControlFlow;
+
+use super::fingerprint::{is_ident, scan_values, Token};
 
 /// PostgreSQL type OIDs of lifted literals (0: unspecified, as an unknown literal).
 pub const UNKNOWN: u32 = 0;
@@ -49,44 +51,29 @@ pub fn lift(sql: &str) -> Option<Lifted> {
         types: Vec::new(),
         values: Vec::new(),
     };
-    let mut i = 0;
     let mut copied = 0;
-    while i < b.len() {
-        let c = b[i];
-        let prev = if i > 0 { b[i - 1] } else { b' ' };
-        let next = match c {
-            b'$' if b.get(i + 1).is_some_and(u8::is_ascii_digit) => return None,
-            b'\'' | b'"' | b'-' | b'/' | b'$' => match opaque_at(b, i) {
-                // A prefixed string (`E'..'`, `U&'..'`, `B'..'`) is not a plain value.
-                Some((_, true)) if is_ident(prev) || prev == b'&' => return None,
-                Some((end, true)) => {
-                    let body = sql.get(i + 1..end.checked_sub(1)?)?;
-                    if body.contains('\\') || !closed(sql, i, end) {
-                        return None;
-                    }
-                    out.push(sql, copied, i, UNKNOWN, body.replace("''", "'"))?;
-                    copied = end;
-                    end
-                }
-                Some((end, false)) => end,
-                None => i + 1,
-            },
-            b'0'..=b'9' | b'.'
-                if !is_ident(prev)
-                    && (c != b'.' || b.get(i + 1).is_some_and(u8::is_ascii_digit)) =>
-            {
-                let end = number_end(b, i);
-                let text = &sql[i..end];
-                out.push(sql, copied, i, number_type(text)?, text.to_string())?;
-                copied = end;
-                end
+    let scan = scan_values(sql, |token, start, end| {
+        let prev = if start > 0 { b[start - 1] } else { b' ' };
+        let lifted = match token {
+            Token::Param => None,
+            // A prefixed string (`E'..'`, `U&'..'`, `B'..'`) is not a plain value.
+            Token::String if is_ident(prev) || prev == b'&' => None,
+            Token::String => sql
+                .get(start + 1..end.saturating_sub(1))
+                .filter(|body| !body.contains('\\') && closed(sql, start, end))
+                .and_then(|body| out.push(sql, copied, start, UNKNOWN, body.replace("''", "'"))),
+            Token::Number => {
+                let text = &sql[start..end];
+                number_type(text).and_then(|ty| out.push(sql, copied, start, ty, text.to_string()))
             }
-            _ if is_ident(c) => i + 1 + b[i + 1..].iter().take_while(|&&c| is_ident(c)).count(),
-            _ => i + 1,
         };
-        i = next.min(b.len());
-    }
-    if out.values.is_empty() {
+        copied = end;
+        match lifted {
+            Some(()) => ControlFlow::Continue(()),
+            None => ControlFlow::Break(()),
+        }
+    });
+    if scan.is_break() || out.values.is_empty() {
         return None;
     }
     out.sql.push_str(&sql[copied..]);
