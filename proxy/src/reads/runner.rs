@@ -92,14 +92,7 @@ async fn run_batch(reads: &Reads, jobs: Vec<ShadowJob>) {
                 }
                 ready.push((job, d));
             }
-            Err(()) => {
-                let d = Described {
-                    params: Vec::new(),
-                    new_params: Vec::new(),
-                    row: None,
-                };
-                finish(reads, job, &d, Err(Fallback::Describe));
-            }
+            Err(()) => finish(reads, job, &[], Err(Fallback::Describe)),
         }
     }
     while let Some((first, _)) = ready.first() {
@@ -116,7 +109,7 @@ async fn run_batch(reads: &Reads, jobs: Vec<ShadowJob>) {
         };
         let total = started.elapsed();
         for ((job, described), answer) in group.into_iter().zip(answers) {
-            finish(reads, job, &described, answer);
+            finish(reads, job, &described.params, answer);
             reads.families.times.observe(Routed::Shadow, total, on_new);
         }
     }

@@ -17,7 +17,6 @@ use tracing::{debug, warn};
 
 use tokio::sync::mpsc::error::TrySendError;
 
-use super::describe::Described;
 use super::{CachedPlan, Fallback, Reads, Request, Sample, Settings, TableReads};
 use crate::proto::backend::{columns, field_names, same_shape};
 
@@ -123,11 +122,12 @@ pub fn spawn_shadow(reads: Arc<Reads>, job: ShadowJob) {
     }
 }
 
-/// Counts (and samples) how new's answer to a shadowed read compares with legacy's.
+/// Counts (and samples) how new's answer to a shadowed read compares with legacy's;
+/// `param_types` (legacy's) decode a binary key in a sample.
 pub(super) fn finish(
     reads: &Reads,
     job: ShadowJob,
-    described: &Described,
+    param_types: &[u32],
     answer: Result<Answered, Fallback>,
 ) {
     let plan = job.plan.clone();
@@ -149,14 +149,7 @@ pub(super) fn finish(
     reads.count(plan, |t| {
         t.shadow_mismatches.inc();
     });
-    let sample = sample(
-        reads.log_values(),
-        plan,
-        &job,
-        &new,
-        diff,
-        &described.params,
-    );
+    let sample = sample(reads.log_values(), plan, &job, &new, diff, param_types);
     warn!(
         tables = ?sample.tables,
         fingerprint = %sample.fingerprint,
