@@ -4,9 +4,10 @@ use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use pgdual::net::conn::Target;
-use pgdual::net::conn::{BackendConn, BackendError, Frame};
+use pgdual::net::conn::{BackendConn, BackendError};
 use pgdual::net::pool;
 use pgdual::net::tls::TlsTarget;
+use pgdual::proto::codec::Frame;
 use pgdual::proto::{backend, frontend};
 use pgdual_integration_tests::{
     legacy, new_db, MD5_PASSWORD, MD5_USER, SCRAM_PASSWORD, SCRAM_USER,

@@ -24,9 +24,9 @@ use pgdual_rules::RuleSet;
 use tokio_postgres::Client;
 use tracing::{error, warn};
 
-use super::pgoutput::{self, Message, Relation, StreamMessage, Tuple, Value};
 use super::{Change, ChangeSource};
 use crate::net::conn::{BackendConn, BackendError};
+use crate::proto::pgoutput::{self, Message, Relation, StreamMessage, Tuple, Value};
 
 /// How often the confirmed position is reported at most while batches keep coming.
 const REPORT_EVERY: Duration = Duration::from_millis(100);
@@ -170,7 +170,7 @@ impl LogicalSource {
         Ok(())
     }
 
-    fn handle(&mut self, f: crate::net::conn::Frame) -> Result<(), CaptureError> {
+    fn handle(&mut self, f: crate::proto::codec::Frame) -> Result<(), CaptureError> {
         match f.tag {
             b'd' => {}
             b'E' => {

@@ -7,7 +7,6 @@
 
 pub mod logical;
 pub mod method;
-pub mod pgoutput;
 pub mod triggers;
 
 use std::sync::Arc;

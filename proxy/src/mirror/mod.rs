@@ -27,10 +27,11 @@ use tracing::{debug, info, warn};
 
 use crate::capture::logical::{self, LogicalSource};
 use crate::capture::method::{self, Method};
-use crate::capture::{pgoutput, triggers, ChangeSource, CommitSignal};
+use crate::capture::{triggers, ChangeSource, CommitSignal};
 use crate::control::catalog;
 use crate::control::rules_store::{RulesSnapshot, RulesStore};
 use crate::net::endpoint::Endpoints;
+use crate::proto::pgoutput;
 use crate::telemetry::metrics::{MirrorMetrics, ObserveDuration};
 use apply::Target;
 use copy::CopyPlan;

@@ -13,14 +13,17 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 use postgres_protocol::authentication::{md5_hash, sasl};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::net::stream::{self, ServerStream};
 use crate::net::tls::TlsTarget;
-use crate::proto::backend::{backend_key_data, error_fields, parameter_status};
-use crate::proto::codec::{self, cstr, put_message};
+use crate::proto::backend::{
+    self, backend_key_data, error_fields, parameter_status, Authentication,
+};
+use crate::proto::codec::{self, Frame};
+use crate::proto::frontend;
 
 /// Where and as whom to connect; the key of the per-thread pool
 /// (`crate::net::pool`).
@@ -83,23 +86,6 @@ fn protocol(msg: impl Into<String>) -> BackendError {
     BackendError::Protocol(msg.into())
 }
 
-/// One backend message: its type byte and body (without the length field).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Frame {
-    pub tag: u8,
-    pub body: Bytes,
-}
-
-impl Frame {
-    /// Appends the frame as it came over the wire: tag, length, body.
-    pub fn write_to(&self, out: &mut BytesMut) {
-        out.reserve(5 + self.body.len());
-        out.put_u8(self.tag);
-        out.put_i32(self.body.len() as i32 + 4);
-        out.put_slice(&self.body);
-    }
-}
-
 /// An authenticated protocol-3.0 session with a PostgreSQL server.
 pub struct BackendConn {
     stream: ServerStream,
@@ -143,42 +129,14 @@ impl Drop for BackendConn {
     }
 }
 
-/// Body of a PasswordMessage / SASLResponse (`p`).
-fn password_frame(out: &mut BytesMut, body: impl FnOnce(&mut BytesMut)) {
-    put_message(out, b'p', body);
-}
-
-/// The PasswordMessage answering AuthenticationMD5Password with its salt (`body`).
-fn md5_message(out: &mut BytesMut, user: &str, pw: &str, body: &[u8]) -> Result<(), BackendError> {
-    let salt: [u8; 4] = body
-        .get(..4)
-        .and_then(|s| s.try_into().ok())
-        .ok_or_else(|| protocol("short MD5 salt"))?;
-    let hash = md5_hash(user.as_bytes(), pw.as_bytes(), salt);
-    password_frame(out, |o| {
-        o.put_slice(hash.as_bytes());
-        o.put_u8(0);
-    });
-    Ok(())
-}
-
-/// The SASLInitialResponse answering AuthenticationSASL with its mechanisms (`body`), and
+/// The SASLInitialResponse answering AuthenticationSASL with the server's `mechanisms`, and
 /// the SCRAM exchange it starts.
 fn sasl_start(
     out: &mut BytesMut,
     user: &str,
     pw: &str,
-    body: &[u8],
+    mechanisms: &[String],
 ) -> Result<sasl::ScramSha256, BackendError> {
-    let mut mechanisms = Vec::new();
-    let mut rest = body;
-    while let Some((m, tail)) = cstr(rest) {
-        if m.is_empty() {
-            break;
-        }
-        mechanisms.push(String::from_utf8_lossy(m).into_owned());
-        rest = tail;
-    }
     if !mechanisms.iter().any(|m| m == sasl::SCRAM_SHA_256) {
         return Err(BackendError::Auth(format!(
             "user \"{user}\": the server offers SASL mechanisms {mechanisms:?}; \
@@ -187,21 +145,8 @@ fn sasl_start(
         )));
     }
     let s = sasl::ScramSha256::new(pw.as_bytes(), sasl::ChannelBinding::unsupported());
-    let msg = s.message();
-    password_frame(out, |o| {
-        o.put_slice(sasl::SCRAM_SHA_256.as_bytes());
-        o.put_u8(0);
-        o.put_i32(msg.len() as i32);
-        o.put_slice(msg);
-    });
+    frontend::put_sasl_initial(out, sasl::SCRAM_SHA_256, s.message());
     Ok(s)
-}
-
-fn read_i32(b: &mut &[u8]) -> Option<i32> {
-    if b.len() < 4 {
-        return None;
-    }
-    Some(b.get_i32())
 }
 
 impl BackendConn {
@@ -319,49 +264,47 @@ impl BackendConn {
                     )))
                 }
             }
-            let mut b = &f.body[..];
-            let code = read_i32(&mut b).ok_or_else(|| protocol("short authentication message"))?;
+            let request = backend::authentication(&f.body)
+                .ok_or_else(|| protocol("malformed authentication message"))?;
             let mut out = BytesMut::new();
-            match code {
-                0 => {
-                    if scram.is_some() {
-                        return Err(protocol("authentication ended before SCRAM finished"));
-                    }
-                    return Ok(());
+            match request {
+                Authentication::Ok if scram.is_some() => {
+                    return Err(protocol("authentication ended before SCRAM finished"))
                 }
-                3 => {
-                    let pw = need_password()?;
-                    password_frame(&mut out, |o| {
-                        o.put_slice(pw.as_bytes());
-                        o.put_u8(0);
-                    });
+                Authentication::Ok => return Ok(()),
+                Authentication::Cleartext => {
+                    frontend::put_password(&mut out, need_password()?.as_bytes())
                 }
-                5 => md5_message(&mut out, user, need_password()?, b)?,
-                10 => scram = Some(sasl_start(&mut out, user, need_password()?, b)?),
-                11 => {
+                Authentication::Md5 { salt } => {
+                    let hash = md5_hash(user.as_bytes(), need_password()?.as_bytes(), salt);
+                    frontend::put_password(&mut out, hash.as_bytes());
+                }
+                Authentication::Sasl(mechanisms) => {
+                    scram = Some(sasl_start(&mut out, user, need_password()?, &mechanisms)?)
+                }
+                Authentication::SaslContinue(data) => {
                     let s = scram
                         .as_mut()
                         .ok_or_else(|| protocol("SASLContinue without SASL"))?;
-                    s.update(b).map_err(|e| {
+                    s.update(data).map_err(|e| {
                         BackendError::Auth(format!("user \"{user}\": SCRAM exchange failed: {e}"))
                     })?;
-                    let msg = s.message();
-                    password_frame(&mut out, |o| o.put_slice(msg));
+                    frontend::put_sasl_response(&mut out, s.message());
                 }
-                12 => {
+                Authentication::SaslFinal(data) => {
                     let mut s = scram
                         .take()
                         .ok_or_else(|| protocol("SASLFinal without SASL"))?;
-                    s.finish(b).map_err(|e| {
+                    s.finish(data).map_err(|e| {
                         BackendError::Auth(format!(
                             "user \"{user}\": the server's SCRAM signature is invalid: {e}"
                         ))
                     })?;
                     continue;
                 }
-                other => {
+                Authentication::Other(code) => {
                     return Err(BackendError::Auth(format!(
-                        "user \"{user}\": unsupported authentication method {other} \
+                        "user \"{user}\": unsupported authentication method {code} \
                          requested by the server"
                     )))
                 }
@@ -572,10 +515,7 @@ impl BackendConn {
                 b'G' => {
                     self.skip_frame(len).await?;
                     let mut out = BytesMut::new();
-                    put_message(&mut out, b'f', |o| {
-                        o.put_slice(b"pgdual does not relay COPY FROM STDIN here");
-                        o.put_u8(0);
-                    });
+                    frontend::put_copy_fail(&mut out, "pgdual does not relay COPY FROM STDIN here");
                     self.send(&out).await?;
                     continue;
                 }
@@ -613,11 +553,7 @@ impl BackendConn {
     /// SQLSTATE. Afterwards the session is a stream of [`Self::next_frame`] and
     /// [`Self::send_frames`].
     pub async fn start_copy_both(&mut self, sql: &str) -> Result<(), BackendError> {
-        let mut q = BytesMut::new();
-        put_message(&mut q, b'Q', |o| {
-            o.put_slice(sql.as_bytes());
-            o.put_u8(0);
-        });
+        let q = frontend::query_frame(sql);
         self.broken = true;
         self.send(&q).await?;
         loop {

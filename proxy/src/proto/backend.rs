@@ -1,6 +1,7 @@
-//! Backend (server) messages: RowDescription, DataRow, ParameterDescription, ParameterStatus,
-//! BackendKeyData and ErrorResponse, decoded from untrusted bytes (a malformed body is `None`,
-//! never a panic), and the ErrorResponse pgdual writes itself.
+//! Backend (server) messages: Authentication, RowDescription, DataRow, ParameterDescription,
+//! ParameterStatus, BackendKeyData and ErrorResponse, decoded from untrusted bytes (a
+//! malformed body is `None`, never a panic), and the messages pgdual writes itself: its own
+//! ErrorResponses and the answers to reads it serves from new.
 
 use bytes::{BufMut, BytesMut};
 
@@ -106,6 +107,90 @@ pub fn backend_key_data(body: &[u8]) -> Option<(i32, &[u8])> {
     Some((pid, &body[4..]))
 }
 
+/// An Authentication request (`R`), by its code.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Authentication<'a> {
+    Ok,
+    Cleartext,
+    Md5 {
+        salt: [u8; 4],
+    },
+    /// The SASL mechanisms the server offers.
+    Sasl(Vec<String>),
+    SaslContinue(&'a [u8]),
+    SaslFinal(&'a [u8]),
+    /// A method pgdual does not speak (Kerberos, GSSAPI, SSPI...).
+    Other(i32),
+}
+
+/// Authentication (`R`): what the server asks for; `None` when the body is malformed.
+pub fn authentication(body: &[u8]) -> Option<Authentication<'_>> {
+    let code = be_i32(body, 0)?;
+    let data = &body[4..];
+    Some(match code {
+        0 => Authentication::Ok,
+        3 => Authentication::Cleartext,
+        5 => Authentication::Md5 {
+            salt: data.get(..4)?.try_into().ok()?,
+        },
+        10 => {
+            let mut mechanisms = Vec::new();
+            let mut rest = data;
+            while let Some((m, tail)) = cstr(rest) {
+                if m.is_empty() {
+                    break;
+                }
+                mechanisms.push(String::from_utf8_lossy(m).into_owned());
+                rest = tail;
+            }
+            Authentication::Sasl(mechanisms)
+        }
+        11 => Authentication::SaslContinue(data),
+        12 => Authentication::SaslFinal(data),
+        other => Authentication::Other(other),
+    })
+}
+
+/// Appends a ParseComplete.
+pub fn put_parse_complete(out: &mut BytesMut) {
+    put_message(out, b'1', |_| {});
+}
+
+/// Appends a BindComplete.
+pub fn put_bind_complete(out: &mut BytesMut) {
+    put_message(out, b'2', |_| {});
+}
+
+/// Appends a ParameterDescription of these type OIDs.
+pub fn put_parameter_description(out: &mut BytesMut, types: &[u32]) {
+    put_message(out, b't', |b| {
+        b.put_i16(types.len() as i16);
+        for t in types {
+            b.put_u32(*t);
+        }
+    });
+}
+
+/// Appends a RowDescription with this body (a server's, possibly with formats changed).
+pub fn put_row_description(out: &mut BytesMut, body: &[u8]) {
+    put_message(out, b'T', |b| b.put_slice(body));
+}
+
+/// Appends a DataRow with this body (a server's).
+pub fn put_data_row(out: &mut BytesMut, body: &[u8]) {
+    put_message(out, b'D', |b| b.put_slice(body));
+}
+
+/// Appends a CommandComplete with this body (a server's tag, NUL-terminated).
+pub fn put_command_complete(out: &mut BytesMut, body: &[u8]) {
+    put_message(out, b'C', |b| b.put_slice(body));
+}
+
+/// Appends a ReadyForQuery with this transaction status (`I`, `T` or `E`).
+pub fn put_ready_for_query(out: &mut BytesMut, status: u8) {
+    put_message(out, b'Z', |b| b.put_u8(status));
+}
+
 /// Appends an ErrorResponse (or NoticeResponse with tag `N`) with the fields PostgreSQL sends.
 pub fn put_error(out: &mut BytesMut, severity: &str, code: SqlState, message: &str) {
     put_message(out, b'E', |b| {
@@ -169,6 +254,56 @@ pub(crate) mod tests {
             b.put_i16(0);
         }
         b.to_vec()
+    }
+
+    #[test]
+    fn authentication_requests_decode_without_trusting_lengths() {
+        assert_eq!(authentication(&[0, 0, 0, 0]), Some(Authentication::Ok));
+        assert_eq!(
+            authentication(&[0, 0, 0, 3]),
+            Some(Authentication::Cleartext)
+        );
+        assert_eq!(
+            authentication(&[0, 0, 0, 5, 1, 2, 3, 4]),
+            Some(Authentication::Md5 { salt: [1, 2, 3, 4] })
+        );
+        assert_eq!(authentication(&[0, 0, 0, 5, 1, 2, 3]), None);
+        assert_eq!(
+            authentication(b"\0\0\0\x0aSCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0"),
+            Some(Authentication::Sasl(vec![
+                "SCRAM-SHA-256-PLUS".into(),
+                "SCRAM-SHA-256".into()
+            ]))
+        );
+        assert_eq!(
+            authentication(b"\0\0\0\x0br=abc"),
+            Some(Authentication::SaslContinue(b"r=abc"))
+        );
+        assert_eq!(
+            authentication(b"\0\0\0\x0cv=xyz"),
+            Some(Authentication::SaslFinal(b"v=xyz"))
+        );
+        assert_eq!(
+            authentication(&[0, 0, 0, 7]),
+            Some(Authentication::Other(7))
+        );
+        assert_eq!(authentication(&[0, 0, 0]), None);
+    }
+
+    #[test]
+    fn answers_are_well_formed() {
+        let mut o = BytesMut::new();
+        put_parse_complete(&mut o);
+        put_bind_complete(&mut o);
+        put_parameter_description(&mut o, &[23, 25]);
+        put_command_complete(&mut o, b"SELECT 1\0");
+        put_ready_for_query(&mut o, b'I');
+        assert_eq!(
+            &o[..],
+            &b"1\0\0\0\x042\0\0\0\x04t\0\0\0\x0e\0\x02\0\0\0\x17\0\0\0\x19\
+               C\0\0\0\x0dSELECT 1\0Z\0\0\0\x05I"[..]
+        );
+        assert_eq!(parameter_types(&o[15..25]), vec![23, 25]);
     }
 
     #[test]

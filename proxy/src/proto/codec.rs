@@ -6,7 +6,7 @@
 //! touches a socket, so it is tested and fuzzed on plain byte slices. It must never panic on
 //! any input.
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::proto::sqlstate::SqlState;
 
@@ -231,6 +231,21 @@ fn startup_params(mut body: &[u8]) -> Result<Vec<(String, String)>, CodecError> 
             String::from_utf8_lossy(value).into_owned(),
         ));
         body = rest;
+    }
+}
+
+/// One whole message: its type byte and body (without the length field).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub tag: u8,
+    pub body: Bytes,
+}
+
+impl Frame {
+    /// Appends the frame as it goes over the wire: tag, length, body.
+    pub fn write_to(&self, out: &mut BytesMut) {
+        out.reserve(5 + self.body.len());
+        put_message(out, self.tag, |o| o.put_slice(&self.body));
     }
 }
 

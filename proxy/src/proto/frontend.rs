@@ -115,17 +115,15 @@ fn put_cstr(out: &mut BytesMut, s: &str) {
     out.put_u8(0);
 }
 
-/// A simple Query.
-pub fn query_frame(sql: &str) -> BytesMut {
-    let mut out = BytesMut::new();
-    put_message(&mut out, b'Q', |o| put_cstr(o, sql));
-    out
+/// Appends a simple Query.
+pub fn put_query(out: &mut BytesMut, sql: &str) {
+    put_message(out, b'Q', |o| put_cstr(o, sql));
 }
 
-/// Parse of `sql` as statement `name` with declared parameter type OIDs (0: unspecified).
-pub fn parse_frame(name: &str, sql: &str, param_types: &[u32]) -> BytesMut {
-    let mut out = BytesMut::new();
-    put_message(&mut out, b'P', |o| {
+/// Appends a Parse of `sql` as statement `name` with declared parameter type OIDs (0:
+/// unspecified).
+pub fn put_parse(out: &mut BytesMut, name: &str, sql: &str, param_types: &[u32]) {
+    put_message(out, b'P', |o| {
         put_cstr(o, name);
         put_cstr(o, sql);
         o.put_i16(param_types.len() as i16);
@@ -133,19 +131,65 @@ pub fn parse_frame(name: &str, sql: &str, param_types: &[u32]) -> BytesMut {
             o.put_u32(*t);
         }
     });
-    out
 }
 
-/// Bind of `statement` to `portal`; `raw_rest` is the rest of a Bind body after the two
-/// names (parameter formats, values, result formats), such as a client's, passed unchanged.
-pub fn bind_frame(portal: &str, statement: &str, raw_rest: &[u8]) -> BytesMut {
-    let mut out = BytesMut::new();
-    put_message(&mut out, b'B', |o| {
+/// Appends a Bind of `statement` to `portal`; `raw_rest` is the rest of a Bind body after the
+/// two names (parameter formats, values, result formats), such as a client's, passed
+/// unchanged.
+pub fn put_bind(out: &mut BytesMut, portal: &str, statement: &str, raw_rest: &[u8]) {
+    put_message(out, b'B', |o| {
         put_cstr(o, portal);
         put_cstr(o, statement);
         o.put_slice(raw_rest);
     });
-    out
+}
+
+/// Appends a Describe of a statement (`b'S'`) or portal (`b'P'`).
+pub fn put_describe(out: &mut BytesMut, kind: u8, name: &str) {
+    put_message(out, b'D', |o| {
+        o.put_u8(kind);
+        put_cstr(o, name);
+    });
+}
+
+/// Appends an Execute of `portal`, at most `max_rows` rows (0: all).
+pub fn put_execute(out: &mut BytesMut, portal: &str, max_rows: i32) {
+    put_message(out, b'E', |o| {
+        put_cstr(o, portal);
+        o.put_i32(max_rows);
+    });
+}
+
+/// Appends a Sync.
+pub fn put_sync(out: &mut BytesMut) {
+    put_message(out, b'S', |_| {});
+}
+
+/// Appends a PasswordMessage: a cleartext password or an MD5 hash, NUL-terminated.
+pub fn put_password(out: &mut BytesMut, password: &[u8]) {
+    put_message(out, b'p', |o| {
+        o.put_slice(password);
+        o.put_u8(0);
+    });
+}
+
+/// Appends a SASLInitialResponse: the chosen mechanism and its first message.
+pub fn put_sasl_initial(out: &mut BytesMut, mechanism: &str, message: &[u8]) {
+    put_message(out, b'p', |o| {
+        put_cstr(o, mechanism);
+        o.put_i32(message.len() as i32);
+        o.put_slice(message);
+    });
+}
+
+/// Appends a SASLResponse carrying the mechanism's next message.
+pub fn put_sasl_response(out: &mut BytesMut, message: &[u8]) {
+    put_message(out, b'p', |o| o.put_slice(message));
+}
+
+/// Appends a CopyFail with its reason.
+pub fn put_copy_fail(out: &mut BytesMut, reason: &str) {
+    put_message(out, b'f', |o| put_cstr(o, reason));
 }
 
 /// The rest of a Bind body (after portal and statement names) for text-format `values`,
@@ -163,30 +207,40 @@ pub fn text_bind_rest<S: AsRef<str>>(values: &[S]) -> Bytes {
     o.freeze()
 }
 
+/// One message in a buffer of its own, from one of the `put_` encoders above.
+fn alone(put: impl FnOnce(&mut BytesMut)) -> BytesMut {
+    let mut out = BytesMut::new();
+    put(&mut out);
+    out
+}
+
+/// A simple Query.
+pub fn query_frame(sql: &str) -> BytesMut {
+    alone(|o| put_query(o, sql))
+}
+
+/// Parse of `sql` as statement `name` (see [`put_parse`]).
+pub fn parse_frame(name: &str, sql: &str, param_types: &[u32]) -> BytesMut {
+    alone(|o| put_parse(o, name, sql, param_types))
+}
+
+/// Bind of `statement` to `portal` (see [`put_bind`]).
+pub fn bind_frame(portal: &str, statement: &str, raw_rest: &[u8]) -> BytesMut {
+    alone(|o| put_bind(o, portal, statement, raw_rest))
+}
+
 /// Describe of a statement (`b'S'`) or portal (`b'P'`).
 pub fn describe_frame(kind: u8, name: &str) -> BytesMut {
-    let mut out = BytesMut::new();
-    put_message(&mut out, b'D', |o| {
-        o.put_u8(kind);
-        put_cstr(o, name);
-    });
-    out
+    alone(|o| put_describe(o, kind, name))
 }
 
 /// Execute of `portal`, at most `max_rows` rows (0: all).
 pub fn execute_frame(portal: &str, max_rows: i32) -> BytesMut {
-    let mut out = BytesMut::new();
-    put_message(&mut out, b'E', |o| {
-        put_cstr(o, portal);
-        o.put_i32(max_rows);
-    });
-    out
+    alone(|o| put_execute(o, portal, max_rows))
 }
 
 pub fn sync_frame() -> BytesMut {
-    let mut out = BytesMut::new();
-    put_message(&mut out, b'S', |_| {});
-    out
+    alone(put_sync)
 }
 
 #[cfg(test)]
@@ -204,6 +258,22 @@ mod tests {
         assert_eq!(&describe_frame(b'P', "")[..], b"D\0\0\0\x06P\0");
         assert_eq!(&execute_frame("", 0)[..], b"E\0\0\0\x09\0\0\0\0\0");
         assert_eq!(&sync_frame()[..], b"S\0\0\0\x04");
+    }
+
+    #[test]
+    fn authentication_answers_are_well_formed() {
+        let mut o = BytesMut::new();
+        put_password(&mut o, b"md5ab");
+        assert_eq!(&o[..], b"p\0\0\0\x0amd5ab\0");
+        o.clear();
+        put_sasl_initial(&mut o, "SCRAM-SHA-256", b"n,,n=,r=x");
+        assert_eq!(&o[..], b"p\0\0\0\x1fSCRAM-SHA-256\0\0\0\0\x09n,,n=,r=x");
+        o.clear();
+        put_sasl_response(&mut o, b"c=biws");
+        assert_eq!(&o[..], b"p\0\0\0\x0ac=biws");
+        o.clear();
+        put_copy_fail(&mut o, "no");
+        assert_eq!(&o[..], b"f\0\0\0\x07no\0");
     }
 
     #[test]

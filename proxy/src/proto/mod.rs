@@ -1,11 +1,13 @@
 //! The PostgreSQL wire protocol, without I/O: frames and the startup packet ([`codec`]),
 //! typed frontend and backend messages with their decoders and encoders ([`frontend`],
-//! [`backend`]), and SQLSTATE codes. Every message pgdual reads or writes is decoded and
+//! [`backend`]), the streaming replication protocol and its `pgoutput` messages
+//! ([`pgoutput`]), and SQLSTATE codes. Every message pgdual reads or writes is decoded and
 //! encoded here, and only here.
 
 pub mod backend;
 pub mod codec;
 pub mod frontend;
+pub mod pgoutput;
 pub mod sqlstate;
 
 /// A big-endian `i16` at `at`, if `b` is long enough.

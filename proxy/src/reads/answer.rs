@@ -5,17 +5,17 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use pgdual_rules::{ReadPlan, RuleSet};
 use tracing::{debug, warn};
 
 use super::counters::Routed;
 use super::describe::{describe, Described};
 use super::{Describe, Fallback, Reads, Request, Settings};
-use crate::net::conn::{BackendConn, BackendError, Frame};
+use crate::net::conn::{BackendConn, BackendError};
 use crate::net::pool;
-use crate::proto::backend::{error_fields, same_shape, with_formats};
-use crate::proto::codec::put_message;
+use crate::proto::backend::{self, error_fields, same_shape, with_formats};
+use crate::proto::codec::Frame;
 use crate::proto::frontend;
 
 /// What new said to one read.
@@ -154,7 +154,7 @@ pub(super) fn request_frames(
 ) -> Preparing {
     match request {
         Request::Simple { lifted: None, .. } => {
-            out.extend_from_slice(&frontend::query_frame(&plan.sql));
+            frontend::put_query(out, &plan.sql);
             None
         }
         Request::Simple {
@@ -215,7 +215,7 @@ fn bind_statement(
         Some(known) => known,
         None => {
             let name = conn.statement_name().unwrap_or_default();
-            out.extend_from_slice(&frontend::parse_frame(&name, sql, types));
+            frontend::put_parse(out, &name, sql, types);
             if !name.is_empty() {
                 batch.push((sql.to_string(), types.to_vec(), name.clone()));
             }
@@ -224,15 +224,10 @@ fn bind_statement(
         }
     };
     // Bind (unnamed portal), Describe of the portal, Execute of all rows, Sync.
-    put_message(out, b'B', |o| {
-        o.put_u8(0);
-        o.put_slice(name.as_bytes());
-        o.put_u8(0);
-        o.put_slice(bind_rest);
-    });
-    put_message(out, b'D', |o| o.put_slice(b"P\0"));
-    put_message(out, b'E', |o| o.put_slice(&[0, 0, 0, 0, 0]));
-    put_message(out, b'S', |_| {});
+    frontend::put_bind(out, "", name, bind_rest);
+    frontend::put_describe(out, b'P', "");
+    frontend::put_execute(out, "", 0);
+    frontend::put_sync(out);
     preparing
 }
 
@@ -347,9 +342,7 @@ async fn answer_timed(
         64 + legacy_row.len() + new.rows.iter().map(|r| r.len() + 5).sum::<usize>(),
     );
     match request {
-        Request::Simple { .. } => {
-            put_message(&mut out, b'T', |b| b.put_slice(legacy_row));
-        }
+        Request::Simple { .. } => backend::put_row_description(&mut out, legacy_row),
         Request::Extended {
             bind_rest,
             describe,
@@ -357,32 +350,27 @@ async fn answer_timed(
             ..
         } => {
             if *parse {
-                put_message(&mut out, b'1', |_| {});
+                backend::put_parse_complete(&mut out);
             }
-            put_message(&mut out, b'2', |_| {});
+            backend::put_bind_complete(&mut out);
             match describe {
                 Describe::None => {}
                 Describe::Portal => {
                     let formats = frontend::result_formats(bind_rest).ok_or(Fallback::Shape)?;
                     let row = with_formats(legacy_row, &formats).ok_or(Fallback::Shape)?;
-                    put_message(&mut out, b'T', |b| b.put_slice(&row));
+                    backend::put_row_description(&mut out, &row);
                 }
                 Describe::Statement => {
-                    put_message(&mut out, b't', |b| {
-                        b.put_i16(described.params.len() as i16);
-                        for t in &described.params {
-                            b.put_u32(*t);
-                        }
-                    });
-                    put_message(&mut out, b'T', |b| b.put_slice(legacy_row));
+                    backend::put_parameter_description(&mut out, &described.params);
+                    backend::put_row_description(&mut out, legacy_row);
                 }
             }
         }
     }
     for r in &new.rows {
-        put_message(&mut out, b'D', |b| b.put_slice(r));
+        backend::put_data_row(&mut out, r);
     }
-    put_message(&mut out, b'C', |b| b.put_slice(&new.complete));
-    put_message(&mut out, b'Z', |b| b.put_u8(b'I'));
+    backend::put_command_complete(&mut out, &new.complete);
+    backend::put_ready_for_query(&mut out, b'I');
     Ok(out)
 }

@@ -18,9 +18,10 @@ use super::counters::Routed;
 use super::describe::{describe, Described};
 use super::shadow::{finish, Answered, ShadowJob};
 use super::{Fallback, Reads, Request};
-use crate::net::conn::{BackendError, Frame, Target};
+use crate::net::conn::{BackendError, Target};
 use crate::net::pool;
 use crate::proto::backend::error_fields;
+use crate::proto::codec::Frame;
 
 /// Most shadowed reads sent to new in one round trip.
 pub const MAX_BATCH: usize = 16;
