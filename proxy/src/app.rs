@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::admin::Admin;
-use crate::capture::CommitSignal;
+use crate::capture::{CaptureStatus, CommitSignal};
 use crate::control::privileges::{LookUps, Privileges};
 use crate::control::rules_store::RulesStore;
 use crate::mirror::{Mirror, Watermark};
@@ -107,48 +107,19 @@ impl Proxy {
         let (stop_accepting, stop) = watch::channel(false);
         let mut threads = start_workers(&config, &listeners, &ctx, &stop)?;
         let workers = threads.len();
+        let capture = Arc::new(CaptureStatus::default());
         let admin_addr = match listeners.admin {
             None => None,
             Some(l) => {
-                let admin = Admin {
-                    token: config.admin.token.clone(),
-                    connect_timeout: Duration::from_millis(config.limits.connect_timeout_ms),
-                    legacy: legacy.clone(),
-                    rules: rules.clone(),
-                    reads: reads.clone(),
-                    metrics: metrics.clone(),
-                    cache: ctx.cache.clone(),
-                    jobs: Arc::new(crate::jobs::Jobs::new(
-                        endpoints.clone(),
-                        rules.clone(),
-                        &config,
-                        crate::jobs::JobMetrics::register(&metrics.registrar()),
-                        stop.clone(),
-                    )),
-                };
+                let admin = admin(&config, &ctx, &endpoints, capture.clone(), &stop);
                 Some(start_admin(l, admin, &stop, &mut threads)?)
             }
         };
         let watcher = match ctx.commits.clone() {
             None => None,
             Some(commits) => {
-                let mirror = Mirror {
-                    settings: config.mirror.clone(),
-                    log_values: config.reads.log_values,
-                    endpoints: endpoints.clone(),
-                    rules: rules.clone(),
-                    metrics: metrics.mirror.clone(),
-                    watermark: ctx.watermark.clone(),
-                    commits,
-                };
-                let look_ups = LookUps {
-                    privileges: ctx.privileges.clone(),
-                    rules: rules.clone(),
-                    legacy: endpoints.legacy.clone(),
-                    log_values: config.reads.log_values,
-                };
-                threads.push(mirror.start(stop.clone()).map_err(StartError::Runtime)?);
-                threads.push(look_ups.start(stop.clone()).map_err(StartError::Runtime)?);
+                let (c, e) = (&ctx, &endpoints);
+                start_background(&config, c, e, commits, capture, &stop, &mut threads)?;
                 crate::control::rules_store::watch(rules.clone())
             }
         };
@@ -224,6 +195,65 @@ impl Proxy {
         }
         info!("pgdual stopped");
     }
+}
+
+/// The admin API's handles.
+fn admin(
+    config: &Config,
+    ctx: &Context,
+    endpoints: &Endpoints,
+    capture: Arc<CaptureStatus>,
+    stop: &watch::Receiver<bool>,
+) -> Admin {
+    Admin {
+        token: config.admin.token.clone(),
+        connect_timeout: Duration::from_millis(config.limits.connect_timeout_ms),
+        legacy: ctx.legacy.clone(),
+        rules: ctx.rules.clone(),
+        reads: ctx.reads.clone(),
+        metrics: ctx.metrics.clone(),
+        cache: ctx.cache.clone(),
+        jobs: Arc::new(crate::jobs::Jobs::new(
+            endpoints.clone(),
+            ctx.rules.clone(),
+            config,
+            crate::jobs::JobMetrics::register(&ctx.metrics.registrar()),
+            stop.clone(),
+        )),
+        capture,
+    }
+}
+
+/// Starts what runs beside the sessions when a rules file is set: the mirror and the
+/// privilege look-ups.
+fn start_background(
+    config: &Config,
+    ctx: &Context,
+    endpoints: &Endpoints,
+    commits: CommitSignal,
+    capture: Arc<CaptureStatus>,
+    stop: &watch::Receiver<bool>,
+    threads: &mut Vec<JoinHandle<()>>,
+) -> Result<(), StartError> {
+    let mirror = Mirror {
+        settings: config.mirror.clone(),
+        log_values: config.reads.log_values,
+        endpoints: endpoints.clone(),
+        rules: ctx.rules.clone(),
+        metrics: ctx.metrics.mirror.clone(),
+        watermark: ctx.watermark.clone(),
+        commits,
+        capture,
+    };
+    let look_ups = LookUps {
+        privileges: ctx.privileges.clone(),
+        rules: ctx.rules.clone(),
+        legacy: endpoints.legacy.clone(),
+        log_values: config.reads.log_values,
+    };
+    threads.push(mirror.start(stop.clone()).map_err(StartError::Runtime)?);
+    threads.push(look_ups.start(stop.clone()).map_err(StartError::Runtime)?);
+    Ok(())
 }
 
 /// What every session works with.

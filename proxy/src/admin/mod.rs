@@ -39,6 +39,7 @@ pub struct Admin {
     pub metrics: Arc<Metrics>,
     pub cache: Arc<AnalysisCache>,
     pub jobs: Arc<crate::jobs::Jobs>,
+    pub capture: Arc<crate::capture::CaptureStatus>,
 }
 
 pub fn router(admin: Arc<Admin>) -> Router {
@@ -293,9 +294,9 @@ async fn status(State(admin): State<Arc<Admin>>) -> Response {
             "changes": m.changes_total.get(),
             "dead_letters": m.dead_letters_total.get(),
             "retries": m.retries_total.get(),
-            "capture": m.capture.load().as_deref(),
-            "slot": m.slot.load().as_deref(),
-            "needs_backfill": m.capture_gaps.load().iter()
+            "capture": admin.capture.method.load().as_deref(),
+            "slot": admin.capture.slot.load().as_deref(),
+            "needs_backfill": admin.capture.gaps.load().iter()
                 .map(|(t, why)| serde_json::json!({"table": t, "reason": why}))
                 .collect::<Vec<_>>(),
         },

@@ -203,74 +203,10 @@ pub async fn prepare(
 ) -> Result<Prepared, SetupError> {
     let tables: Vec<String> = written_tables(rules);
     let (slot_name, publication) = (&settings.slot, &settings.publication);
-    let exists = legacy
-        .query_opt(
-            "SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1",
-            &[publication],
-        )
-        .await?
-        .is_some();
-    let list = tables.join(", ");
-    let sql = if exists {
-        format!("ALTER PUBLICATION {publication} SET TABLE {list}")
-    } else {
-        format!("CREATE PUBLICATION {publication} FOR TABLE {list}")
+    publish(legacy, publication, &tables).await?;
+    let prepared = Prepared {
+        slot_lost: ensure_slot(legacy, slot_name).await?,
     };
-    legacy.batch_execute(&sql).await?;
-    info!(publication = %publication, tables = %list, "publication in step with the rules");
-
-    let recorded = legacy
-        .query_opt(
-            "SELECT 1 FROM pgdual.capture_slots WHERE slot = $1",
-            &[slot_name],
-        )
-        .await?
-        .is_some();
-    let row = legacy.query_opt(SLOT, &[slot_name]).await?;
-    let mut prepared = Prepared::default();
-    match row {
-        Some(r) => {
-            let (wal_status, plugin, ours): (String, String, bool) = (r.get(2), r.get(4), r.get(5));
-            if plugin != "pgoutput" || !ours {
-                return Err(SetupError::Conflict(format!(
-                    "a replication slot named {slot_name} exists for another database or plugin \
-                     ({plugin}); set mirror.slot to another name"
-                )));
-            }
-            if wal_status == "lost" {
-                error!(
-                    slot = %slot_name,
-                    "the capture slot was invalidated (max_slot_wal_keep_size): changes were \
-                     lost; the mapped tables need a backfill and a verify"
-                );
-                let active: Option<i32> = r.get(3);
-                if let Some(pid) = active {
-                    legacy
-                        .execute("SELECT pg_catalog.pg_terminate_backend($1)", &[&pid])
-                        .await?;
-                }
-                legacy
-                    .execute(
-                        "SELECT pg_catalog.pg_drop_replication_slot($1)",
-                        &[slot_name],
-                    )
-                    .await?;
-                prepared.slot_lost = true;
-                create_slot(legacy, slot_name).await?;
-            }
-        }
-        None => {
-            if recorded {
-                error!(
-                    slot = %slot_name,
-                    "the capture slot is gone (dropped outside pgdual?): changes made since \
-                     were lost; the mapped tables need a backfill and a verify"
-                );
-                prepared.slot_lost = true;
-            }
-            create_slot(legacy, slot_name).await?;
-        }
-    }
     if prepared.slot_lost {
         legacy
             .execute(
@@ -289,6 +225,78 @@ pub async fn prepare(
         )
         .await?;
     Ok(prepared)
+}
+
+/// Makes `publication` publish exactly `tables`.
+async fn publish(legacy: &Client, publication: &str, tables: &[String]) -> Result<(), SetupError> {
+    let exists = legacy
+        .query_opt(
+            "SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1",
+            &[&publication],
+        )
+        .await?
+        .is_some();
+    let list = tables.join(", ");
+    let sql = if exists {
+        format!("ALTER PUBLICATION {publication} SET TABLE {list}")
+    } else {
+        format!("CREATE PUBLICATION {publication} FOR TABLE {list}")
+    };
+    legacy.batch_execute(&sql).await?;
+    info!(publication = %publication, tables = %list, "publication in step with the rules");
+    Ok(())
+}
+
+/// Makes sure the slot exists and is usable; `true` when a slot pgdual had made was gone or
+/// invalidated (and has been made again): the changes since were lost.
+async fn ensure_slot(legacy: &Client, slot_name: &str) -> Result<bool, SetupError> {
+    let recorded = legacy
+        .query_opt(
+            "SELECT 1 FROM pgdual.capture_slots WHERE slot = $1",
+            &[&slot_name],
+        )
+        .await?
+        .is_some();
+    let Some(r) = legacy.query_opt(SLOT, &[&slot_name]).await? else {
+        if recorded {
+            error!(
+                slot = %slot_name,
+                "the capture slot is gone (dropped outside pgdual?): changes made since \
+                 were lost; the mapped tables need a backfill and a verify"
+            );
+        }
+        create_slot(legacy, slot_name).await?;
+        return Ok(recorded);
+    };
+    let (wal_status, plugin, ours): (String, String, bool) = (r.get(2), r.get(4), r.get(5));
+    if plugin != "pgoutput" || !ours {
+        return Err(SetupError::Conflict(format!(
+            "a replication slot named {slot_name} exists for another database or plugin \
+             ({plugin}); set mirror.slot to another name"
+        )));
+    }
+    if wal_status != "lost" {
+        return Ok(false);
+    }
+    error!(
+        slot = %slot_name,
+        "the capture slot was invalidated (max_slot_wal_keep_size): changes were \
+         lost; the mapped tables need a backfill and a verify"
+    );
+    let active: Option<i32> = r.get(3);
+    if let Some(pid) = active {
+        legacy
+            .execute("SELECT pg_catalog.pg_terminate_backend($1)", &[&pid])
+            .await?;
+    }
+    legacy
+        .execute(
+            "SELECT pg_catalog.pg_drop_replication_slot($1)",
+            &[&slot_name],
+        )
+        .await?;
+    create_slot(legacy, slot_name).await?;
+    Ok(true)
 }
 
 async fn create_slot(legacy: &Client, name: &str) -> Result<(), tokio_postgres::Error> {

@@ -27,6 +27,16 @@ impl CommitSignal {
     }
 }
 
+/// What the mirror last found of its capture, for `/status`: the method in use and why, the
+/// slot as legacy reported it, and the tables whose capture had a gap (a lost slot) and need
+/// a backfill and a verify, with why.
+#[derive(Debug, Default)]
+pub struct CaptureStatus {
+    pub method: arc_swap::ArcSwapOption<method::Choice>,
+    pub slot: arc_swap::ArcSwapOption<method::SlotState>,
+    pub gaps: arc_swap::ArcSwap<Vec<(String, String)>>,
+}
+
 /// One committed change: a table's row, by key, or the whole table (TRUNCATE).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {

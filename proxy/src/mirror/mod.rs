@@ -27,7 +27,7 @@ use tracing::{debug, info, warn};
 
 use crate::capture::logical::{self, LogicalSource};
 use crate::capture::method::{self, Method};
-use crate::capture::{triggers, ChangeSource, CommitSignal};
+use crate::capture::{triggers, CaptureStatus, ChangeSource, CommitSignal};
 use crate::control::catalog;
 use crate::control::rules_store::{RulesSnapshot, RulesStore};
 use crate::net::endpoint::Endpoints;
@@ -48,6 +48,8 @@ pub struct Mirror {
     pub metrics: Arc<MirrorMetrics>,
     pub watermark: Arc<Watermark>,
     pub commits: CommitSignal,
+    /// What `/status` shows of the capture.
+    pub capture: Arc<CaptureStatus>,
 }
 
 impl Mirror {
@@ -315,7 +317,7 @@ impl Mirror {
             .capture_logical
             .set((choice.method == Method::Logical) as i64);
         let method = choice.method;
-        self.metrics.capture.store(Some(Arc::new(choice)));
+        self.capture.method.store(Some(Arc::new(choice)));
         self.metrics.ready.set(1);
         self.metrics.rules_version.set(snapshot.version as i64);
         Ok(method)
@@ -334,9 +336,9 @@ impl Mirror {
             self.metrics.slot_behind_bytes.set(s.behind_bytes);
             logical::warn_retained(s.retained_bytes, self.settings.slot_warn_bytes, warned);
         }
-        self.metrics.slot.store(slot.map(Arc::new));
+        self.capture.slot.store(slot.map(Arc::new));
         let gaps = method::gaps(legacy).await.map_err(MirrorError::Legacy)?;
-        self.metrics.capture_gaps.store(Arc::new(gaps));
+        self.capture.gaps.store(Arc::new(gaps));
         if lost {
             return Err(MirrorError::Connect(format!(
                 "the capture slot {} is gone or invalidated",

@@ -13,12 +13,12 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc::{self, Receiver, Sender};
 use tracing::{debug, warn};
 
-use super::answer::{align_settings, request_frames, settle_prepare};
+use super::answer::{align_settings, request_frames, settle_prepare, Preparing};
 use super::counters::Routed;
 use super::describe::{describe, Described};
 use super::shadow::{finish, Answered, ShadowJob};
 use super::{Fallback, Reads, Request};
-use crate::net::conn::{BackendError, Target};
+use crate::net::conn::{BackendConn, BackendError, Target};
 use crate::net::pool;
 use crate::proto::backend::error_fields;
 use crate::proto::codec::Frame;
@@ -153,25 +153,55 @@ async fn run_group(
     if reads.health.is_down() {
         return all(Fallback::Unavailable);
     }
-    let cfg = &reads.settings;
-    let (timeout, max) = (reads.timeout(), cfg.max_result_bytes);
     let started = Instant::now();
     let mut conn = match pool::checkout(target).await {
         Ok(c) => c,
         Err(e) => {
             *on_new += started.elapsed();
-            if reads
-                .health
-                .failed(Duration::from_millis(cfg.retry_after_ms))
-            {
+            let retry_after = Duration::from_millis(reads.settings.retry_after_ms);
+            if reads.health.failed(retry_after) {
                 warn!(error = %e, "new is unreachable; reads fall back to legacy");
             }
             return all(Fallback::Unavailable);
         }
     };
     let mut digests: Vec<Digest> = group.iter().map(|_| Digest::default()).collect();
-    let result = async {
-        align_settings(&mut conn, &group[0].0.settings, timeout, cfg.log_values).await?;
+    let result = exchange(reads, &mut conn, group, &mut digests).await;
+    *on_new += started.elapsed();
+    let prepares = match result {
+        Ok(prepares) => prepares,
+        Err(why) => {
+            pool::checkin(target, conn);
+            return all(why);
+        }
+    };
+    let out = group
+        .iter()
+        .zip(prepares)
+        .zip(digests)
+        .map(|(((job, _), prepare), d)| settle(reads, &mut conn, job, prepare, d))
+        .collect();
+    pool::checkin(target, conn);
+    out
+}
+
+/// Sends every read of `group` in one write and digests the answers into `digests`: the
+/// statements each read was preparing, or why the whole group falls back.
+async fn exchange(
+    reads: &Reads,
+    conn: &mut BackendConn,
+    group: &[(ShadowJob, Arc<Described>)],
+    digests: &mut [Digest],
+) -> Result<Vec<Preparing>, Fallback> {
+    let (timeout, max) = (reads.timeout(), reads.settings.max_result_bytes);
+    let sent = async {
+        align_settings(
+            conn,
+            &group[0].0.settings,
+            timeout,
+            reads.settings.log_values,
+        )
+        .await?;
         let mut out = BytesMut::new();
         let mut batch = Vec::new();
         let mut prepares = Vec::with_capacity(group.len());
@@ -179,15 +209,10 @@ async fn run_group(
             let Ok(plan) = &*job.plan else {
                 return Err(BackendError::Protocol("a shadow without a plan".into()));
             };
-            let prepare = request_frames(
-                &mut conn,
-                plan,
-                &job.request,
-                described,
-                &mut out,
-                &mut batch,
-            );
-            prepares.push(prepare);
+            let request = &job.request;
+            prepares.push(request_frames(
+                conn, plan, request, described, &mut out, &mut batch,
+            ));
         }
         let mut at = 0;
         let mut visit = |f: Frame| {
@@ -209,53 +234,57 @@ async fn run_group(
         conn.round_trip_visit(&out, max.saturating_mul(group.len()), timeout, &mut visit)
             .await?;
         Ok((prepares, at))
-    }
-    .await;
-    *on_new += started.elapsed();
-    let (prepares, answered) = match result {
-        Ok(r) => r,
+    };
+    match sent.await {
+        Ok((prepares, answered)) => {
+            reads.health.answered();
+            if answered == group.len() {
+                Ok(prepares)
+            } else {
+                Err(Fallback::Error)
+            }
+        }
         Err(e) => {
-            pool::checkin(target, conn);
             debug!(error = %e, "shadow reads failed on new");
-            return all(match e {
+            Err(match e {
                 BackendError::TooLarge(_) => Fallback::TooLarge,
                 BackendError::Protocol(_) => Fallback::Error,
                 _ => Fallback::Unavailable,
-            });
+            })
         }
-    };
-    reads.health.answered();
-    if answered != group.len() {
-        pool::checkin(target, conn);
-        return all(Fallback::Error);
     }
-    let mut out = Vec::with_capacity(group.len());
-    for (((job, _), prepare), d) in group.iter().zip(prepares).zip(digests) {
-        if let Ok(plan) = &*job.plan {
-            let refused =
-                settle_prepare(&mut conn, &plan.sql, prepare, d.parsed, d.error.is_some());
-            if let (
-                true,
-                Request::Simple {
-                    lifted: Some(l), ..
-                },
-            ) = (refused, &job.request)
-            {
-                reads.keep_literals(l);
-            }
+}
+
+/// One read's answer from its digest, after recording the statement it prepared (a shape
+/// new refused to prepare is planned per text from then on).
+fn settle(
+    reads: &Reads,
+    conn: &mut BackendConn,
+    job: &ShadowJob,
+    prepare: Preparing,
+    d: Digest,
+) -> Result<Answered, Fallback> {
+    if let Ok(plan) = &*job.plan {
+        let refused = settle_prepare(conn, &plan.sql, prepare, d.parsed, d.error.is_some());
+        if let (
+            true,
+            Request::Simple {
+                lifted: Some(l), ..
+            },
+        ) = (refused, &job.request)
+        {
+            reads.keep_literals(l);
         }
-        out.push(match d.error {
-            Some(body) => {
-                let (code, message) = error_fields(&body);
-                let message =
-                    crate::telemetry::redact::server_message(&code, &message, cfg.log_values);
-                debug!(code, message, "new answered a shadowed read with an error");
-                Err(Fallback::Error)
-            }
-            None if d.size > max => Err(Fallback::TooLarge),
-            None => Ok(d.answer),
-        });
     }
-    pool::checkin(target, conn);
-    out
+    match d.error {
+        Some(body) => {
+            let (code, message) = error_fields(&body);
+            let log_values = reads.settings.log_values;
+            let message = crate::telemetry::redact::server_message(&code, &message, log_values);
+            debug!(code, message, "new answered a shadowed read with an error");
+            Err(Fallback::Error)
+        }
+        None if d.size > reads.settings.max_result_bytes => Err(Fallback::TooLarge),
+        None => Ok(d.answer),
+    }
 }

@@ -12,6 +12,7 @@ use pgdual_rules::route::{bucket, route, Route, SessionView};
 use pgdual_rules::sql::ident::DEFAULT_SCHEMA;
 use pgdual_rules::{Analysis, ReadPlan, RuleSet, StatementKind, TableName};
 
+use crate::control::rules_store::RulesSnapshot;
 use crate::proto::codec::frames;
 use crate::proto::frontend;
 use crate::reads::{self, CachedPlan, Describe, Request, ShadowJob};
@@ -250,28 +251,8 @@ pub async fn route_group(
         conn_seed,
         who,
     } = pending(buf, &session.borrow(), ctx, &snap.rules)?;
-    let plan = match &mut request {
-        Request::Simple { sql, lifted } => {
-            let (plan, values) = ctx.reads.plan_simple(&snap, sql);
-            *lifted = values;
-            plan
-        }
-        Request::Extended { sql, .. } => match &statement {
-            Some(s) => s.plan_for(snap.generation, || ctx.reads.plan(&snap, sql)),
-            None => ctx.reads.plan(&snap, sql),
-        },
-    };
-    // The bucket matters only when some table's reads are ramped below 100 %.
-    let ramped = plan.as_ref().as_ref().is_ok_and(|p| {
-        p.tables
-            .iter()
-            .any(|t| snap.rules.table(t).is_some_and(|r| r.read_percent < 100))
-    });
-    let stick = if ramped {
-        stickiness(&plan, &request, conn_seed)
-    } else {
-        0
-    };
+    let plan = plan_request(&ctx.reads, &snap, &mut request, statement.as_deref());
+    let stick = sticky_bucket(&plan, &snap.rules, &request, conn_seed);
     if let Ok(p) = plan.as_ref() {
         view.access = who.access(ctx, snap.version, p);
     }
@@ -309,32 +290,82 @@ pub async fn route_group(
             }));
             None
         }
-        Route::New => match reads::answer(&ctx.reads, &snap.rules, p, &request, &settings).await {
-            Ok(answer) => {
-                reads.count(p, |t| {
-                    t.new.inc();
-                });
-                if let Request::Extended {
-                    sql,
-                    param_types,
-                    parse: true,
-                    ..
-                } = &request
-                {
-                    session.borrow_mut().held_unnamed =
-                        Some(frontend::parse_frame("", sql, param_types).freeze());
-                }
-                ctx.metrics.statement(StatementKind::Read);
-                Some((end, answer))
+        Route::New => {
+            let answer = answer_on_new(ctx, &snap.rules, p, &request, &settings).await?;
+            if let Request::Extended {
+                sql,
+                param_types,
+                parse: true,
+                ..
+            } = &request
+            {
+                session.borrow_mut().held_unnamed =
+                    Some(frontend::parse_frame("", sql, param_types).freeze());
             }
-            Err(why) => {
-                tracing::debug!(reason = why.as_str(), "read falls back to legacy");
-                reads.count(p, |t| {
-                    t.fallbacks[why as usize].inc();
-                });
-                None
-            }
+            Some((end, answer))
+        }
+    }
+}
+
+/// The plan of a request: a simple query's by its shape (its literals lifted into
+/// `request`), a named statement's kept with the statement, an unnamed one's by text.
+fn plan_request(
+    reads: &reads::Reads,
+    snap: &RulesSnapshot,
+    request: &mut Request,
+    statement: Option<&Prepared>,
+) -> CachedPlan {
+    match request {
+        Request::Simple { sql, lifted } => {
+            let (plan, values) = reads.plan_simple(snap, sql);
+            *lifted = values;
+            plan
+        }
+        Request::Extended { sql, .. } => match statement {
+            Some(s) => s.plan_for(snap.generation, || reads.plan(snap, sql)),
+            None => reads.plan(snap, sql),
         },
+    }
+}
+
+/// The ramp bucket of a read; it matters (and is computed) only when some table the plan
+/// reads is ramped below 100 %.
+fn sticky_bucket(plan: &CachedPlan, rules: &RuleSet, request: &Request, conn_seed: u64) -> u8 {
+    let ramped = plan.as_ref().as_ref().is_ok_and(|p| {
+        p.tables
+            .iter()
+            .any(|t| rules.table(t).is_some_and(|r| r.read_percent < 100))
+    });
+    if ramped {
+        stickiness(plan, request, conn_seed)
+    } else {
+        0
+    }
+}
+
+/// The read answered by new, counted; `None` (counted as a fallback) sends it to legacy.
+async fn answer_on_new(
+    ctx: &Context,
+    rules: &RuleSet,
+    p: &ReadPlan,
+    request: &Request,
+    settings: &reads::Settings,
+) -> Option<BytesMut> {
+    match reads::answer(&ctx.reads, rules, p, request, settings).await {
+        Ok(answer) => {
+            ctx.reads.count(p, |t| {
+                t.new.inc();
+            });
+            ctx.metrics.statement(StatementKind::Read);
+            Some(answer)
+        }
+        Err(why) => {
+            tracing::debug!(reason = why.as_str(), "read falls back to legacy");
+            ctx.reads.count(p, |t| {
+                t.fallbacks[why as usize].inc();
+            });
+            None
+        }
     }
 }
 

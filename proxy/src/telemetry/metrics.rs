@@ -164,13 +164,6 @@ pub struct MirrorMetrics {
     pub slot_behind_bytes: IntGauge,
     /// Times the capture slot was found gone or invalidated (changes lost).
     pub slot_lost_total: IntCounter,
-    /// The capture method in use and why (for `/status`), once the mirror chose.
-    pub capture: arc_swap::ArcSwapOption<crate::capture::method::Choice>,
-    /// The slot as legacy last reported it.
-    pub slot: arc_swap::ArcSwapOption<crate::capture::method::SlotState>,
-    /// Tables whose capture had a gap (a lost slot) and need a backfill and a verify, with
-    /// why: read with the slot's state.
-    pub capture_gaps: arc_swap::ArcSwap<Vec<(String, String)>>,
     /// Definition changes of mapped legacy tables noticed while capturing.
     pub capture_ddl_total: IntCounter,
 }
@@ -238,9 +231,6 @@ impl MirrorMetrics {
                 "pgdual_capture_ddl_total",
                 "Definition changes of mapped legacy tables noticed while capturing.",
             ),
-            capture: Default::default(),
-            slot: Default::default(),
-            capture_gaps: Default::default(),
         }
     }
 }
