@@ -462,6 +462,52 @@ async fn a_definition_changed_while_capturing_is_noticed_checked_and_mirroring_g
     );
 }
 
+/// Two definition changes streamed together, the second one the rules cannot follow until it
+/// is undone. Once it is, the mirror restarts from the first: that transaction must be
+/// applied before the mirror stops at the second (stopping at once would stream the first
+/// again after every restart and stop at the second before applying it, for ever).
+#[tokio::test]
+async fn two_definition_changes_in_a_row_are_mirrored_up_to_the_second_then_past_it() {
+    let t = "cl_ddl2";
+    create(t).await;
+    let r = rules(t, "id");
+    let (p, _dir) = pgdual(&r, CaptureMode::Logical);
+    wait_mirror_ready(&p).await;
+    let c = connect(p.local_addr().port()).await;
+    c.batch_execute(&format!(
+        "INSERT INTO {t} (id, code, label) VALUES (1, 'a', 'x')"
+    ))
+    .await
+    .unwrap();
+    let (lv, nv) = views(t);
+    assert_converges(new_db(), &lv, &nv, 30).await;
+    // Both transactions in one write, so the stream hands them over together.
+    c.batch_execute(&format!(
+        "BEGIN; ALTER TABLE {t} ADD COLUMN extra text; \
+         INSERT INTO {t} (id, code, label, extra) VALUES (2, 'b', 'y', 'e'); COMMIT; \
+         BEGIN; ALTER TABLE {t} RENAME COLUMN label TO title; UPDATE {t} SET n = 5 WHERE id = 1; COMMIT"
+    ))
+    .await
+    .unwrap();
+    wait_until("the mirror stops", Duration::from_secs(20), || async {
+        p.metrics().mirror.ready.get() == 0 || p.metrics().mirror.retries_total.get() > 0
+    })
+    .await;
+    let new_rows = text_rows(
+        new_db().port,
+        &format!("SELECT concat_ws('|', id, n) FROM {t}.items ORDER BY id"),
+    )
+    .await;
+    assert_eq!(new_rows, ["1|0"], "nothing applied under a stale rule");
+    c.batch_execute(&format!("ALTER TABLE {t} RENAME COLUMN title TO label"))
+        .await
+        .unwrap();
+    assert_eq!(
+        assert_converges(new_db(), &lv, &nv, 30).await,
+        ["1|a|X|5", "2|b|Y|0"]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn switching_from_triggers_to_logical_and_back_under_load_loses_nothing() {
     let t = "cl_switch";

@@ -112,6 +112,12 @@ pub struct LogicalSource {
     reported: u64,
     last_report: Instant,
     reply_due: bool,
+    /// A mapped table's definition changed in the stream: the transactions before the change
+    /// are handed out and applied, their end confirmed to the server, and then the source
+    /// stops with this error, so the rules are checked again before anything after it. (Were
+    /// it to stop at once, a restart would stream the same transactions again and stop at
+    /// the same change before applying them, for ever.)
+    ddl: Option<String>,
 }
 
 impl LogicalSource {
@@ -155,13 +161,14 @@ impl LogicalSource {
             reported: 0,
             last_report: Instant::now(),
             reply_due: false,
+            ddl: None,
         })
     }
 
     /// Reads and handles what the server sent already, without waiting, until about
     /// `enough` changes are pending.
     async fn take_available(&mut self, enough: usize) -> Result<(), CaptureError> {
-        while self.pending_changes < enough {
+        while self.pending_changes < enough && self.ddl.is_none() {
             match tokio::time::timeout(Duration::ZERO, self.stream.next_frame()).await {
                 Err(_) => break,
                 Ok(frame) => self.handle(frame?)?,
@@ -171,6 +178,10 @@ impl LogicalSource {
     }
 
     fn handle(&mut self, f: crate::proto::codec::Frame) -> Result<(), CaptureError> {
+        if self.ddl.is_some() {
+            // Past a definition change nothing is read: the next session streams it again.
+            return Ok(());
+        }
         match f.tag {
             b'd' => {}
             b'E' => {
@@ -249,18 +260,20 @@ impl LogicalSource {
                 // The changes before it are applied under the old plans; stop here, so the
                 // rules are checked against the catalogs again before anything after it.
                 error!(table = %table, "the definition of a mapped legacy table changed while capturing");
-                return Err(CaptureError::Ddl(format!(
+                self.stop_before(format!(
                     "the definition of {table} changed in legacy (ALTER TABLE while capturing); \
                      the rules are checked against it again before mirroring goes on"
-                )));
+                ));
+                return Ok(());
             }
         }
         let mut key_at = Vec::with_capacity(keys.len());
         let mut key_types = Vec::with_capacity(keys.len());
         for k in keys {
-            let at = r.columns.iter().position(|c| &c.name == k).ok_or_else(|| {
-                CaptureError::Ddl(format!("{table} has no key column {k:?} any more"))
-            })?;
+            let Some(at) = r.columns.iter().position(|c| &c.name == k) else {
+                self.stop_before(format!("{table} has no key column {k:?} any more"));
+                return Ok(());
+            };
             key_at.push(at);
             key_types.push(r.columns[at].type_oid);
         }
@@ -275,6 +288,12 @@ impl LogicalSource {
             }),
         );
         Ok(())
+    }
+
+    /// Stops reading at a definition change inside the open transaction (see `ddl`).
+    fn stop_before(&mut self, why: String) {
+        self.open = None;
+        self.ddl = Some(why);
     }
 
     /// A changed row: its old key (when the change moved or removed it) and its new one.
@@ -436,6 +455,12 @@ impl ChangeSource for LogicalSource {
         self.take_available(max.max(1)).await?;
         if self.pending.is_empty() {
             self.idle_confirm();
+            if let Some(why) = &self.ddl {
+                // Everything before the change is applied: say so before stopping.
+                let why = why.clone();
+                self.report(true).await?;
+                return Err(CaptureError::Ddl(why));
+            }
             self.report(false).await?;
             return Ok(Vec::new());
         }
@@ -503,7 +528,10 @@ impl ChangeSource for LogicalSource {
     async fn wait(&mut self) -> Result<(), Self::Error> {
         let before = self.received;
         loop {
-            if !self.pending.is_empty() || (self.open.is_none() && self.received > before) {
+            if !self.pending.is_empty()
+                || self.ddl.is_some()
+                || (self.open.is_none() && self.received > before)
+            {
                 return Ok(());
             }
             self.report(false).await?;
