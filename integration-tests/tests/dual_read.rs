@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use pgdual::app::Proxy;
 use pgdual_integration_tests::*;
+use pgdual_rules::TableName;
 use tokio_postgres::SimpleQueryMessage;
 
 /// Rules mapping legacy `public.<t>` to new `<t>.customers`, reads in `read` mode.
@@ -109,11 +110,19 @@ fn reads(p: &Proxy, t: &str, route: &str) -> f64 {
     sample(&page, &name).unwrap_or(0.0)
 }
 
+/// `public.<t>`.
+fn public(t: &str) -> TableName {
+    TableName {
+        schema: "public".into(),
+        name: t.into(),
+    }
+}
+
 fn fallbacks(p: &Proxy, t: &str) -> u64 {
     p.reads()
         .all_tables()
         .iter()
-        .filter(|(name, _)| name == &format!("public.{t}"))
+        .filter(|(name, _)| *name == public(t))
         .map(|(_, r)| r.fallbacks.iter().map(|f| f.get()).sum::<u64>())
         .sum()
 }
@@ -283,7 +292,7 @@ async fn new_mode_with_the_new_database_stopped_is_served_by_legacy() {
     assert!(fell_back >= 2 * SIMPLE_READS.len() as u64, "{fell_back}");
     let unavailable = p
         .reads()
-        .table(&format!("public.{t}"))
+        .table(&public(t))
         .fallback(pgdual::reads::Fallback::Unavailable);
     assert_eq!(unavailable, fell_back);
 }
@@ -299,7 +308,7 @@ async fn shadow_counts_and_samples_a_row_corrupted_in_new_while_clients_get_lega
     fill(t, port, new, 10).await;
     corrupt_row_2_in_new(t, new).await;
     let via = connect(port).await;
-    let table = p.reads().table(&format!("public.{t}"));
+    let table = p.reads().table(&public(t));
     for id in 1..=5 {
         let rows = simple(
             &via,
@@ -601,7 +610,7 @@ async fn with_log_values_a_sample_shows_a_binary_key_decoded() {
     // tokio-postgres sends the bigint parameter in binary: 8 bytes, not the text "2".
     let ext = format!("SELECT id, first_name, last_name, email FROM {t} WHERE id = $1");
     assert_eq!(extended(&via, &ext, 2).await.unwrap()[0].1, "First2");
-    let table = p.reads().table(&format!("public.{t}"));
+    let table = p.reads().table(&public(t));
     let deadline = Instant::now() + Duration::from_secs(10);
     while table.shadow_mismatches.get() < 1 {
         assert!(Instant::now() < deadline, "the mismatch was never seen");

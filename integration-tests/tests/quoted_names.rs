@@ -4,6 +4,7 @@
 //! alone.
 
 use pgdual_integration_tests::*;
+use pgdual_rules::TableName;
 
 const RULES: &str = r#"
 [[table]]
@@ -88,7 +89,13 @@ async fn a_quoted_mixed_case_table_is_mirrored_routed_and_counted_under_its_own_
         "the unquoted table has no rule: {page}"
     );
     assert_eq!(
-        p.reads().table("public.\"Orders\"").new.get(),
+        p.reads()
+            .table(&TableName {
+                schema: "public".into(),
+                name: "Orders".into(),
+            })
+            .new
+            .get(),
         answered("new") as u64
     );
 }

@@ -259,7 +259,7 @@ fn reads_json(reads: &Reads) -> serde_json::Value {
                 })
                 .collect();
         out.insert(
-            table,
+            table.to_string(),
             serde_json::json!({
                 "legacy": r.legacy.get(),
                 "new": r.new.get(),

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use pgdual_rules::ruleset::WriteMode;
-use pgdual_rules::RuleSet;
+use pgdual_rules::{RuleSet, TableName};
 use tokio_postgres::Client;
 use tracing::{error, warn};
 
@@ -76,7 +76,7 @@ pub enum CaptureError {
 /// A mapped table as the stream describes it.
 struct Mapped {
     /// The rules' name of the table.
-    table: String,
+    table: TableName,
     /// Where the rule's key columns are in the stream's tuples.
     key_at: Vec<usize>,
     key_names: Vec<String>,
@@ -98,7 +98,7 @@ pub struct LogicalSource {
     legacy: Client,
     stream: BackendConn,
     /// Key columns of each mapped legacy table, by (schema, name).
-    keys: HashMap<(String, String), (String, Vec<String>)>,
+    keys: HashMap<(String, String), (TableName, Vec<String>)>,
     relations: HashMap<u32, Option<Mapped>>,
     open: Option<Txn>,
     pending: VecDeque<Txn>,
@@ -143,7 +143,7 @@ impl LogicalSource {
             .map(|r| {
                 (
                     (r.legacy.schema.clone(), r.legacy.name.clone()),
-                    (r.legacy.to_string(), r.legacy_keys.clone()),
+                    (r.legacy.clone(), r.legacy_keys.clone()),
                 )
             })
             .collect();

@@ -11,6 +11,7 @@ pub mod triggers;
 
 use std::sync::Arc;
 
+use pgdual_rules::TableName;
 use tokio::sync::Notify;
 
 /// Rung by sessions after a transaction that wrote; awaited by the mirror.
@@ -40,8 +41,8 @@ pub struct CaptureStatus {
 /// One committed change: a table's row, by key, or the whole table (TRUNCATE).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
-    /// The legacy table, schema-qualified as the rules print it.
-    pub table: String,
+    /// The legacy table.
+    pub table: TableName,
     /// The key columns and values as a JSON object text (legacy prints it, so no value passes
     /// through a lossy client-side type); `None` for a TRUNCATE.
     pub keys: Option<String>,

@@ -7,11 +7,13 @@
 //! images are read in that same transaction, and acknowledging deletes the rows and commits.
 //! A batch that is not acknowledged (an error, a dropped connection) stays in the backlog.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use pgdual_rules::capture_sql;
 use pgdual_rules::ruleset::WriteMode;
-use pgdual_rules::RuleSet;
+use pgdual_rules::sql::ident::parse_table_name;
+use pgdual_rules::{RuleSet, TableName};
 use tokio_postgres::Client;
 use tracing::{info, warn};
 
@@ -33,6 +35,8 @@ pub struct TriggerSource {
     legacy: Client,
     /// The legacy tables, as the backlog names them.
     tables: Vec<String>,
+    /// Each of `tables` by that name.
+    names: HashMap<String, TableName>,
     /// Backlog rows of the batch taken and not yet acknowledged.
     taken: Vec<i64>,
 }
@@ -42,8 +46,25 @@ impl TriggerSource {
         TriggerSource {
             legacy,
             tables: table_names(rules),
+            names: rules
+                .tables()
+                .iter()
+                .map(|r| (r.legacy.to_string(), r.legacy.clone()))
+                .collect(),
             taken: Vec::new(),
         }
+    }
+
+    /// The table a backlog row names. Batches are taken for `tables` only, so the name is
+    /// one of them; any other is read as the name it prints (a table without a rule, whose
+    /// changes the applier skips with a warning).
+    fn table(&self, printed: &str) -> TableName {
+        self.names.get(printed).cloned().unwrap_or_else(|| {
+            parse_table_name(printed).unwrap_or_else(|_| TableName {
+                schema: String::new(),
+                name: printed.to_string(),
+            })
+        })
     }
 }
 
@@ -64,7 +85,7 @@ impl ChangeSource for TriggerSource {
         Ok(rows
             .iter()
             .map(|r| Change {
-                table: r.get(1),
+                table: self.table(r.get(1)),
                 keys: r.get(2),
             })
             .collect())

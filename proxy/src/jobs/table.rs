@@ -222,12 +222,12 @@ impl TablePlan {
         pair: &Pair,
         work: impl std::future::Future<Output = Result<T, JobError>>,
     ) -> Result<T, JobError> {
-        copy::lock_shared(&pair.legacy, &self.name)
+        copy::lock_shared(&pair.legacy, &self.rule.legacy)
             .await
             .map_err(JobError::Legacy)?;
         let result = work.await;
         // A broken connection drops the lock with the session.
-        let unlocked = copy::unlock_shared(&pair.legacy, &self.name).await;
+        let unlocked = copy::unlock_shared(&pair.legacy, &self.rule.legacy).await;
         let out = result?;
         unlocked.map_err(JobError::Legacy)?;
         Ok(out)

@@ -8,6 +8,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use pgdual_rules::ruleset::TargetDatabase;
+use pgdual_rules::TableName;
 use serde_json::json;
 use tokio_postgres::{Client, GenericClient};
 use tracing::{error, warn};
@@ -26,7 +27,7 @@ pub struct Target {
 /// One step of a batch: copy these keys of a table, or mirror a TRUNCATE. Keys stay the
 /// JSON text legacy wrote, so no value passes through a lossy client-side type.
 pub struct Op<'a> {
-    tbl: &'a str,
+    tbl: &'a TableName,
     keys: Vec<&'a str>,
     truncate: bool,
 }
@@ -39,7 +40,7 @@ impl Op<'_> {
 
 /// Whether any target table's column types changed since its plan was made.
 pub async fn stale_plans(
-    targets: &HashMap<String, Target>,
+    targets: &HashMap<TableName, Target>,
     new: Option<&Client>,
     legacy: &Client,
 ) -> Result<bool, MirrorError> {
@@ -61,7 +62,7 @@ pub async fn stale_plans(
 pub async fn isolate(
     legacy: &Client,
     new: Option<&Client>,
-    targets: &HashMap<String, Target>,
+    targets: &HashMap<TableName, Target>,
     dead_letters: &Path,
     op: &Op<'_>,
 ) -> Result<u64, MirrorError> {
@@ -102,13 +103,13 @@ fn dead_letter(path: &Path, op: &Op<'_>, e: &MirrorError) {
         .map_or(0.0, |d| d.as_secs_f64());
     let record = json!({
         "at_unix": when,
-        "table": op.tbl,
+        "table": op.tbl.to_string(),
         "keys": op.keys.first().and_then(|k| serde_json::value::RawValue::from_string(k.to_string()).ok()),
         "truncate": op.truncate,
         "sqlstate": e.code(),
         "error": e.to_string(),
     });
-    warn!(table = op.tbl, sqlstate = e.code(), "change dead-lettered");
+    warn!(table = %op.tbl, sqlstate = e.code(), "change dead-lettered");
     let written = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -128,7 +129,7 @@ fn dead_letter(path: &Path, op: &Op<'_>, e: &MirrorError) {
 /// splits a table's keys, into those before it and those after.
 pub fn group(changes: &[Change]) -> Vec<Op<'_>> {
     let mut ops: Vec<Op> = Vec::new();
-    let mut open: HashMap<&str, (usize, HashSet<&str>)> = HashMap::new();
+    let mut open: HashMap<&TableName, (usize, HashSet<&str>)> = HashMap::new();
     for Change { table: tbl, keys } in changes {
         match keys.as_deref() {
             Some(k) => {
@@ -146,7 +147,7 @@ pub fn group(changes: &[Change]) -> Vec<Op<'_>> {
                 }
             }
             None => {
-                open.remove(tbl.as_str());
+                open.remove(tbl);
                 ops.push(Op {
                     tbl,
                     keys: vec![],
@@ -164,7 +165,7 @@ pub fn group(changes: &[Change]) -> Vec<Op<'_>> {
 pub async fn apply(
     legacy: &Client,
     new: Option<&Client>,
-    targets: &HashMap<String, Target>,
+    targets: &HashMap<TableName, Target>,
     ops: &[Op<'_>],
 ) -> Result<(u64, u64), MirrorError> {
     legacy
@@ -187,7 +188,7 @@ pub async fn apply(
 async fn apply_in_savepoint(
     legacy: &Client,
     new: Option<&Client>,
-    targets: &HashMap<String, Target>,
+    targets: &HashMap<TableName, Target>,
     ops: &[Op<'_>],
 ) -> Result<(u64, u64), MirrorError> {
     let uses_new = ops.iter().any(|op| {
@@ -222,11 +223,11 @@ async fn apply_in_savepoint(
 async fn apply_ops(
     sp: &Client,
     new: Option<&Client>,
-    targets: &HashMap<String, Target>,
+    targets: &HashMap<TableName, Target>,
     ops: &[Op<'_>],
 ) -> Result<(u64, u64), MirrorError> {
     // Locks in one order (table names), so two batches cannot wait on each other.
-    let mut tables: Vec<&str> = ops
+    let mut tables: Vec<&TableName> = ops
         .iter()
         .map(|op| op.tbl)
         .filter(|t| targets.contains_key(*t))
@@ -242,7 +243,7 @@ async fn apply_ops(
     for op in ops {
         // A table with no rule any more (the rules changed): its backlog is skipped.
         let Some(t) = targets.get(op.tbl) else {
-            warn!(table = op.tbl, "changes for a table without a rule skipped");
+            warn!(table = %op.tbl, "changes for a table without a rule skipped");
             continue;
         };
         let keys = op.keys_array();
@@ -278,7 +279,10 @@ mod tests {
     #[test]
     fn changes_group_per_table_split_only_by_truncate() {
         let c = |t: &str, k: Option<&str>| Change {
-            table: t.to_string(),
+            table: TableName {
+                schema: "public".into(),
+                name: t.to_string(),
+            },
             keys: k.map(str::to_string),
         };
         let changes = vec![
@@ -293,7 +297,7 @@ mod tests {
         let ops = group(&changes);
         let shape: Vec<(&str, bool, Vec<&str>)> = ops
             .iter()
-            .map(|o| (o.tbl, o.truncate, o.keys.clone()))
+            .map(|o| (o.tbl.name.as_str(), o.truncate, o.keys.clone()))
             .collect();
         assert_eq!(
             shape,

@@ -9,7 +9,7 @@
 //! [`SESSION_SETTINGS`].
 
 use pgdual_rules::copy_sql::{self, ColumnTypes};
-use pgdual_rules::TableRule;
+use pgdual_rules::{TableName, TableRule};
 use tokio_postgres::{Client, GenericClient};
 
 /// Session settings for pgdual's connections that read and write row images.
@@ -38,29 +38,29 @@ pub async fn pin_session<C: GenericClient>(c: &C) -> Result<(), tokio_postgres::
 const COPY_LOCK: &str = "hashtextextended('pgdual copy ' || $1::text, 0)";
 
 /// Takes the copy lock of `table` exclusively until the end of the current transaction.
-pub async fn lock_for_batch(c: &Client, table: &str) -> Result<(), tokio_postgres::Error> {
+pub async fn lock_for_batch(c: &Client, table: &TableName) -> Result<(), tokio_postgres::Error> {
     c.execute(
         &format!("SELECT pg_catalog.pg_advisory_xact_lock({COPY_LOCK})"),
-        &[&table],
+        &[&table.to_string()],
     )
     .await
     .map(drop)
 }
 
 /// Takes the copy lock of `table` shared, for this session, until [`unlock_shared`].
-pub async fn lock_shared(c: &Client, table: &str) -> Result<(), tokio_postgres::Error> {
+pub async fn lock_shared(c: &Client, table: &TableName) -> Result<(), tokio_postgres::Error> {
     c.execute(
         &format!("SELECT pg_catalog.pg_advisory_lock_shared({COPY_LOCK})"),
-        &[&table],
+        &[&table.to_string()],
     )
     .await
     .map(drop)
 }
 
-pub async fn unlock_shared(c: &Client, table: &str) -> Result<(), tokio_postgres::Error> {
+pub async fn unlock_shared(c: &Client, table: &TableName) -> Result<(), tokio_postgres::Error> {
     c.execute(
         &format!("SELECT pg_catalog.pg_advisory_unlock_shared({COPY_LOCK})"),
-        &[&table],
+        &[&table.to_string()],
     )
     .await
     .map(drop)

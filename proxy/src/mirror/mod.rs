@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use pgdual_config::MirrorConfig;
 use pgdual_rules::ruleset::TargetDatabase;
-use pgdual_rules::RuleSet;
+use pgdual_rules::{RuleSet, TableName};
 use tokio::sync::watch;
 use tokio_postgres::Client;
 use tracing::{debug, info, warn};
@@ -211,7 +211,7 @@ impl Mirror {
         rules: &RuleSet,
         legacy: &Client,
         new: Option<&Client>,
-        targets: &HashMap<String, Target>,
+        targets: &HashMap<TableName, Target>,
     ) -> Result<(), MirrorError> {
         let (reader, _) = self.clients().await?;
         let mut worker = Worker {
@@ -244,7 +244,7 @@ impl Mirror {
         &self,
         rules: &RuleSet,
         new: Option<&Client>,
-        targets: &HashMap<String, Target>,
+        targets: &HashMap<TableName, Target>,
     ) -> Result<(), MirrorError> {
         let (reader, _) = self.clients().await?;
         let mut worker = Worker {
@@ -374,7 +374,7 @@ async fn targets(
     rules: &RuleSet,
     legacy: &Client,
     new: Option<&Client>,
-) -> Result<HashMap<String, Target>, MirrorError> {
+) -> Result<HashMap<TableName, Target>, MirrorError> {
     let mut out = HashMap::new();
     for r in rules.tables() {
         let plan = match (r.database, new) {
@@ -388,7 +388,7 @@ async fn targets(
             database: r.database,
             new_table: r.new.to_string(),
         };
-        out.insert(r.legacy.to_string(), target);
+        out.insert(r.legacy.clone(), target);
     }
     Ok(out)
 }
@@ -404,7 +404,7 @@ pub(crate) fn jitter(d: Duration) -> Duration {
 struct Worker<'a, S> {
     source: S,
     new: Option<&'a Client>,
-    targets: &'a HashMap<String, Target>,
+    targets: &'a HashMap<TableName, Target>,
     mirror: &'a Mirror,
     /// The source is the capture slot: its state is checked now and then.
     logical: bool,

@@ -95,9 +95,8 @@ pub struct Reads {
     described: DashMap<(Arc<str>, Vec<u32>), Arc<Described>>,
     /// The rules generation `described` was learned under: a rules change forgets it.
     described_generation: AtomicU64,
-    tables: DashMap<String, Arc<TableReads>>,
-    /// The same counters by table name, as reads count them.
-    by_table: DashMap<TableName, Arc<TableReads>>,
+    /// Read counters by legacy table.
+    tables: DashMap<TableName, Arc<TableReads>>,
     families: Families,
     samples: Mutex<VecDeque<Sample>>,
     /// Shadowed reads waiting for the shadow thread, started with the first.
@@ -127,7 +126,6 @@ impl Reads {
             described: DashMap::new(),
             described_generation: AtomicU64::new(0),
             tables: DashMap::new(),
-            by_table: DashMap::new(),
             families,
             samples: Mutex::new(VecDeque::new()),
             shadow_queue: std::sync::OnceLock::new(),
@@ -268,18 +266,19 @@ impl Reads {
         }
     }
 
-    pub fn table(&self, name: &str) -> Arc<TableReads> {
+    /// The read counters of a legacy table (labelled with its name as PostgreSQL prints it).
+    pub fn table(&self, name: &TableName) -> Arc<TableReads> {
         if let Some(t) = self.tables.get(name) {
             return t.clone();
         }
         self.tables
-            .entry(name.to_string())
-            .or_insert_with(|| Arc::new(self.families.table(name)))
+            .entry(name.clone())
+            .or_insert_with(|| Arc::new(self.families.table(&name.to_string())))
             .clone()
     }
 
-    /// Counters of every table that has seen a routed read.
-    pub fn all_tables(&self) -> Vec<(String, Arc<TableReads>)> {
+    /// Counters of every table that has seen a routed read, by name.
+    pub fn all_tables(&self) -> Vec<(TableName, Arc<TableReads>)> {
         let mut v: Vec<_> = self
             .tables
             .iter()
@@ -312,13 +311,10 @@ impl Reads {
 
     pub fn count_tables(&self, tables: &[TableName], f: impl Fn(&TableReads)) {
         for t in tables {
-            if let Some(r) = self.by_table.get(t) {
-                f(&r);
-                continue;
+            match self.tables.get(t) {
+                Some(r) => f(&r),
+                None => f(&self.table(t)),
             }
-            let r = self.table(&t.to_string());
-            self.by_table.insert(t.clone(), r.clone());
-            f(&r);
         }
     }
 }

@@ -59,7 +59,7 @@ fn is_plain(id: &str) -> bool {
 }
 
 /// A schema-qualified table name, folded as PostgreSQL folds identifiers.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TableName {
     pub schema: String,
     pub name: String,
