@@ -406,12 +406,11 @@ async fn a_slot_dropped_behind_pgdual_is_reported_made_again_and_a_backfill_and_
     .await;
 }
 
-#[tokio::test]
-async fn a_definition_changed_while_capturing_is_noticed_checked_and_mirroring_goes_on() {
-    let t = "cl_ddl";
+/// pgdual capturing `t` by logical decoding, a client session through it, and one row
+/// written and mirrored.
+async fn streaming_one_row(t: &str) -> (Proxy, tempfile::TempDir, tokio_postgres::Client) {
     create(t).await;
-    let r = rules(t, "id");
-    let (p, _dir) = pgdual(&r, CaptureMode::Logical);
+    let (p, dir) = pgdual(&rules(t, "id"), CaptureMode::Logical);
     wait_mirror_ready(&p).await;
     let c = connect(p.local_addr().port()).await;
     c.batch_execute(&format!(
@@ -421,6 +420,28 @@ async fn a_definition_changed_while_capturing_is_noticed_checked_and_mirroring_g
     .unwrap();
     let (lv, nv) = views(t);
     assert_converges(new_db(), &lv, &nv, 30).await;
+    (p, dir, c)
+}
+
+/// New's rows of `t` (`id|n`) once the mirror has stopped (or retries) and a moment passed.
+async fn rows_once_stopped(p: &Proxy, t: &str) -> Vec<String> {
+    wait_until("the mirror stops", Duration::from_secs(20), || async {
+        p.metrics().mirror.ready.get() == 0 || p.metrics().mirror.retries_total.get() > 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    text_rows(
+        new_db().port,
+        &format!("SELECT concat_ws('|', id, n) FROM {t}.items ORDER BY id"),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_definition_changed_while_capturing_is_noticed_checked_and_mirroring_goes_on() {
+    let t = "cl_ddl";
+    let (p, _dir, c) = streaming_one_row(t).await;
+    let (lv, nv) = views(t);
     c.batch_execute(&format!(
         "ALTER TABLE {t} ADD COLUMN extra text; INSERT INTO {t} (id, code, label, extra) VALUES (2, 'b', 'y', 'e')"
     ))
@@ -438,18 +459,8 @@ async fn a_definition_changed_while_capturing_is_noticed_checked_and_mirroring_g
     ))
     .await
     .unwrap();
-    wait_until("the mirror stops", Duration::from_secs(20), || async {
-        p.metrics().mirror.ready.get() == 0 || p.metrics().mirror.retries_total.get() > 0
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let new_rows = text_rows(
-        new_db().port,
-        &format!("SELECT concat_ws('|', id, n) FROM {t}.items ORDER BY id"),
-    )
-    .await;
     assert_eq!(
-        new_rows,
+        rows_once_stopped(&p, t).await,
         ["1|0", "2|0"],
         "nothing applied under a stale rule"
     );
@@ -469,18 +480,8 @@ async fn a_definition_changed_while_capturing_is_noticed_checked_and_mirroring_g
 #[tokio::test]
 async fn two_definition_changes_in_a_row_are_mirrored_up_to_the_second_then_past_it() {
     let t = "cl_ddl2";
-    create(t).await;
-    let r = rules(t, "id");
-    let (p, _dir) = pgdual(&r, CaptureMode::Logical);
-    wait_mirror_ready(&p).await;
-    let c = connect(p.local_addr().port()).await;
-    c.batch_execute(&format!(
-        "INSERT INTO {t} (id, code, label) VALUES (1, 'a', 'x')"
-    ))
-    .await
-    .unwrap();
+    let (p, _dir, c) = streaming_one_row(t).await;
     let (lv, nv) = views(t);
-    assert_converges(new_db(), &lv, &nv, 30).await;
     // Both transactions in one write, so the stream hands them over together.
     c.batch_execute(&format!(
         "BEGIN; ALTER TABLE {t} ADD COLUMN extra text; \
@@ -489,16 +490,11 @@ async fn two_definition_changes_in_a_row_are_mirrored_up_to_the_second_then_past
     ))
     .await
     .unwrap();
-    wait_until("the mirror stops", Duration::from_secs(20), || async {
-        p.metrics().mirror.ready.get() == 0 || p.metrics().mirror.retries_total.get() > 0
-    })
-    .await;
-    let new_rows = text_rows(
-        new_db().port,
-        &format!("SELECT concat_ws('|', id, n) FROM {t}.items ORDER BY id"),
-    )
-    .await;
-    assert_eq!(new_rows, ["1|0"], "nothing applied under a stale rule");
+    assert_eq!(
+        rows_once_stopped(&p, t).await,
+        ["1|0"],
+        "nothing applied under a stale rule"
+    );
     c.batch_execute(&format!("ALTER TABLE {t} RENAME COLUMN title TO label"))
         .await
         .unwrap();
