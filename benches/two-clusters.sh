@@ -3,10 +3,15 @@
 # `pgbench -i -s $SCALE` on legacy. Sets BIN, PGDUAL, WORK, L_PORT, N_PORT, PIDS (processes
 # to kill at exit), free_port, psql_l and psql_n. Expects NAME (the directory's prefix);
 # LEGACY_CPUS / NEW_CPUS (taskset lists) pin each server when set; LEGACY_OPTS adds server
-# settings to legacy (`-c wal_level=logical`).
+# settings to legacy (`-c wal_level=logical`); PGDUAL_BINARY runs that build of pgdual
+# instead of this checkout's (say, the build before a change, for the per-read profile).
 BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
-cargo build --release -q -p pgdual
-PGDUAL=$PWD/target/release/pgdual
+if [ -n "${PGDUAL_BINARY:-}" ]; then
+  PGDUAL=$PGDUAL_BINARY
+else
+  cargo build --release -q -p pgdual
+  PGDUAL=$PWD/target/release/pgdual
+fi
 
 WORK=$(mktemp -d "/tmp/pgdual-$NAME-XXXX")
 chmod 755 "$WORK"
