@@ -98,7 +98,15 @@ impl Proxy {
         };
         let rules = Arc::new(rules_store(&config, endpoints.clone())?);
         let listeners = bind(&config)?;
-        let ctx = Arc::new(session_context(&config, &endpoints, rules.clone(), tls));
+        // A mirror runs when there are rules to mirror by; sessions ring it after writes.
+        let commits = config.rules_file.is_some().then(CommitSignal::default);
+        let ctx = Arc::new(session_context(
+            &config,
+            &endpoints,
+            rules.clone(),
+            tls,
+            commits.clone(),
+        ));
         let (metrics, reads, legacy) = (&ctx.metrics, &ctx.reads, &ctx.legacy);
         let addr = listeners
             .clients
@@ -115,7 +123,7 @@ impl Proxy {
                 Some(start_admin(l, admin, &stop, &mut threads)?)
             }
         };
-        let watcher = match ctx.commits.clone() {
+        let watcher = match commits {
             None => None,
             Some(commits) => {
                 let (c, e) = (&ctx, &endpoints);
@@ -262,6 +270,7 @@ fn session_context(
     endpoints: &Endpoints,
     rules: Arc<RulesStore>,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    commits: Option<CommitSignal>,
 ) -> Context {
     let connect_timeout = Duration::from_millis(config.limits.connect_timeout_ms);
     let metrics = Arc::new(Metrics::default());
@@ -287,8 +296,7 @@ fn session_context(
         )),
         privileges: Arc::new(Privileges::default()),
         watermark: Arc::new(Watermark::default()),
-        // Sessions ring it only when a mirror runs to hear it.
-        commits: config.rules_file.is_some().then(CommitSignal::default),
+        commits,
     }
 }
 
