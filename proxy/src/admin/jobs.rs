@@ -14,6 +14,7 @@ use super::{parse_body, Admin};
 use crate::jobs::backfill::{Ended, Request};
 use crate::jobs::state;
 use crate::jobs::table::JobError;
+use crate::jobs::StartError;
 
 pub fn routes() -> Router<Arc<Admin>> {
     Router::new()
@@ -102,16 +103,18 @@ async fn post_backfill(
             Err(e) => job_error(e, admin.jobs.log_values),
         };
     }
-    if let Err(e) = job.preflight().await {
-        return job_error(e, admin.jobs.log_values);
-    }
-    match admin.jobs.start_backfill(job) {
+    match admin.jobs.start_backfill(job).await {
         Ok(progress) => (
             StatusCode::ACCEPTED,
             Json(json!({ "progress": progress.view() })),
         )
             .into_response(),
-        Err(reason) => error(StatusCode::CONFLICT, reason),
+        Err(StartError::Preflight(e)) => job_error(e, admin.jobs.log_values),
+        Err(StartError::Running(table)) => error(
+            StatusCode::CONFLICT,
+            format!("a backfill of {table} is running here"),
+        ),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 

@@ -104,6 +104,19 @@ pub struct Jobs {
     backfills: Mutex<HashMap<String, Arc<Progress>>>,
 }
 
+/// Why a backfill did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("a backfill of {0} is running here")]
+    Running(String),
+    #[error(transparent)]
+    Preflight(JobError),
+    #[error("cannot start the backfill thread: {0}")]
+    Thread(std::io::Error),
+    #[error("the jobs' state is unusable after a panic")]
+    Poisoned,
+}
+
 impl Jobs {
     pub fn new(
         endpoints: Endpoints,
@@ -145,16 +158,25 @@ impl Jobs {
         }
     }
 
-    /// Starts a backfill on a thread of its own; refused while one of the table runs here.
-    pub fn start_backfill(&self, job: Backfill) -> Result<Arc<Progress>, String> {
-        let mut running = self.backfills.lock().map_err(|_| "poisoned".to_string())?;
-        if let Some(p) = running.get(&job.table) {
-            if !p.view().is_finished() {
-                return Err(format!("a backfill of {} is running here", job.table));
-            }
-        }
+    /// Starts a backfill on a thread of its own once its preflight passed: refused
+    /// ([`StartError::Running`]) while one of the table runs here, which is checked (and the
+    /// table taken) before the preflight, so that no preflight ever competes with a running
+    /// job for the table's claim in legacy.
+    pub async fn start_backfill(&self, job: Backfill) -> Result<Arc<Progress>, StartError> {
         let progress = job.progress.clone();
-        running.insert(job.table.clone(), progress.clone());
+        {
+            let mut running = self.backfills.lock().map_err(|_| StartError::Poisoned)?;
+            if let Some(p) = running.get(&job.table) {
+                if !p.view().is_finished() {
+                    return Err(StartError::Running(job.table.clone()));
+                }
+            }
+            running.insert(job.table.clone(), progress.clone());
+        }
+        if let Err(e) = job.preflight().await {
+            progress.fail(&e, job.log_values);
+            return Err(StartError::Preflight(e));
+        }
         std::thread::Builder::new()
             .name("pgdual-backfill".into())
             .spawn(move || {
@@ -166,7 +188,7 @@ impl Jobs {
                     }
                 }
             })
-            .map_err(|e| format!("cannot start the backfill thread: {e}"))?;
+            .map_err(StartError::Thread)?;
         Ok(progress)
     }
 

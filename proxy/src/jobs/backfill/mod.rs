@@ -181,6 +181,11 @@ impl Progress {
         })
     }
 
+    /// Ends the progress with a failure before the job ran (its preflight refused it).
+    pub fn fail(&self, e: &JobError, log_values: bool) {
+        self.set_state(format!("failed: {}", e.for_log(log_values)));
+    }
+
     fn set_state(&self, s: impl Into<String>) {
         if let Ok(mut g) = self.state.lock() {
             *g = s.into();
