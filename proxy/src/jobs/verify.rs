@@ -26,8 +26,8 @@ use super::table::{bound_params, key_of, JobError, Key, Pair, TablePlan};
 use super::JobMetrics;
 use crate::net::endpoint::Endpoints;
 
-/// Times differing keys are looked at again, each after the mirror caught up.
-const RECHECKS: usize = 3;
+/// Most times differing keys are looked at again, each after the mirror caught up.
+const MAX_LOOKS: usize = 6;
 /// Longest wait for the mirror to apply what was in its backlog.
 const MIRROR_WAIT: Duration = Duration::from_secs(30);
 /// Keys per repair or re-check statement.
@@ -231,25 +231,49 @@ impl Verify {
         Ok(())
     }
 
-    /// The suspects that still differ after the mirror caught up, each time, with both
-    /// sides' rows.
+    /// The suspects that differ for good, with both sides' rows. Each look waits for the
+    /// mirror to apply everything committed before it began, then reads new and then legacy.
+    /// A key still differing whose legacy row stayed the same since the look before is drift:
+    /// every write to it was committed before this look's mark, so new has applied it. A key
+    /// whose legacy row changed between two looks is being written: it is looked at again,
+    /// and if it keeps changing it is counted in flight, not reported.
     async fn recheck(
         &self,
         plan: &TablePlan,
         pair: &Pair,
         mut suspects: Vec<Key>,
     ) -> Result<HashMap<Key, (Option<Side>, Option<Side>)>, JobError> {
-        let mut out = HashMap::new();
-        for _ in 0..RECHECKS {
+        let mut drift = HashMap::new();
+        // Legacy's row hash (`None`: no row) at the last look, of the keys that differed.
+        let mut before: HashMap<Key, Option<i64>> = HashMap::new();
+        for _ in 0..MAX_LOOKS {
             if suspects.is_empty() {
                 break;
             }
             let mark = mirror_mark(&pair.legacy, &plan.name).await?;
             wait_for_mirror(&pair.legacy, &plan.name, mark).await?;
-            out = self.look_again(plan, pair, &suspects).await?;
-            suspects = out.keys().cloned().collect();
+            let now = self.look_again(plan, pair, &suspects).await?;
+            suspects.clear();
+            let mut moved = HashMap::new();
+            for (key, (legacy, new)) in now {
+                let hash = legacy.as_ref().map(|s| s.hash);
+                if before.get(&key) == Some(&hash) {
+                    drift.insert(key, (legacy, new));
+                } else {
+                    suspects.push(key.clone());
+                    moved.insert(key, hash);
+                }
+            }
+            before = moved;
         }
-        Ok(out)
+        if !suspects.is_empty() {
+            info!(
+                table = %plan.name,
+                keys = suspects.len(),
+                "verify: rows that kept changing while looked at are counted in flight"
+            );
+        }
+        Ok(drift)
     }
 
     /// Of `keys`, those whose rows differ now, with both sides' rows.
@@ -276,11 +300,11 @@ impl Verify {
         for batch in keys.chunks(KEYS_PER_STATEMENT) {
             let json = keys_json(plan, batch);
             let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&json];
-            let (l, n) = tokio::join!(
-                pair.legacy.query(&legacy_sql, &params),
-                pair.target.query(&new_sql, &params)
-            );
-            let (l, n) = (l.map_err(JobError::Legacy)?, n.map_err(JobError::New)?);
+            // New first: whatever new holds by then legacy committed before it is read.
+            let n = pair.target.query(&new_sql, &params).await;
+            let n = n.map_err(JobError::New)?;
+            let l = pair.legacy.query(&legacy_sql, &params).await;
+            let l = l.map_err(JobError::Legacy)?;
             let mut legacy: HashMap<Key, Side> = l.iter().map(side).collect();
             let mut new: HashMap<Key, Side> = n.iter().map(side).collect();
             for key in batch {
