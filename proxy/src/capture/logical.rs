@@ -87,6 +87,8 @@ struct Mapped {
 
 struct Txn {
     xid: u32,
+    /// Where its commit record is.
+    commit_lsn: u64,
     end_lsn: u64,
     /// Unix microseconds.
     commit_time: i64,
@@ -100,6 +102,8 @@ pub struct LogicalSource {
     /// Key columns of each mapped legacy table, by (schema, name).
     keys: HashMap<(String, String), (TableName, Vec<String>)>,
     relations: HashMap<u32, Option<Mapped>>,
+    /// See [`LogicalSource::start`].
+    checked_at: u64,
     open: Option<Txn>,
     pending: VecDeque<Txn>,
     pending_changes: usize,
@@ -112,23 +116,19 @@ pub struct LogicalSource {
     reported: u64,
     last_report: Instant,
     reply_due: bool,
-    /// A mapped table's definition changed in the stream: the transactions before the change
-    /// are handed out and applied, their end confirmed to the server, and then the source
-    /// stops with this error, so the rules are checked again before anything after it. (Were
-    /// it to stop at once, a restart would stream the same transactions again and stop at
-    /// the same change before applying them, for ever.)
-    ddl: Option<String>,
 }
 
 impl LogicalSource {
     /// Starts streaming `slot` with `publication` over `stream` (a replication session);
     /// `legacy` reads the row images.
+    /// `checked_at`: legacy's WAL position taken just before the rules were last checked
+    /// against its catalog (definition changes committed before it are in that check).
     pub async fn start(
         legacy: Client,
         mut stream: BackendConn,
         rules: &RuleSet,
-        slot: &str,
-        publication: &str,
+        (slot, publication): (&str, &str),
+        checked_at: u64,
     ) -> Result<LogicalSource, CaptureError> {
         stream
             .start_copy_both(&format!(
@@ -151,6 +151,7 @@ impl LogicalSource {
             legacy,
             stream,
             keys,
+            checked_at,
             relations: HashMap::new(),
             open: None,
             pending: VecDeque::new(),
@@ -161,14 +162,13 @@ impl LogicalSource {
             reported: 0,
             last_report: Instant::now(),
             reply_due: false,
-            ddl: None,
         })
     }
 
     /// Reads and handles what the server sent already, without waiting, until about
     /// `enough` changes are pending.
     async fn take_available(&mut self, enough: usize) -> Result<(), CaptureError> {
-        while self.pending_changes < enough && self.ddl.is_none() {
+        while self.pending_changes < enough {
             match tokio::time::timeout(Duration::ZERO, self.stream.next_frame()).await {
                 Err(_) => break,
                 Ok(frame) => self.handle(frame?)?,
@@ -178,10 +178,6 @@ impl LogicalSource {
     }
 
     fn handle(&mut self, f: crate::proto::codec::Frame) -> Result<(), CaptureError> {
-        if self.ddl.is_some() {
-            // Past a definition change nothing is read: the next session streams it again.
-            return Ok(());
-        }
         match f.tag {
             b'd' => {}
             b'E' => {
@@ -207,10 +203,13 @@ impl LogicalSource {
     fn message(&mut self, data: &Bytes) -> Result<(), CaptureError> {
         match Message::decode(data)? {
             Message::Begin {
-                xid, commit_time, ..
+                xid,
+                commit_time,
+                final_lsn,
             } => {
                 self.open = Some(Txn {
                     xid,
+                    commit_lsn: final_lsn,
                     end_lsn: 0,
                     commit_time: pgoutput::unix_micros(commit_time),
                     changes: Vec::new(),
@@ -255,25 +254,31 @@ impl LogicalSource {
             .iter()
             .map(|c| (c.name.clone(), c.type_oid, c.type_modifier))
             .collect();
-        if let Some(Some(before)) = self.relations.get(&r.id) {
+        // A change committed before the rules were last checked is in that check: a restart
+        // streams transactions from before it again, whose descriptions may differ from
+        // each other, and they are not news. (Stopping for them would stop at the same place
+        // after every check, for ever.)
+        let checked = self
+            .open
+            .as_ref()
+            .is_some_and(|t| t.commit_lsn < self.checked_at);
+        if let Some(Some(before)) = self.relations.get(&r.id).filter(|_| !checked) {
             if before.shape != shape {
                 // The changes before it are applied under the old plans; stop here, so the
                 // rules are checked against the catalogs again before anything after it.
                 error!(table = %table, "the definition of a mapped legacy table changed while capturing");
-                self.stop_before(format!(
+                return Err(CaptureError::Ddl(format!(
                     "the definition of {table} changed in legacy (ALTER TABLE while capturing); \
                      the rules are checked against it again before mirroring goes on"
-                ));
-                return Ok(());
+                )));
             }
         }
         let mut key_at = Vec::with_capacity(keys.len());
         let mut key_types = Vec::with_capacity(keys.len());
         for k in keys {
-            let Some(at) = r.columns.iter().position(|c| &c.name == k) else {
-                self.stop_before(format!("{table} has no key column {k:?} any more"));
-                return Ok(());
-            };
+            let at = r.columns.iter().position(|c| &c.name == k).ok_or_else(|| {
+                CaptureError::Ddl(format!("{table} has no key column {k:?} any more"))
+            })?;
             key_at.push(at);
             key_types.push(r.columns[at].type_oid);
         }
@@ -288,12 +293,6 @@ impl LogicalSource {
             }),
         );
         Ok(())
-    }
-
-    /// Stops reading at a definition change inside the open transaction (see `ddl`).
-    fn stop_before(&mut self, why: String) {
-        self.open = None;
-        self.ddl = Some(why);
     }
 
     /// A changed row: its old key (when the change moved or removed it) and its new one.
@@ -455,12 +454,6 @@ impl ChangeSource for LogicalSource {
         self.take_available(max.max(1)).await?;
         if self.pending.is_empty() {
             self.idle_confirm();
-            if let Some(why) = &self.ddl {
-                // Everything before the change is applied: say so before stopping.
-                let why = why.clone();
-                self.report(true).await?;
-                return Err(CaptureError::Ddl(why));
-            }
             self.report(false).await?;
             return Ok(Vec::new());
         }
@@ -528,10 +521,7 @@ impl ChangeSource for LogicalSource {
     async fn wait(&mut self) -> Result<(), Self::Error> {
         let before = self.received;
         loop {
-            if !self.pending.is_empty()
-                || self.ddl.is_some()
-                || (self.open.is_none() && self.received > before)
-            {
+            if !self.pending.is_empty() || (self.open.is_none() && self.received > before) {
                 return Ok(());
             }
             self.report(false).await?;

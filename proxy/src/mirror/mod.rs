@@ -71,7 +71,7 @@ impl Mirror {
         let cfg = &self.settings;
         let mut delay = Duration::from_millis(cfg.retry_initial_ms);
         // The rules whose capture is in place (to remove what a reload drops), and how.
-        let mut installed: Option<(Arc<RulesSnapshot>, Method)> = None;
+        let mut installed: Option<Installed> = None;
         while !*stop.borrow() {
             let snapshot = self.rules.load();
             // Stopping must never wait on a connection attempt or a slow batch.
@@ -104,18 +104,20 @@ impl Mirror {
     async fn attempt(
         &self,
         snapshot: &Arc<RulesSnapshot>,
-        installed: &mut Option<(Arc<RulesSnapshot>, Method)>,
+        installed: &mut Option<Installed>,
     ) -> Result<(), MirrorError> {
         let (legacy, new) = self.clients().await?;
-        let method = match installed {
-            Some((s, m)) if s.version == snapshot.version => *m,
+        let (method, checked_at) = match installed {
+            Some((s, m, at)) if s.version == snapshot.version => (*m, *at),
             _ => {
-                let previous = installed.as_ref().map(|(s, _)| &*s.rules);
+                let previous = installed.as_ref().map(|(s, _, _)| &*s.rules);
+                // Taken before the check: definition changes committed before it are in it.
+                let at = wal_insert_lsn(&legacy).await?;
                 let m = self
                     .install(snapshot, previous, &legacy, new.as_ref())
                     .await?;
-                *installed = Some((snapshot.clone(), m));
-                m
+                *installed = Some((snapshot.clone(), m, at));
+                (m, at)
             }
         };
         let targets = targets(&snapshot.rules, &legacy, new.as_ref()).await?;
@@ -123,8 +125,13 @@ impl Mirror {
         match method {
             Method::Triggers => {
                 if method::slot_exists(&legacy, &self.settings.slot).await? {
-                    self.hand_over_from_logical(rules, &legacy, new.as_ref(), &targets)
-                        .await?;
+                    self.hand_over_from_logical(
+                        (rules, checked_at),
+                        &legacy,
+                        new.as_ref(),
+                        &targets,
+                    )
+                    .await?;
                 }
                 let mut worker = Worker {
                     source: triggers::TriggerSource::new(legacy, rules),
@@ -158,7 +165,7 @@ impl Mirror {
                 if triggers::backlog(&legacy, rules).await? > 0 {
                     self.drain_triggers(rules, new.as_ref(), &targets).await?;
                 }
-                let source = self.logical_source(legacy, rules).await?;
+                let source = self.logical_source(legacy, rules, checked_at).await?;
                 let mut worker = Worker {
                     source,
                     new: new.as_ref(),
@@ -192,6 +199,7 @@ impl Mirror {
         &self,
         legacy: Client,
         rules: &RuleSet,
+        checked_at: u64,
     ) -> Result<LogicalSource, MirrorError> {
         let stream = self
             .endpoints
@@ -200,7 +208,8 @@ impl Mirror {
             .await
             .map_err(MirrorError::Connect)?;
         let s = &self.settings;
-        Ok(LogicalSource::start(legacy, stream, rules, &s.slot, &s.publication).await?)
+        let names = (s.slot.as_str(), s.publication.as_str());
+        Ok(LogicalSource::start(legacy, stream, rules, names, checked_at).await?)
     }
 
     /// Switching from logical decoding to triggers: the triggers are in place; everything
@@ -208,14 +217,14 @@ impl Mirror {
     /// with its publication. Changes both captured are applied twice, which changes nothing.
     async fn hand_over_from_logical(
         &self,
-        rules: &RuleSet,
+        (rules, checked_at): (&RuleSet, u64),
         legacy: &Client,
         new: Option<&Client>,
         targets: &HashMap<TableName, Target>,
     ) -> Result<(), MirrorError> {
         let (reader, _) = self.clients().await?;
         let mut worker = Worker {
-            source: self.logical_source(reader, rules).await?,
+            source: self.logical_source(reader, rules, checked_at).await?,
             new,
             targets,
             mirror: self,
@@ -391,6 +400,21 @@ async fn targets(
         out.insert(r.legacy.clone(), target);
     }
     Ok(out)
+}
+
+/// The rules whose capture is in place, how, and legacy's WAL position taken just before
+/// they were checked against its catalog.
+type Installed = (Arc<RulesSnapshot>, Method, u64);
+
+/// Legacy's WAL insert position.
+async fn wal_insert_lsn(legacy: &Client) -> Result<u64, MirrorError> {
+    let lsn: String = legacy
+        .query_one("SELECT pg_catalog.pg_current_wal_insert_lsn()::text", &[])
+        .await
+        .map_err(MirrorError::Legacy)?
+        .get(0);
+    pgoutput::parse_lsn(&lsn)
+        .ok_or_else(|| MirrorError::Connect(format!("legacy printed the WAL position {lsn:?}")))
 }
 
 /// `d` plus up to a quarter of it, so that the retries of many processes spread out.
