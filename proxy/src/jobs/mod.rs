@@ -104,6 +104,17 @@ pub struct Jobs {
     backfills: Mutex<HashMap<String, Arc<Progress>>>,
 }
 
+/// A backfill's progress registered before its job runs: failed when dropped still armed.
+struct Reserved(Option<Arc<Progress>>);
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            p.fail("the start was abandoned before the backfill ran");
+        }
+    }
+}
+
 /// Why a backfill did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -173,8 +184,12 @@ impl Jobs {
             }
             running.insert(job.table.clone(), progress.clone());
         }
+        // Whatever ends this start before the job's thread runs (a refused preflight, the
+        // request dropped while it waits, no thread) leaves the table free again.
+        let mut reserved = Reserved(Some(progress.clone()));
         if let Err(e) = job.preflight().await {
-            progress.fail(&e, job.log_values);
+            progress.fail(&e.for_log(job.log_values));
+            reserved.0 = None;
             return Err(StartError::Preflight(e));
         }
         std::thread::Builder::new()
@@ -189,6 +204,7 @@ impl Jobs {
                 }
             })
             .map_err(StartError::Thread)?;
+        reserved.0 = None;
         Ok(progress)
     }
 

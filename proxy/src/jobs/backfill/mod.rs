@@ -181,9 +181,10 @@ impl Progress {
         })
     }
 
-    /// Ends the progress with a failure before the job ran (its preflight refused it).
-    pub fn fail(&self, e: &JobError, log_values: bool) {
-        self.set_state(format!("failed: {}", e.for_log(log_values)));
+    /// Ends the progress with a failure before the job ran (its preflight refused it, or
+    /// the start was abandoned).
+    pub fn fail(&self, why: &str) {
+        self.set_state(format!("failed: {why}"));
     }
 
     fn set_state(&self, s: impl Into<String>) {
