@@ -62,6 +62,9 @@ pub struct Report {
     pub parity_percent: f64,
     /// Keys that differed when found and were equal once the mirror caught up.
     pub in_flight: u64,
+    /// Keys still being written at every look: neither reported as differing nor counted as
+    /// matching (verify again when writes to them pause).
+    pub unsettled: u64,
     pub chunks: u64,
     pub chunks_differing: u64,
     /// The first differing keys, in key order.
@@ -134,10 +137,10 @@ impl Verify {
             }
         }
         let found = scan.suspects.len() as u64;
-        let persisting = self
+        let (persisting, unsettled) = self
             .recheck(&plan, &pair, std::mem::take(&mut scan.suspects))
             .await?;
-        let mut report = self.report(&plan, &scan, &persisting, found, started);
+        let mut report = self.report(&plan, &scan, &persisting, (found, unsettled), started);
         if self.repair && !persisting.is_empty() {
             let keys: Vec<Key> = persisting.keys().cloned().collect();
             for batch in keys.chunks(KEYS_PER_STATEMENT) {
@@ -151,7 +154,8 @@ impl Verify {
         report.seconds = started.elapsed().as_secs_f64();
         let json = serde_json::to_value(&report).unwrap_or_default();
         state::save_report(&pair.legacy, &plan.name, &json).await?;
-        let at_parity = report.after_repair.unwrap_or(persisting.len() as u64) == 0;
+        let at_parity =
+            report.after_repair.unwrap_or(persisting.len() as u64) == 0 && unsettled == 0;
         if at_parity {
             // A gap in the capture before this verify began is closed now.
             state::close_capture_gap(&pair.legacy, &plan.name, &began).await?;
@@ -236,13 +240,15 @@ impl Verify {
     /// A key still differing whose legacy row stayed the same since the look before is drift:
     /// every write to it was committed before this look's mark, so new has applied it. A key
     /// whose legacy row changed between two looks is being written: it is looked at again,
-    /// and if it keeps changing it is counted in flight, not reported.
+    /// and if it keeps changing it is counted as unsettled (the second value), neither
+    /// reported nor matching. A look for which the mirror did not catch up in time decides
+    /// nothing.
     async fn recheck(
         &self,
         plan: &TablePlan,
         pair: &Pair,
         mut suspects: Vec<Key>,
-    ) -> Result<HashMap<Key, (Option<Side>, Option<Side>)>, JobError> {
+    ) -> Result<(HashMap<Key, (Option<Side>, Option<Side>)>, u64), JobError> {
         let mut drift = HashMap::new();
         // Legacy's row hash (`None`: no row) at the last look, of the keys that differed.
         let mut before: HashMap<Key, Option<i64>> = HashMap::new();
@@ -251,13 +257,13 @@ impl Verify {
                 break;
             }
             let mark = mirror_mark(&pair.legacy, &plan.name).await?;
-            wait_for_mirror(&pair.legacy, &plan.name, mark).await?;
+            let caught_up = wait_for_mirror(&pair.legacy, &plan.name, mark).await?;
             let now = self.look_again(plan, pair, &suspects).await?;
             suspects.clear();
             let mut moved = HashMap::new();
             for (key, (legacy, new)) in now {
                 let hash = legacy.as_ref().map(|s| s.hash);
-                if before.get(&key) == Some(&hash) {
+                if caught_up && before.get(&key) == Some(&hash) {
                     drift.insert(key, (legacy, new));
                 } else {
                     suspects.push(key.clone());
@@ -265,15 +271,19 @@ impl Verify {
                 }
             }
             before = moved;
+            if !caught_up {
+                // Another look would wait as long again.
+                break;
+            }
         }
         if !suspects.is_empty() {
             info!(
                 table = %plan.name,
                 keys = suspects.len(),
-                "verify: rows that kept changing while looked at are counted in flight"
+                "verify: rows that kept changing while looked at are left unsettled"
             );
         }
-        Ok(drift)
+        Ok((drift, suspects.len() as u64))
     }
 
     /// Of `keys`, those whose rows differ now, with both sides' rows.
@@ -327,7 +337,7 @@ impl Verify {
         plan: &TablePlan,
         scan: &Scan,
         persisting: &HashMap<Key, (Option<Side>, Option<Side>)>,
-        found: u64,
+        (found, unsettled): (u64, u64),
         started: Instant,
     ) -> Report {
         let mut counts: HashMap<Kind, u64> = HashMap::new();
@@ -349,7 +359,9 @@ impl Verify {
             count(Kind::Missing),
             count(Kind::Extra),
         );
-        let matching = scan.legacy_rows.saturating_sub(differing + missing);
+        let matching = scan
+            .legacy_rows
+            .saturating_sub(differing + missing + unsettled);
         let universe = scan.legacy_rows + extra;
         Report {
             table: plan.name.clone(),
@@ -365,7 +377,8 @@ impl Verify {
             } else {
                 matching as f64 * 100.0 / universe as f64
             },
-            in_flight: found.saturating_sub(persisting.len() as u64),
+            in_flight: found.saturating_sub(persisting.len() as u64 + unsettled),
+            unsettled,
             chunks: scan.chunks,
             chunks_differing: scan.chunks_differing,
             samples: samples.into_iter().map(|(_, s)| s).collect(),
@@ -511,10 +524,14 @@ async fn mirror_mark(legacy: &Client, table: &str) -> Result<Option<Mark>, JobEr
 }
 
 /// Waits until the mirror applied every change of `table` up to `mark` (at most
-/// [`MIRROR_WAIT`]).
-async fn wait_for_mirror(legacy: &Client, table: &str, mark: Option<Mark>) -> Result<(), JobError> {
+/// [`MIRROR_WAIT`]); `false` when it did not get there in time.
+async fn wait_for_mirror(
+    legacy: &Client,
+    table: &str,
+    mark: Option<Mark>,
+) -> Result<bool, JobError> {
     let Some(mark) = mark else {
-        return Ok(());
+        return Ok(true);
     };
     let deadline = Instant::now() + MIRROR_WAIT;
     while Instant::now() < deadline {
@@ -530,15 +547,15 @@ async fn wait_for_mirror(legacy: &Client, table: &str, mark: Option<Mark>) -> Re
             };
         let pending: bool = row.map_err(JobError::Legacy)?.get(0);
         if !pending {
-            return Ok(());
+            return Ok(true);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     info!(
         table,
-        "verify: the mirror did not catch up in time; comparing anyway"
+        "verify: the mirror did not catch up in time; what differs is left unsettled"
     );
-    Ok(())
+    Ok(false)
 }
 
 impl Report {
@@ -561,6 +578,13 @@ impl Report {
             "  chunks: {} ({} differed); in flight when found, equal once the mirror caught up: {}\n",
             self.chunks, self.chunks_differing, self.in_flight
         ));
+        if self.unsettled > 0 {
+            out.push_str(&format!(
+                "  still being written at every look, not compared: {} (verify again when \
+                 writes to them pause)\n",
+                self.unsettled
+            ));
+        }
         if !self.samples.is_empty() {
             out.push_str(&format!(
                 "  differing keys (first {}):\n",
