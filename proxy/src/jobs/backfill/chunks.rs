@@ -277,7 +277,9 @@ impl Run<'_> {
     /// Why the backfill should wait now.
     async fn over_limits(&self) -> Result<Option<String>, JobError> {
         let s = &self.job.options.settings;
-        over_limits(s, self.probe.as_ref(), self.ctl, self.new_ctl.as_ref()).await
+        let tables = crate::capture::method::written_tables(&self.job.rules);
+        let legacy = (self.ctl, tables.as_slice());
+        over_limits(s, self.probe.as_ref(), legacy, self.new_ctl.as_ref()).await
     }
 
     /// Counts a copied chunk and sizes the next one to the target time.

@@ -60,11 +60,12 @@ impl Probe {
 }
 
 /// Why the backfill should wait now: legacy slower than at the start (`probe`: the probe and
-/// its 90th percentile before), the mirror's backlog, or a replica's lag.
+/// its 90th percentile before), the mirror's backlog of `tables` (the rules' written tables:
+/// changes other rules left in the backlog are not this mirror's), or a replica's lag.
 pub(super) async fn over_limits(
     s: &BackfillConfig,
     probe: Option<&(Arc<Probe>, Duration)>,
-    ctl: &Client,
+    (ctl, tables): (&Client, &[String]),
     new_ctl: Option<&Client>,
 ) -> Result<Option<String>, JobError> {
     if let Some((probe, base)) = probe {
@@ -80,7 +81,7 @@ pub(super) async fn over_limits(
         }
     }
     let row = ctl
-        .query_one(LEGACY_PRESSURE, &[])
+        .query_one(LEGACY_PRESSURE, &[&tables])
         .await
         .map_err(JobError::Legacy)?;
     let (rows, age_ms, lag_ms): (i64, f64, f64) = (row.get(0), row.get(1), row.get(2));
@@ -119,15 +120,15 @@ pub(super) async fn over_limits(
 }
 
 /// The mirror's backlog in legacy and the replay lag of legacy's replicas: the triggers'
-/// backlog (changes, age of the oldest in ms) or, with logical decoding, as its age the lag
+/// backlog of the tables in `$1` (changes, age of the oldest in ms) or, with logical decoding, as its age the lag
 /// the capture stream reports (its `application_name` is `pgdual-capture`, not a replica);
 /// and the largest replay lag of the real replicas (ms; 0 without replicas or without the
 /// right to see them).
 const LEGACY_PRESSURE: &str = "SELECT \
-    coalesce((SELECT max(id) - min(id) + 1 FROM pgdual.changes), 0)::int8, \
+    coalesce((SELECT max(id) - min(id) + 1 FROM pgdual.changes WHERE tbl = ANY($1)), 0)::int8, \
     greatest( \
       coalesce((SELECT extract(epoch FROM clock_timestamp() - at) * 1000 FROM pgdual.changes \
-        ORDER BY id LIMIT 1), 0), \
+        WHERE tbl = ANY($1) ORDER BY id LIMIT 1), 0), \
       coalesce((SELECT extract(epoch FROM max(replay_lag)) * 1000 FROM pg_catalog.pg_stat_replication \
         WHERE application_name = 'pgdual-capture'), 0))::float8, \
     coalesce((SELECT extract(epoch FROM max(replay_lag)) * 1000 FROM pg_catalog.pg_stat_replication \
