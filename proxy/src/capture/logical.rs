@@ -505,13 +505,7 @@ impl ChangeSource for LogicalSource {
 
     /// Legacy's WAL insert position: every commit that has returned lies before it.
     async fn mark(&mut self) -> Result<u64, Self::Error> {
-        let lsn: String = self
-            .legacy
-            .query_one("SELECT pg_catalog.pg_current_wal_insert_lsn()::text", &[])
-            .await?
-            .get(0);
-        pgoutput::parse_lsn(&lsn)
-            .ok_or_else(|| CaptureError::Key(format!("legacy printed the LSN {lsn:?}")))
+        wal_insert_lsn(&self.legacy).await
     }
 
     fn applied(&self) -> u64 {
@@ -549,6 +543,16 @@ impl std::fmt::Debug for LogicalSource {
             .field("pending", &self.pending_changes)
             .finish()
     }
+}
+
+/// Legacy's WAL insert position: every commit that has returned lies before it.
+pub async fn wal_insert_lsn(legacy: &Client) -> Result<u64, CaptureError> {
+    let lsn: String = legacy
+        .query_one("SELECT pg_catalog.pg_current_wal_insert_lsn()::text", &[])
+        .await?
+        .get(0);
+    pgoutput::parse_lsn(&lsn)
+        .ok_or_else(|| CaptureError::Key(format!("legacy printed the LSN {lsn:?}")))
 }
 
 /// Warns once each time the slot's retained WAL crosses `limit` bytes.

@@ -112,7 +112,7 @@ impl Mirror {
             _ => {
                 let previous = installed.as_ref().map(|(s, _, _)| &*s.rules);
                 // Taken before the check: definition changes committed before it are in it.
-                let at = wal_insert_lsn(&legacy).await?;
+                let at = logical::wal_insert_lsn(&legacy).await?;
                 let m = self
                     .install(snapshot, previous, &legacy, new.as_ref())
                     .await?;
@@ -405,17 +405,6 @@ async fn targets(
 /// The rules whose capture is in place, how, and legacy's WAL position taken just before
 /// they were checked against its catalog.
 type Installed = (Arc<RulesSnapshot>, Method, u64);
-
-/// Legacy's WAL insert position.
-async fn wal_insert_lsn(legacy: &Client) -> Result<u64, MirrorError> {
-    let lsn: String = legacy
-        .query_one("SELECT pg_catalog.pg_current_wal_insert_lsn()::text", &[])
-        .await
-        .map_err(MirrorError::Legacy)?
-        .get(0);
-    pgoutput::parse_lsn(&lsn)
-        .ok_or_else(|| MirrorError::Connect(format!("legacy printed the WAL position {lsn:?}")))
-}
 
 /// `d` plus up to a quarter of it, so that the retries of many processes spread out.
 pub(crate) fn jitter(d: Duration) -> Duration {

@@ -82,6 +82,8 @@ pub(super) struct Run<'a> {
     pub(super) last_log: Instant,
     /// The latency probe, and its 90th percentile before the backfill began.
     pub(super) probe: Option<(Arc<Probe>, Duration)>,
+    /// The rules' written tables: the mirror backlog the throttle counts.
+    pub(super) mirrored: Vec<String>,
 }
 
 impl Run<'_> {
@@ -277,8 +279,7 @@ impl Run<'_> {
     /// Why the backfill should wait now.
     async fn over_limits(&self) -> Result<Option<String>, JobError> {
         let s = &self.job.options.settings;
-        let tables = crate::capture::method::written_tables(&self.job.rules);
-        let legacy = (self.ctl, tables.as_slice());
+        let legacy = (self.ctl, self.mirrored.as_slice());
         over_limits(s, self.probe.as_ref(), legacy, self.new_ctl.as_ref()).await
     }
 

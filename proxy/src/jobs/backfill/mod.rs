@@ -345,6 +345,7 @@ impl Backfill {
             dispatched_rows: 0,
             last_log: Instant::now(),
             probe: None,
+            mirrored: crate::capture::method::written_tables(&self.rules),
         };
         let probing = self.start_probe().await?;
         run.probe = probing.as_ref().map(|(p, base, _)| (p.clone(), *base));
